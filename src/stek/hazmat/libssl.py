@@ -1,0 +1,254 @@
+"""ctypes binding to the very libssl that Python's ``_ssl`` module links.
+
+HAZMAT.  This module reads a pointer out of CPython's private ``_ssl``
+objects and hands Python callables to C.  It is kept small, and everything
+that can be checked is checked before anything is written:
+
+* symbols are resolved through ``dlopen(_ssl.__file__)``, whose dependency
+  chain is exactly the libssl/libcrypto Python uses; a statically linked
+  Python exports none of them and gets :class:`~stek.errors.BindingError`;
+* the library version must equal ``ssl.OPENSSL_VERSION_NUMBER``;
+* the ``SSL_CTX *`` read from the ``SSLContext`` object must answer
+  ``SSL_CTX_get_options`` exactly as ``SSLContext.options`` does.
+
+Layouts relied on (CPython 3.10-3.13 ``Modules/_ssl.c``):
+``PySSLContext { PyObject_HEAD; SSL_CTX *ctx; ... }`` and
+``PySSLSession { PyObject_HEAD; SSL_SESSION *session; ... }``: the C pointer
+is the first field after the object header.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ssl
+from ctypes import (
+    CFUNCTYPE,
+    POINTER,
+    Structure,
+    c_char_p,
+    c_int,
+    c_long,
+    c_size_t,
+    c_ubyte,
+    c_uint,
+    c_uint64,
+    c_ulong,
+    c_void_p,
+)
+from typing import Any
+
+from ..errors import BindingError
+
+#: openssl/evp.h: EVP_MAX_IV_LENGTH; the ``iv`` buffer handed to the callback.
+EVP_MAX_IV_LENGTH = 16
+#: openssl/tls1.h: key_name is 16 bytes (RFC 5077 section 4).
+TICKET_NAME_LEN = 16
+#: openssl/ssl.h: SSL_CTRL_SET_TLSEXT_TICKET_KEY_CB, used by the 1.1.1 macro
+#: SSL_CTX_set_tlsext_ticket_key_cb() through SSL_CTX_callback_ctrl().
+SSL_CTRL_SET_TLSEXT_TICKET_KEY_CB = 72
+#: openssl/prov_ssl.h: TLS1_3_VERSION.
+TLS1_3_VERSION = 0x0304
+#: openssl/core.h: OSSL_PARAM data types.
+OSSL_PARAM_UTF8_STRING = 4
+OSSL_PARAM_OCTET_STRING = 5
+
+
+class OSSL_PARAM(Structure):  # noqa: N801 - the C name
+    """openssl/core.h ``struct ossl_param_st``."""
+
+    _fields_ = (
+        ("key", c_char_p),
+        ("data_type", c_uint),
+        ("data", c_void_p),
+        ("data_size", c_size_t),
+        ("return_size", c_size_t),
+    )
+
+
+#: int (*)(SSL *s, unsigned char key_name[16], unsigned char iv[EVP_MAX_IV_LENGTH],
+#:         EVP_CIPHER_CTX *ctx, EVP_MAC_CTX *hctx / HMAC_CTX *hctx, int enc)
+#: SSL_CTX_set_tlsext_ticket_key_evp_cb(3) (OpenSSL 3) and the 1.1.1 HMAC form.
+TicketKeyCallback = CFUNCTYPE(c_int, c_void_p, c_void_p, c_void_p, c_void_p, c_void_p, c_int)
+
+
+def _load() -> ctypes.CDLL:
+    import _ssl
+
+    path = getattr(_ssl, "__file__", None)
+    if not path:
+        raise BindingError(
+            "this Python's ssl module is built in (statically linked): stek cannot reach "
+            "its libssl"
+        )
+    try:
+        lib = ctypes.CDLL(path)
+        _ = lib.SSL_CTX_callback_ctrl, lib.EVP_EncryptInit_ex, lib.RAND_bytes
+    except (OSError, AttributeError) as exc:
+        raise BindingError(
+            f"cannot reach the libssl that {path} links ({exc}); a statically linked "
+            f"OpenSSL is not supported"
+        ) from None
+    return lib
+
+
+class LibSSL:
+    """The functions stek needs, typed once."""
+
+    def __init__(self) -> None:
+        lib = _load()
+        self.lib = lib
+        lib.OpenSSL_version_num.restype = c_ulong
+        lib.OpenSSL_version_num.argtypes = ()
+        version = int(lib.OpenSSL_version_num())
+        if version != ssl.OPENSSL_VERSION_NUMBER:
+            raise BindingError(
+                f"libssl reached by ctypes is {version:#x}, but Python's ssl reports "
+                f"{ssl.OPENSSL_VERSION_NUMBER:#x}: refusing to mix two OpenSSLs"
+            )
+        self.version = version
+        self.openssl3 = version >= 0x30000000
+
+        def fn(name: str, restype: Any, *argtypes: Any) -> Any:
+            f = getattr(lib, name)
+            f.restype = restype
+            f.argtypes = argtypes
+            return f
+
+        self.SSL_CTX_get_options = fn("SSL_CTX_get_options", c_uint64, c_void_p)
+        self.SSL_CTX_set_timeout = fn("SSL_CTX_set_timeout", c_long, c_void_p, c_long)
+        self.SSL_CTX_get_timeout = fn("SSL_CTX_get_timeout", c_long, c_void_p)
+        self.SSL_CTX_callback_ctrl = fn(
+            "SSL_CTX_callback_ctrl", c_long, c_void_p, c_int, c_void_p
+        )
+        self.SSL_version = fn("SSL_version", c_int, c_void_p)
+        self.RAND_bytes = fn("RAND_bytes", c_int, c_void_p, c_int)
+        self.EVP_EncryptInit_ex = fn(
+            "EVP_EncryptInit_ex", c_int, c_void_p, c_void_p, c_void_p, c_char_p, c_void_p
+        )
+        self.EVP_DecryptInit_ex = fn(
+            "EVP_DecryptInit_ex", c_int, c_void_p, c_void_p, c_void_p, c_char_p, c_void_p
+        )
+        self.aes_256_cbc = fn("EVP_aes_256_cbc", c_void_p)()
+        self.aes_128_cbc = fn("EVP_aes_128_cbc", c_void_p)()
+        self.sha256 = fn("EVP_sha256", c_void_p)()
+        self.SSL_SESSION_get0_ticket = fn(
+            "SSL_SESSION_get0_ticket", None, c_void_p, POINTER(c_void_p), POINTER(c_size_t)
+        )
+        self.SSL_SESSION_get_time = fn("SSL_SESSION_get_time", c_long, c_void_p)
+        self.SSL_SESSION_get_timeout = fn("SSL_SESSION_get_timeout", c_long, c_void_p)
+        self.i2d_SSL_SESSION = fn("i2d_SSL_SESSION", c_int, c_void_p, POINTER(c_void_p))
+        if self.openssl3:
+            self.SSL_CTX_set_tlsext_ticket_key_evp_cb = fn(
+                "SSL_CTX_set_tlsext_ticket_key_evp_cb", c_int, c_void_p, TicketKeyCallback
+            )
+            self.EVP_MAC_CTX_set_params = fn(
+                "EVP_MAC_CTX_set_params", c_int, c_void_p, c_void_p
+            )
+        else:  # OpenSSL 1.1.1: HMAC_CTX variant
+            self.HMAC_Init_ex = fn(
+                "HMAC_Init_ex", c_int, c_void_p, c_char_p, c_int, c_void_p, c_void_p
+            )
+
+    # -- pointers out of CPython objects -------------------------------------------
+    def ssl_ctx_pointer(self, context: ssl.SSLContext) -> int:
+        """The ``SSL_CTX *`` behind ``context``, verified against its options."""
+        if not isinstance(context, ssl.SSLContext):
+            raise BindingError(f"expected an ssl.SSLContext, got {type(context).__name__}")
+        ptr = c_void_p.from_address(id(context) + object.__basicsize__).value
+        if not ptr or int(self.SSL_CTX_get_options(ptr)) != int(context.options):
+            raise BindingError(
+                "cannot locate the SSL_CTX inside this SSLContext (unsupported Python build)"
+            )
+        return int(ptr)
+
+    def ssl_session_pointer(self, session: ssl.SSLSession) -> int:
+        """The ``SSL_SESSION *`` behind ``session``, verified against its time and timeout."""
+        if not isinstance(session, ssl.SSLSession):
+            raise BindingError(f"expected an ssl.SSLSession, got {type(session).__name__}")
+        ptr = c_void_p.from_address(id(session) + object.__basicsize__).value
+        if (
+            not ptr
+            or int(self.SSL_SESSION_get_time(ptr)) != session.time
+            or int(self.SSL_SESSION_get_timeout(ptr)) != session.timeout
+        ):
+            raise BindingError("cannot locate the SSL_SESSION inside this SSLSession")
+        return int(ptr)
+
+    def session_ticket(self, session: ssl.SSLSession) -> bytes:
+        """The ticket a client holds for ``session`` (b"" if the server sent none)."""
+        ptr = self.ssl_session_pointer(session)
+        data = c_void_p()
+        length = c_size_t()
+        self.SSL_SESSION_get0_ticket(ptr, ctypes.byref(data), ctypes.byref(length))
+        if not data.value or not length.value:
+            return b""
+        return ctypes.string_at(data.value, length.value)
+
+    def session_der(self, session: ssl.SSLSession) -> bytes:
+        """``i2d_SSL_SESSION``: the session as OpenSSL serializes it (ASN.1 DER)."""
+        ptr = self.ssl_session_pointer(session)
+        n = int(self.i2d_SSL_SESSION(ptr, None))
+        if n <= 0:
+            raise BindingError("i2d_SSL_SESSION failed")
+        buf = ctypes.create_string_buffer(n)
+        out = c_void_p(ctypes.addressof(buf))
+        self.i2d_SSL_SESSION(ptr, ctypes.byref(out))
+        return buf.raw
+
+    def set_ticket_callback(self, ctx_ptr: int, callback: Any | None) -> None:
+        """Install (or, with None, remove) the ticket key callback on ``ctx_ptr``."""
+        if self.openssl3:
+            # SSL_CTX_set_tlsext_ticket_key_evp_cb(3): returns 1 on success.
+            cb = callback if callback is not None else TicketKeyCallback()
+            ok = self.SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx_ptr, cb)
+        else:
+            cb_ptr = ctypes.cast(callback, c_void_p) if callback is not None else None
+            ok = self.SSL_CTX_callback_ctrl(ctx_ptr, SSL_CTRL_SET_TLSEXT_TICKET_KEY_CB, cb_ptr)
+        if ok != 1:
+            raise BindingError("libssl refused the ticket key callback")
+
+
+class PreparedKey:
+    """A ring key laid out for C: buffers and OSSL_PARAMs built once, not per handshake."""
+
+    __slots__ = ("_hold", "activates_at", "aes", "cipher", "expires_at", "hmac",
+                 "mac_params", "name", "retires_at")
+
+    def __init__(self, lib: LibSSL, name: bytes, aes: bytes, hmac: bytes,
+                 activates_at: int, retires_at: int, expires_at: int) -> None:
+        self.name = name
+        self.aes = aes  # passed as c_char_p: ctypes hands C the bytes' own buffer
+        self.hmac = hmac
+        self.cipher = lib.aes_256_cbc if len(aes) == 32 else lib.aes_128_cbc
+        self.activates_at = activates_at
+        self.retires_at = retires_at
+        self.expires_at = expires_at
+        if lib.openssl3:
+            # EVP_MAC-HMAC(7): params "digest" (UTF8 string) and "key" (octet string).
+            params = (OSSL_PARAM * 3)()
+            self._hold = (b"SHA256", hmac)  # keep the buffers alive with the params
+            params[0] = OSSL_PARAM(b"digest", OSSL_PARAM_UTF8_STRING,
+                                   ctypes.cast(c_char_p(b"SHA256"), c_void_p), 6, 0)
+            params[1] = OSSL_PARAM(b"key", OSSL_PARAM_OCTET_STRING,
+                                   ctypes.cast(c_char_p(hmac), c_void_p), len(hmac), 0)
+            self.mac_params: Any = params
+        else:
+            self._hold = ()
+            self.mac_params = None
+
+    def __repr__(self) -> str:
+        return f"PreparedKey(name={self.name.hex()})"
+
+
+_LIB: LibSSL | None = None
+
+
+def libssl() -> LibSSL:
+    """The process-wide binding (loaded on first use)."""
+    global _LIB
+    if _LIB is None:
+        _LIB = LibSSL()
+    return _LIB
+
+
+__all__ = ["TICKET_NAME_LEN", "LibSSL", "PreparedKey", "TicketKeyCallback", "c_ubyte", "libssl"]

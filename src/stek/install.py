@@ -1,0 +1,367 @@
+"""``install()``: put a store's keyring behind OpenSSL's ticket-key callback.
+
+Data flows one way: store -> snapshot -> keyring -> callback answer.  The
+callback (one call per ticket issued or presented) reads an in-memory
+snapshot and does no I/O; a background thread keeps that snapshot current
+(store notification, plus a periodic re-read as a backstop) and, with
+``rotate=True``, rotates the shared ring itself when a change is due.
+
+When the store cannot be read, the last snapshot keeps serving: tickets
+under keys inside their window still resume, the active key keeps
+encrypting until it retires, after which no ticket is issued at all (rather
+than stretching any key's life).  Full handshakes never fail.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ctypes
+import logging
+import ssl
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import BindingError, NotInitialized, StekError
+from .hazmat.libssl import (
+    EVP_MAX_IV_LENGTH,
+    TICKET_NAME_LEN,
+    TLS1_3_VERSION,
+    LibSSL,
+    PreparedKey,
+    TicketKeyCallback,
+    libssl,
+)
+from .keyring import Keyring
+from .rotation import rotate as rotate_store
+from .schedule import LIFECYCLE, Answer, Policy, State, encrypting_key, next_change, state_of
+from .stores import KeyStore, open_store
+
+log = logging.getLogger("stek.install")
+
+#: Seconds between backstop re-reads of the store (notifications come sooner).
+BACKSTOP_INTERVAL = 5.0
+#: Attribute under which the installation lives on its SSLContext, tying the
+#: C callback's lifetime to the context's.
+_ATTR = "_stek_installation"
+
+
+@dataclass(frozen=True)
+class Counters:
+    """What the callback did since install (a consistent copy)."""
+
+    issued: int = 0  # enc=1 answered 1: a ticket was sealed under the active key
+    resumed: int = 0  # enc=0 answered 1 or 2: the key was found and is inside its window
+    renewed: int = 0  # enc=0 answered 2: accepted, and a new ticket follows
+    rejected_unknown: int = 0  # enc=0: no key has that name
+    rejected_expired: int = 0  # enc=0: the key exists but expired
+    no_active_key: int = 0  # enc=1 answered 0: nothing active, no ticket issued
+    errors: int = 0  # a Python exception or an OpenSSL failure inside the callback
+
+
+_FIELDS = tuple(Counters.__dataclass_fields__)
+
+
+class _Snapshot:
+    """A keyring prepared for C, with the encrypting key cached between boundaries."""
+
+    __slots__ = ("_enc", "boundaries", "by_name", "keys", "ring")
+
+    def __init__(self, lib: LibSSL, ring: Keyring) -> None:
+        self.ring = ring
+        self.keys = [
+            PreparedKey(lib, k.name, k.aes_key, k.hmac_key, k.activates_at, k.retires_at,
+                        k.expires_at)
+            for k in ring.keys
+        ]
+        self.by_name = {k.name: k for k in self.keys}
+        self.boundaries = sorted({t for k in self.keys for t in (k.activates_at, k.retires_at)})
+        self._enc: tuple[float, float, PreparedKey | None] = (1.0, 0.0, None)
+
+    def encrypting(self, now: float) -> PreparedKey | None:
+        lo, hi, key = self._enc
+        if lo <= now < hi:
+            return key
+        # The answer is constant between two consecutive window boundaries.
+        i = bisect.bisect_right(self.boundaries, now)
+        lo = self.boundaries[i - 1] if i > 0 else float("-inf")
+        hi = self.boundaries[i] if i < len(self.boundaries) else float("inf")
+        key = encrypting_key(self.keys, now)
+        self._enc = (lo, hi, key)
+        return key
+
+
+class Installation:
+    """The handle ``install()`` returns: counters, the current ring, ``uninstall()``."""
+
+    def __init__(self, context: ssl.SSLContext, store: KeyStore, ring: Keyring, *,
+                 rotate: bool, clock: Callable[[], float], lib: LibSSL) -> None:
+        self.store = store
+        self.rotate = rotate
+        self._clock = clock
+        self._lib = lib
+        self._ctx_ref = weakref.ref(context)
+        self._ctx_ptr = lib.ssl_ctx_pointer(context)
+        self._counts = dict.fromkeys(_FIELDS, 0)
+        self._count_lock = threading.Lock()
+        self._snap = _Snapshot(lib, ring)
+        self._policy: Policy | None = None
+        self._apply_policy(ring.policy)
+        self._last_error: str | None = None
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._cfunc = TicketKeyCallback(self._make_callback())
+        lib.set_ticket_callback(self._ctx_ptr, self._cfunc)
+        self._sub = store.subscribe(_weak_method(self, "_notify"))
+        self._thread = threading.Thread(
+            target=_refresh_loop, args=(weakref.ref(self), self._wake, self._stop),
+            name="stek-refresh", daemon=True,
+        )
+        self._thread.start()
+
+    def __repr__(self) -> str:
+        return f"Installation(store={self.store.url!r}, generation={self.ring.generation})"
+
+    # -- public ----------------------------------------------------------------
+    @property
+    def ring(self) -> Keyring:
+        """The snapshot the callback is answering from right now."""
+        return self._snap.ring
+
+    @property
+    def counters(self) -> Counters:
+        with self._count_lock:
+            return Counters(**self._counts)
+
+    @property
+    def installed(self) -> bool:
+        return not self._stop.is_set()
+
+    def refresh(self) -> Keyring:
+        """Re-read the store now (rotating first if ``rotate`` and due)."""
+        now = int(self._clock())
+        ring = self._snap.ring
+        if self.rotate and next_change(ring.keys, ring.policy, now) <= now:
+            ring = rotate_store(self.store, now=now, create=ring.policy).ring
+        else:
+            ring = self.store.read()
+        self._swap(ring)
+        return ring
+
+    def uninstall(self) -> None:
+        """Remove the callback (OpenSSL falls back to its built-in key) and stop refreshing."""
+        if self._stop.is_set():
+            return
+        self._stop.set()
+        self._wake.set()
+        self._sub.close()
+        ctx = self._ctx_ref()
+        if ctx is not None:
+            self._lib.set_ticket_callback(self._ctx_ptr, None)
+            if getattr(ctx, _ATTR, None) is self:
+                delattr(ctx, _ATTR)
+
+    # -- internals ---------------------------------------------------------------
+    def _notify(self) -> None:
+        self._wake.set()
+
+    def _swap(self, ring: Keyring) -> None:
+        if ring.generation == self._snap.ring.generation and ring == self._snap.ring:
+            return
+        self._snap = _Snapshot(self._lib, ring)
+        self._apply_policy(ring.policy)
+        log.info("keyring generation %d loaded (%d keys)", ring.generation, len(ring))
+
+    def _apply_policy(self, policy: Policy) -> None:
+        if policy == self._policy:
+            return
+        self._policy = policy
+        # The session timeout is the ticket lifetime hint (RFC 5077 section 3.3;
+        # RFC 8446 section 4.6.1 ticket_lifetime).  A ticket issued at any
+        # instant of its key's active window is accepted for at least
+        # accept_for more seconds, so that bound never promises more than the
+        # ring will honour (s2n #4583), and OpenSSL refuses sessions older than it.
+        self._lib.SSL_CTX_set_timeout(self._ctx_ptr, policy.accept_for)
+
+    def _bump(self, name: str) -> None:
+        with self._count_lock:
+            self._counts[name] += 1
+
+    def _make_callback(self) -> Callable[[Any, Any, Any, Any, Any, int], int]:
+        lib = self._lib
+        clock = self._clock
+        bump = self._bump
+        rand_bytes = lib.RAND_bytes
+        enc_init = lib.EVP_EncryptInit_ex
+        dec_init = lib.EVP_DecryptInit_ex
+        ssl_version = lib.SSL_version
+        memmove = ctypes.memmove
+        string_at = ctypes.string_at
+        lifecycle = LIFECYCLE
+        expired = State.EXPIRED
+        if lib.openssl3:
+            set_mac = lib.EVP_MAC_CTX_set_params
+
+            def mac_init(mctx: Any, key: PreparedKey) -> int:
+                return int(set_mac(mctx, key.mac_params))
+        else:
+            hmac_init = lib.HMAC_Init_ex
+            sha256 = lib.sha256
+
+            def mac_init(mctx: Any, key: PreparedKey) -> int:
+                return int(hmac_init(mctx, key.hmac, len(key.hmac), sha256, None))
+
+        def callback(ssl_ptr: Any, name_ptr: Any, iv_ptr: Any, cctx: Any, mctx: Any,
+                     enc: int) -> int:
+            # SSL_CTX_set_tlsext_ticket_key_cb(3).  Nothing may raise out of
+            # here: ctypes would print it and answer an undefined value.
+            try:
+                snap = self._snap
+                now = clock()
+                if enc:
+                    key = snap.encrypting(now)
+                    if key is None:
+                        bump("no_active_key")
+                        return Answer.NO_TICKET  # no ticket; the handshake goes on
+                    # "The initialization vector iv should be a random value."
+                    # RAND_bytes returns 1 on success (the man page's example
+                    # tests it the wrong way round).
+                    if rand_bytes(iv_ptr, EVP_MAX_IV_LENGTH) != 1:
+                        bump("errors")
+                        return Answer.ERROR
+                    memmove(name_ptr, key.name, TICKET_NAME_LEN)
+                    if enc_init(cctx, key.cipher, None, key.aes, iv_ptr) != 1 or \
+                            mac_init(mctx, key) != 1:
+                        bump("errors")
+                        return Answer.ERROR
+                    bump("issued")
+                    return Answer.OK
+                # enc=0: name and IV come from the ticket: attacker-controlled.
+                key = snap.by_name.get(string_at(name_ptr, TICKET_NAME_LEN))
+                if key is None:
+                    bump("rejected_unknown")
+                    return Answer.NO_TICKET
+                state = state_of(key, now)
+                if state is expired:
+                    bump("rejected_expired")
+                    return Answer.NO_TICKET
+                row = lifecycle[state]
+                answer = row.answer_tls12
+                if row.answer_tls13 != answer and ssl_version(ssl_ptr) == TLS1_3_VERSION:
+                    answer = row.answer_tls13
+                if mac_init(mctx, key) != 1 or \
+                        dec_init(cctx, key.cipher, None, key.aes, iv_ptr) != 1:
+                    bump("errors")
+                    return Answer.ERROR
+                bump("resumed")
+                if answer == Answer.RENEW:
+                    bump("renewed")
+                return int(answer)
+            except BaseException:  # noqa: BLE001 - see above
+                try:
+                    bump("errors")
+                    log.exception("stek ticket callback failed; answering 0")
+                except BaseException:  # noqa: BLE001, S110
+                    pass
+                return Answer.NO_TICKET
+
+        return callback
+
+
+def _weak_method(obj: Installation, name: str) -> Callable[[], None]:
+    ref = weakref.ref(obj)
+
+    def call() -> None:
+        target = ref()
+        if target is not None:
+            getattr(target, name)()
+
+    return call
+
+
+def _refresh_loop(ref: weakref.ref[Installation], wake: threading.Event,
+                  stop: threading.Event) -> None:
+    failing = False
+    while not stop.is_set():
+        inst = ref()
+        if inst is None:
+            return
+        ring = inst._snap.ring
+        now = inst._clock()
+        wait = BACKSTOP_INTERVAL
+        if inst.rotate:
+            due = next_change(ring.keys, ring.policy, int(now))
+            wait = max(0.05, min(wait, due - now + 0.01))
+        del inst  # do not keep the installation (and its context) alive while waiting
+        wake.wait(wait)
+        wake.clear()
+        if stop.is_set():
+            return
+        inst = ref()
+        if inst is None:
+            return
+        try:
+            inst.refresh()
+            if failing:
+                log.warning("store %s is back; snapshot refreshed", inst.store.url)
+            failing = False
+        except StekError as exc:
+            if not failing:
+                log.warning("store %s unreadable, serving the last snapshot: %s",
+                            inst.store.url, exc)
+            failing = True
+        except Exception:
+            log.exception("unexpected error refreshing from %s", inst.store.url)
+            failing = True
+        del inst
+
+
+def install(
+    context: ssl.SSLContext,
+    store: KeyStore | str | None = None,
+    *,
+    rotate: bool = False,
+    policy: Policy | None = None,
+    clock: Callable[[], float] = time.time,
+) -> Installation:
+    """Serve session tickets on ``context`` with the keys of ``store``.
+
+    ``store`` is a store object or URL; None means ``$STEK_STORE`` (then the
+    default file path).  With ``rotate=True`` this process also rotates the
+    shared ring when due (and creates it with ``policy`` if it is empty), so a
+    single host needs no agent.
+
+    Raises :class:`~stek.errors.BindingError` when the callback cannot be
+    installed (statically linked Python, client-side context, OP_NO_TICKET,
+    already installed) and store errors when no ring can be read.
+    """
+    if not isinstance(context, ssl.SSLContext):
+        raise BindingError(f"install() needs an ssl.SSLContext, got {type(context).__name__}")
+    if context.protocol == ssl.PROTOCOL_TLS_CLIENT:
+        raise BindingError("this is a client-side context: session ticket keys are server-side")
+    if context.options & ssl.OP_NO_TICKET:
+        raise BindingError(
+            "OP_NO_TICKET is set on this context: OpenSSL would never call the ticket "
+            "callback (TLS 1.3 would use stateful tickets); clear it first"
+        )
+    existing = getattr(context, _ATTR, None)
+    if existing is not None and existing.installed:
+        raise BindingError("stek is already installed on this context (uninstall() it first)")
+    lib = libssl()
+    st = open_store(store)
+    now = clock()
+    if rotate:
+        ring = rotate_store(st, now=now, create=policy or Policy()).ring
+    else:
+        try:
+            ring = st.read()
+        except NotInitialized as exc:
+            raise NotInitialized(
+                f"{exc} (or pass rotate=True to let this server create and rotate it)"
+            ) from None
+    inst = Installation(context, st, ring, rotate=rotate, clock=clock, lib=lib)
+    setattr(context, _ATTR, inst)
+    return inst

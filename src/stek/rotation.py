@@ -1,0 +1,109 @@
+"""Rotation: apply :func:`stek.schedule.plan` to a store, atomically.
+
+The plan is computed *inside* the store's atomic update, from the ring the
+store holds at that instant.  N rotators racing on one ring therefore leave
+the ring that one rotator would: the first writes the slot's key, the others
+see it there and plan nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from .errors import NotInitialized, StekError
+from .keyring import Keyring
+from .keys import TicketKey
+from .schedule import Policy, plan
+from .stores import KeyStore
+
+log = logging.getLogger("stek.rotation")
+
+
+@dataclass(frozen=True)
+class Rotation:
+    """The outcome of one rotation: the ring now stored and what changed."""
+
+    ring: Keyring
+    added: tuple[TicketKey, ...] = ()
+    dropped: tuple[bytes, ...] = ()
+    created: bool = False
+
+    @property
+    def changed(self) -> bool:
+        return bool(self.added or self.dropped or self.created)
+
+
+def _now(now: float | None) -> int:
+    return int(time.time() if now is None else now)
+
+
+def init_ring(
+    store: KeyStore, policy: Policy | None = None, *, now: float | None = None,
+    force: bool = False,
+) -> Rotation:
+    """Create the ring with ``policy`` and its first keys.
+
+    On an existing ring this raises, unless ``force``: then the policy is
+    replaced and the keys are kept (and the schedule re-applied).
+    """
+    pol = policy or Policy()
+    t = _now(now)
+    outcome: dict[str, Rotation] = {}
+
+    def mutate(current: Keyring | None) -> Keyring:
+        if current is not None and not force:
+            raise StekError(
+                f"{store.url}: a keyring already exists; use --force to change its policy "
+                f"(its keys are kept)"
+            )
+        base = Keyring(pol) if current is None else current.with_policy(pol)
+        change = plan(base.keys, pol, t)
+        ring = base.apply(change)
+        outcome["r"] = Rotation(ring, change.add, change.drop, created=current is None)
+        return ring
+
+    store.update(mutate)
+    return outcome["r"]
+
+
+def rotate(
+    store: KeyStore, *, now: float | None = None, create: Policy | None = None
+) -> Rotation:
+    """Bring the ring up to date for ``now``: add the keys due, drop the expired.
+
+    Idempotent: a second call in the same slot changes nothing.  With
+    ``create``, an empty store is initialized with that policy instead of
+    raising :class:`~stek.errors.NotInitialized`.
+    """
+    t = _now(now)
+    outcome: dict[str, Rotation] = {}
+
+    def mutate(current: Keyring | None) -> Keyring:
+        created = False
+        if current is None:
+            if create is None:
+                raise NotInitialized(f"{store.url}: no keyring yet (run 'stek init')")
+            current, created = Keyring(create), True
+        change = plan(current.keys, current.policy, t)
+        ring = current.apply(change)
+        outcome["r"] = Rotation(ring, change.add, change.drop, created=created)
+        return ring
+
+    ring = store.update(mutate)
+    result = outcome.get("r", Rotation(ring))
+    if result.ring is not ring:  # the store kept another ring (no change needed)
+        result = Rotation(ring)
+    for k in result.added:
+        log.info(
+            "added key %s (activates %s, retires %s, expires %s)",
+            k.name.hex(), _iso(k.activates_at), _iso(k.retires_at), _iso(k.expires_at),
+        )
+    for name in result.dropped:
+        log.info("dropped expired key %s", name.hex())
+    return result
+
+
+def _iso(t: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
