@@ -121,6 +121,9 @@ class Installation:
             name="stek-refresh", daemon=True,
         )
         self._thread.start()
+        # When the context (and so this installation) is collected, stop the
+        # store watch and let the refresher thread exit.
+        weakref.finalize(self, _stop_background, self._sub, self._stop, self._wake)
 
     def __repr__(self) -> str:
         return f"Installation(store={self.store.url!r}, generation={self.ring.generation})"
@@ -260,15 +263,21 @@ class Installation:
                 if answer == Answer.RENEW:
                     bump("renewed")
                 return int(answer)
-            except BaseException:  # noqa: BLE001 - see above
+            except BaseException:
                 try:
                     bump("errors")
                     log.exception("stek ticket callback failed; answering 0")
-                except BaseException:  # noqa: BLE001, S110
+                except BaseException:  # noqa: S110
                     pass
                 return Answer.NO_TICKET
 
         return callback
+
+
+def _stop_background(sub: Any, stop: threading.Event, wake: threading.Event) -> None:
+    stop.set()
+    wake.set()
+    sub.close()
 
 
 def _weak_method(obj: Installation, name: str) -> Callable[[], None]:

@@ -132,7 +132,13 @@ class Keyring:
                 f"(this stek reads version {FORMAT_VERSION})"
             )
         try:
-            policy = Policy(**{k: int(v) for k, v in doc["policy"].items()})
+            pol = doc["policy"]
+            policy = Policy(
+                rotate_every=int(pol["rotate_every"]),
+                accept_for=int(pol["accept_for"]),
+                publish_ahead=int(pol["publish_ahead"]),
+                key_size=int(pol.get("key_size", 80)),
+            )
             keys = tuple(
                 TicketKey(
                     name=bytes.fromhex(item["name"]),

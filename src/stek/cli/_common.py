@@ -29,7 +29,7 @@ def open_cli_store(url: str | None, **options: Any) -> KeyStore:
     return open_store(url or default_url(), **options)
 
 
-class Duration(click.ParamType):
+class Duration(click.ParamType):  # type: ignore[type-arg]
     """30s, 10m, 1h, 2d (or plain seconds)."""
 
     name = "duration"

@@ -53,7 +53,7 @@ OSSL_PARAM_UTF8_STRING = 4
 OSSL_PARAM_OCTET_STRING = 5
 
 
-class OSSL_PARAM(Structure):  # noqa: N801 - the C name
+class OSSL_PARAM(Structure):
     """openssl/core.h ``struct ossl_param_st``."""
 
     _fields_ = (
@@ -226,7 +226,8 @@ class PreparedKey:
         if lib.openssl3:
             # EVP_MAC-HMAC(7): params "digest" (UTF8 string) and "key" (octet string).
             params = (OSSL_PARAM * 3)()
-            self._hold = (b"SHA256", hmac)  # keep the buffers alive with the params
+            # Keep the buffers the params point into alive as long as the params.
+            self._hold: tuple[bytes, ...] = (b"SHA256", hmac)
             params[0] = OSSL_PARAM(b"digest", OSSL_PARAM_UTF8_STRING,
                                    ctypes.cast(c_char_p(b"SHA256"), c_void_p), 6, 0)
             params[1] = OSSL_PARAM(b"key", OSSL_PARAM_OCTET_STRING,

@@ -19,14 +19,17 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from ..errors import NotInitialized, StoreCorrupt, StoreUnavailable
+from ..errors import NotInitialized, StoreUnavailable
 from ..keyring import Keyring
 from .base import Mutator
+
+log = logging.getLogger("stek.stores.file")
 
 #: Seconds between stat() polls of the file (well under the 1 s promise).
 POLL_INTERVAL = 0.2
@@ -61,8 +64,8 @@ class _Poller:
                 self._last = sig
                 try:
                     self._cb()
-                except Exception:  # noqa: BLE001 - a subscriber's failure must not kill the watch
-                    pass
+                except Exception:  # a subscriber's failure must not stop the watch
+                    log.exception("keyring change subscriber failed")
 
     def close(self) -> None:
         self._stop.set()

@@ -1,0 +1,422 @@
+"""stek.install() on a real Python ssl server: resumption, renewal, failures.
+
+Every resumption here is a real TLS handshake on 127.0.0.1, with Python's
+ssl client or ``openssl s_client``, and the installation's counters prove
+that stek's callback (not OpenSSL's built-in key) handled the ticket.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import ssl
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from conftest import TLS_VERSIONS, Certs, client_context, server_context
+from support import TLSServer, connect, reconnects, s_client, s_client_reused
+
+import stek
+from stek.errors import BindingError, NotInitialized, StoreCorrupt
+from stek.hazmat.libssl import libssl
+from stek.keyring import Keyring
+from stek.keys import TicketKey, generate_key
+from stek.schedule import Policy
+from stek.stores import FileStore
+from stek.stores.memory import MemoryStore
+
+
+def ticket_name(session: ssl.SSLSession | None) -> bytes:
+    assert session is not None
+    return libssl().session_ticket(session)[:16]
+
+
+def key_at(activates: float, retires: float, expires: float, size: int = 80) -> TicketKey:
+    return generate_key(size=size, activates_at=int(activates), retires_at=int(retires),
+                        expires_at=int(expires))
+
+
+def write_ring(store: FileStore, *keys: TicketKey) -> Keyring:
+    def mutate(current: Keyring | None) -> Keyring:
+        gen = current.generation + 1 if current else 1
+        return Keyring(Policy(), keys, gen)
+
+    return store.update(mutate)
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> FileStore:
+    s = FileStore(tmp_path / "ring.json")
+    stek.init_ring(s, Policy())
+    return s
+
+
+@pytest.fixture
+def server(certs: Certs, store: FileStore):  # noqa: ANN201
+    ctx = server_context(certs)
+    handle = stek.install(ctx, store)
+    with TLSServer(ctx) as srv:
+        yield srv, handle
+        assert srv.errors == []
+    handle.uninstall()
+
+
+# -- resumption ---------------------------------------------------------------------
+
+@TLS_VERSIONS
+def test_python_client_resumes_and_callback_ran(server, certs: Certs,
+                                                tls_version: ssl.TLSVersion) -> None:
+    srv, handle = server
+    resumed = reconnects(srv.port, client_context(certs, tls_version), 10)
+    assert resumed == 10
+    c = handle.counters
+    assert c.resumed == 10
+    # TLS 1.2 keeps its ticket (answer 1); TLS 1.3 gets 2 on the full handshake
+    # and a fresh one on every resumption (answer 2).
+    assert c.issued == (12 if tls_version == ssl.TLSVersion.TLSv1_3 else 1)
+    assert c.errors == 0 and c.rejected_unknown == 0
+
+
+@TLS_VERSIONS
+def test_tickets_carry_the_active_key_name(server, certs: Certs,
+                                           tls_version: ssl.TLSVersion) -> None:
+    srv, handle = server
+    r = connect(srv.port, client_context(certs, tls_version))
+    assert ticket_name(r.session) == handle.ring.encrypting_key(time.time()).name
+
+
+@TLS_VERSIONS
+def test_openssl_s_client_resumes(server, certs: Certs, tls_version: ssl.TLSVersion,
+                                  tmp_path: Path) -> None:
+    srv, handle = server
+    sess = tmp_path / "sess.pem"
+    first = s_client(srv.port, tls_version, tmp_path, sess_out=sess, ca=certs.ca)
+    assert "New, TLSv1." in first and not s_client_reused(first)
+    second = s_client(srv.port, tls_version, tmp_path, sess_in=sess, ca=certs.ca)
+    assert s_client_reused(second), second[-2000:]
+    assert handle.counters.resumed == 1
+
+
+@TLS_VERSIONS
+def test_tls13_resumption_always_renews_and_tls12_does_not(
+        server, certs: Certs, tls_version: ssl.TLSVersion) -> None:
+    srv, handle = server
+    reconnects(srv.port, client_context(certs, tls_version), 3)
+    expected = 3 if tls_version == ssl.TLSVersion.TLSv1_3 else 0
+    assert handle.counters.renewed == expected
+
+
+def test_many_threads_resume_concurrently(server, certs: Certs) -> None:
+    srv, handle = server
+    results: list[int] = []
+
+    def client() -> None:
+        results.append(reconnects(srv.port, client_context(certs, ssl.TLSVersion.TLSv1_2), 10))
+
+    threads = [threading.Thread(target=client) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [10] * 8
+    assert handle.counters.errors == 0
+
+
+# -- the lifecycle, with real tickets ------------------------------------------------
+
+@TLS_VERSIONS
+def test_decrypt_only_ticket_resumes_and_is_reissued_under_active_key(
+        certs: Certs, store: FileStore, tls_version: ssl.TLSVersion) -> None:
+    now = time.time()
+    old = key_at(now - 100, now + 1000, now + 2000)
+    write_ring(store, old)
+    ctx = server_context(certs)
+    handle = stek.install(ctx, store)
+    cctx = client_context(certs, tls_version)
+    with TLSServer(ctx) as srv:
+        first = connect(srv.port, cctx)
+        assert ticket_name(first.session) == old.name
+        new = key_at(now - 10, now + 1000, now + 2000)
+        retired = TicketKey(old.name, old.aes_key, old.hmac_key, int(now - 100), int(now - 10),
+                            int(now + 2000))
+        write_ring(store, retired, new)
+        handle.refresh()
+        second = connect(srv.port, cctx, first.session)
+        assert second.reused
+        assert ticket_name(second.session) == new.name
+        assert handle.counters.renewed == 1
+        third = connect(srv.port, cctx, second.session)
+        assert third.reused
+        assert srv.errors == []
+
+
+@TLS_VERSIONS
+@pytest.mark.parametrize("fate", ["expired", "dropped"])
+def test_expired_or_unknown_key_gets_full_handshake_and_new_ticket(
+        certs: Certs, store: FileStore, tls_version: ssl.TLSVersion, fate: str) -> None:
+    now = time.time()
+    old = key_at(now - 100, now + 1000, now + 2000)
+    write_ring(store, old)
+    ctx = server_context(certs)
+    handle = stek.install(ctx, store)
+    cctx = client_context(certs, tls_version)
+    with TLSServer(ctx) as srv:
+        first = connect(srv.port, cctx)
+        new = key_at(now - 10, now + 1000, now + 2000)
+        if fate == "expired":  # still in the snapshot, but past expires_at
+            dead = TicketKey(old.name, old.aes_key, old.hmac_key, int(now - 300),
+                             int(now - 200), int(now - 1))
+            write_ring(store, dead, new)
+        else:
+            write_ring(store, new)
+        handle.refresh()
+        second = connect(srv.port, cctx, first.session)
+        assert not second.reused
+        assert ticket_name(second.session) == new.name
+        c = handle.counters
+        if fate == "expired":
+            assert c.rejected_expired == 1
+        else:
+            assert c.rejected_unknown == 1
+        assert connect(srv.port, cctx, second.session).reused
+        assert srv.errors == []
+
+
+@TLS_VERSIONS
+def test_pre_published_keys_ticket_resumes(certs: Certs, store: FileStore,
+                                           tls_version: ssl.TLSVersion) -> None:
+    """A host whose clock is ahead already encrypts with the next key."""
+    now = time.time()
+    nxt = key_at(now - 5, now + 3000, now + 4000)
+    write_ring(store, nxt)
+    ctx = server_context(certs)
+    handle = stek.install(ctx, store)
+    cctx = client_context(certs, tls_version)
+    with TLSServer(ctx) as srv:
+        first = connect(srv.port, cctx)
+        assert ticket_name(first.session) == nxt.name
+        current = key_at(now - 100, now + 500, now + 1500)
+        pending = TicketKey(nxt.name, nxt.aes_key, nxt.hmac_key, int(now + 500),
+                            int(now + 3000), int(now + 4000))
+        write_ring(store, current, pending)
+        handle.refresh()
+        second = connect(srv.port, cctx, first.session)
+        assert second.reused
+        assert handle.counters.resumed == 1
+
+
+@TLS_VERSIONS
+def test_no_active_key_still_handshakes_but_issues_no_ticket(
+        certs: Certs, store: FileStore, tls_version: ssl.TLSVersion) -> None:
+    now = time.time()
+    write_ring(store, key_at(now - 300, now - 100, now + 1000),
+               key_at(now + 500, now + 1000, now + 2000))
+    ctx = server_context(certs)
+    handle = stek.install(ctx, store)
+    with TLSServer(ctx) as srv:
+        for _ in range(3):
+            r = connect(srv.port, client_context(certs, tls_version))
+            assert r.session is None or libssl().session_ticket(r.session) == b""
+        assert srv.errors == []
+        assert srv.handshakes == 3
+    c = handle.counters
+    assert c.issued == 0 and c.no_active_key >= 3
+
+
+@TLS_VERSIONS
+def test_all_keys_expired_does_not_break_handshakes(certs: Certs, tls_version: ssl.TLSVersion,
+                                                    tmp_path: Path) -> None:
+    now = time.time()
+    store = FileStore(tmp_path / "ring.json")
+    write_ring(store, key_at(now - 300, now - 200, now - 100))
+    ctx = server_context(certs)
+    stek.install(ctx, store)
+    with TLSServer(ctx) as srv:
+        r = connect(srv.port, client_context(certs, tls_version))
+        assert r.version is not None
+        assert srv.errors == []
+
+
+@TLS_VERSIONS
+def test_resumed_session_keeps_the_client_certificate(certs: Certs, store: FileStore,
+                                                      tls_version: ssl.TLSVersion) -> None:
+    ctx = server_context(certs)
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.load_verify_locations(certs.ca)
+    handle = stek.install(ctx, store)
+    cctx = client_context(certs, tls_version)
+    cctx.load_cert_chain(certs.client_cert, certs.client_key)
+    with TLSServer(ctx) as srv:
+        first = connect(srv.port, cctx)
+        second = connect(srv.port, cctx, first.session)
+        assert second.reused
+        deadline = time.time() + 5
+        while len(srv.peercerts) < 2 and time.time() < deadline:
+            time.sleep(0.01)
+        assert srv.errors == []
+    assert handle.counters.resumed == 1
+    full, resumed = srv.peercerts[0], srv.peercerts[1]
+    assert resumed, "getpeercert() on the resumed connection is empty"
+    assert resumed["subject"] == full["subject"] == ((("commonName", "stek client"),),)
+
+
+# -- the snapshot --------------------------------------------------------------------
+
+def test_rotation_by_another_process_is_seen_within_a_second(certs: Certs,
+                                                              store: FileStore) -> None:
+    ctx = server_context(certs)
+    handle = stek.install(ctx, store)
+    gen = handle.ring.generation
+    time.sleep(0.3)
+    now = time.time()
+    fresh = key_at(now - 1, now + 1000, now + 2000)
+    write_ring(FileStore(store.path), fresh)
+    start = time.monotonic()
+    while handle.ring.generation == gen and time.monotonic() - start < 2:
+        time.sleep(0.02)
+    assert time.monotonic() - start < 1.0
+    with TLSServer(ctx) as srv:
+        r = connect(srv.port, client_context(certs, ssl.TLSVersion.TLSv1_2))
+    assert ticket_name(r.session) == fresh.name
+
+
+def test_corrupt_file_keeps_server_serving_and_file_untouched(
+        certs: Certs, store: FileStore, caplog: pytest.LogCaptureFixture) -> None:
+    ctx = server_context(certs)
+    handle = stek.install(ctx, store)
+    cctx = client_context(certs, ssl.TLSVersion.TLSv1_2)
+    with TLSServer(ctx) as srv:
+        first = connect(srv.port, cctx)
+        store.path.write_bytes(b"{ not a keyring")
+        before = store.path.read_bytes()
+        with pytest.raises(StoreCorrupt):
+            handle.refresh()
+        with caplog.at_level(logging.WARNING, logger="stek.install"):
+            time.sleep(0.6)  # let the watcher notice and fail
+        assert connect(srv.port, cctx, first.session).reused
+        assert srv.errors == []
+    assert store.path.read_bytes() == before
+    assert any("serving the last snapshot" in r.getMessage() for r in caplog.records)
+
+
+@TLS_VERSIONS
+def test_lifetime_hint_matches_accept_for(certs: Certs, tmp_path: Path,
+                                          tls_version: ssl.TLSVersion) -> None:
+    """The hint never promises more than the ring will accept (s2n #4583)."""
+    store = FileStore(tmp_path / "r.json")
+    stek.init_ring(store, Policy(rotate_every=600, accept_for=1800, publish_ahead=60))
+    ctx = server_context(certs)
+    stek.install(ctx, store)
+    lib = libssl()
+    assert lib.SSL_CTX_get_timeout(lib.ssl_ctx_pointer(ctx)) == 1800
+    with TLSServer(ctx) as srv:
+        r = connect(srv.port, client_context(certs, tls_version))
+    # RFC 5077 3.3 ticket_lifetime_hint / RFC 8446 4.6.1 ticket_lifetime.
+    assert r.session is not None and r.session.ticket_lifetime_hint == 1800
+
+
+def test_48_byte_ring_resumes(certs: Certs, tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "r.json")
+    stek.init_ring(store, Policy(key_size=48))
+    ctx = server_context(certs)
+    handle = stek.install(ctx, store)
+    with TLSServer(ctx) as srv:
+        assert reconnects(srv.port, client_context(certs, ssl.TLSVersion.TLSv1_2), 3) == 3
+    assert handle.counters.resumed == 3
+
+
+# -- installation errors and lifetime ------------------------------------------------
+
+def test_client_context_is_refused(store: FileStore) -> None:
+    with pytest.raises(BindingError, match="client-side"):
+        stek.install(ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT), store)
+
+
+def test_op_no_ticket_is_refused(certs: Certs, store: FileStore) -> None:
+    ctx = server_context(certs)
+    ctx.options |= ssl.OP_NO_TICKET
+    with pytest.raises(BindingError, match="OP_NO_TICKET"):
+        stek.install(ctx, store)
+
+
+def test_non_context_is_refused(store: FileStore) -> None:
+    with pytest.raises(BindingError, match="SSLContext"):
+        stek.install(object(), store)  # type: ignore[arg-type]
+
+
+def test_double_install_is_refused(certs: Certs, store: FileStore) -> None:
+    ctx = server_context(certs)
+    stek.install(ctx, store)
+    with pytest.raises(BindingError, match="already installed"):
+        stek.install(ctx, store)
+
+
+def test_unreachable_libssl_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import _ssl
+
+    from stek.hazmat import libssl as hz
+
+    monkeypatch.delattr(_ssl, "__file__")
+    with pytest.raises(BindingError, match="statically linked"):
+        hz.LibSSL()
+
+
+def test_empty_store_without_rotate_says_what_to_do(certs: Certs, tmp_path: Path) -> None:
+    with pytest.raises(NotInitialized, match="rotate=True"):
+        stek.install(server_context(certs), f"file:{tmp_path / 'none.json'}")
+
+
+def test_rotate_true_creates_the_ring(certs: Certs, tmp_path: Path) -> None:
+    path = tmp_path / "new.json"
+    handle = stek.install(server_context(certs), f"file:{path}", rotate=True,
+                          policy=Policy(rotate_every=1800))
+    assert path.exists()
+    assert handle.ring.policy.rotate_every == 1800
+    assert handle.ring.encrypting_key(time.time()) is not None
+
+
+def test_rotate_true_rotates_when_due(certs: Certs, tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "r.json")
+    stek.init_ring(store, Policy(rotate_every=2, accept_for=4, publish_ahead=1))
+    handle = stek.install(server_context(certs), store, rotate=True)
+    first = {k.name for k in handle.ring}
+    time.sleep(3.5)
+    assert {k.name for k in handle.ring} - first
+    assert {k.name for k in store.read()} == {k.name for k in handle.ring}
+
+
+def test_uninstall_restores_openssl_builtin_keys(certs: Certs, store: FileStore) -> None:
+    ctx = server_context(certs)
+    handle = stek.install(ctx, store)
+    handle.uninstall()
+    assert not handle.installed
+    with TLSServer(ctx) as srv:
+        r = connect(srv.port, client_context(certs, ssl.TLSVersion.TLSv1_2))
+    assert ticket_name(r.session) not in {k.name for k in store.read()}
+    assert handle.counters.issued == 0
+    stek.install(ctx, store).uninstall()  # can be installed again
+
+
+def test_installation_dies_with_its_context(certs: Certs) -> None:
+    """The callback lives exactly as long as the context; then its threads stop."""
+    store = MemoryStore()
+    stek.init_ring(store, Policy())
+    ctx = server_context(certs)
+    thread = stek.install(ctx, store)._thread
+    assert len(store._subs) == 1 and thread.is_alive()
+    del ctx
+    gc.collect()
+    assert store._subs == []
+    thread.join(3)
+    assert not thread.is_alive()
+
+
+def test_handle_repr_has_no_key_bytes(certs: Certs, store: FileStore) -> None:
+    handle = stek.install(server_context(certs), store)
+    text = repr(handle) + repr(handle.ring) + repr(handle.counters)
+    for k in handle.ring:
+        assert k.aes_key.hex() not in text and k.hmac_key.hex() not in text
+    assert os.fspath(store.path) in text

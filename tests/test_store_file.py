@@ -1,0 +1,139 @@
+"""The embedded file store: permissions, atomic replace, locking, corrupt files."""
+
+from __future__ import annotations
+
+import os
+import stat
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from stek.errors import NotInitialized, StoreCorrupt, StoreUnavailable
+from stek.keyring import Keyring
+from stek.rotation import init_ring, rotate
+from stek.schedule import Policy
+from stek.stores import FileStore, open_store
+from stek.stores.file import default_path
+
+
+def test_new_file_is_0600_in_a_0700_directory(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "sub" / "ring.json")
+    init_ring(store, Policy())
+    assert stat.S_IMODE(os.stat(store.path).st_mode) == 0o600
+    assert stat.S_IMODE(os.stat(store.path.parent).st_mode) == 0o700
+
+
+def test_replacement_is_atomic_and_leaves_no_temp_files(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "ring.json")
+    init_ring(store, Policy())
+    inode = os.stat(store.path).st_ino
+    rotate(store, now=time.time() + 3600)
+    assert os.stat(store.path).st_ino != inode  # renamed over, not rewritten in place
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ring.json", "ring.json.lock"]
+    assert stat.S_IMODE(os.stat(store.path).st_mode) == 0o600
+
+
+def test_read_of_missing_file_says_run_init(tmp_path: Path) -> None:
+    with pytest.raises(NotInitialized, match="stek init"):
+        FileStore(tmp_path / "none.json").read()
+
+
+def test_corrupt_file_is_reported_and_never_overwritten(tmp_path: Path) -> None:
+    path = tmp_path / "ring.json"
+    path.write_bytes(b"this is not a keyring\n")
+    before = (path.read_bytes(), os.stat(path).st_mtime_ns)
+    store = FileStore(path)
+    with pytest.raises(StoreCorrupt, match="not a stek keyring"):
+        store.read()
+    with pytest.raises(StoreCorrupt):
+        rotate(store, create=Policy())
+    with pytest.raises(StoreCorrupt):
+        init_ring(store, Policy(), force=True)
+    assert (path.read_bytes(), os.stat(path).st_mtime_ns) == before
+
+
+def test_truncated_keyring_is_corrupt(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "ring.json")
+    init_ring(store, Policy())
+    data = store.path.read_bytes()
+    store.path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(StoreCorrupt):
+        store.read()
+
+
+def test_unwritable_directory_is_unavailable_not_a_crash(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    store = FileStore(blocker / "ring.json")  # parent is a regular file
+    with pytest.raises(StoreUnavailable):
+        init_ring(store, Policy())
+
+
+def test_concurrent_threads_create_one_key_per_slot(tmp_path: Path) -> None:
+    path = tmp_path / "ring.json"
+    init_ring(FileStore(path), Policy(), now=1_000_000)
+    barrier = threading.Barrier(8)
+
+    def worker() -> None:
+        barrier.wait()
+        rotate(FileStore(path), now=1_000_000 + 3000)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    ring = FileStore(path).read()
+    assert len(ring) == 2
+    assert ring.generation == 2
+
+
+def test_subscribe_sees_another_writer_within_a_second(tmp_path: Path) -> None:
+    path = tmp_path / "ring.json"
+    init_ring(FileStore(path), Policy())
+    seen = threading.Event()
+    sub = FileStore(path).subscribe(seen.set)
+    try:
+        time.sleep(0.3)
+        start = time.monotonic()
+        rotate(FileStore(path), now=time.time() + 3600)
+        assert seen.wait(1.0)
+        assert time.monotonic() - start < 1.0
+    finally:
+        sub.close()
+
+
+@pytest.mark.parametrize("form", ["file:{p}", "file://{p}", "{p}"])
+def test_url_forms(tmp_path: Path, form: str) -> None:
+    store = open_store(form.format(p=tmp_path / "r.json"))
+    assert isinstance(store, FileStore)
+    assert store.path == tmp_path / "r.json"
+
+
+def test_stek_store_environment_selects_the_store(tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STEK_STORE", f"file:{tmp_path / 'env.json'}")
+    store = open_store()
+    assert isinstance(store, FileStore) and store.path == tmp_path / "env.json"
+
+
+def test_default_path_prefers_runtime_dir(monkeypatch: pytest.MonkeyPatch,
+                                          tmp_path: Path) -> None:
+    monkeypatch.setenv("XDG_RUNTIME_DIR", str(tmp_path))
+    assert default_path() == tmp_path / "stek" / "keyring.json"
+
+
+def test_unknown_scheme_is_a_config_error() -> None:
+    from stek.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="unknown store URL"):
+        open_store("ftp://example/ring")
+
+
+def test_written_ring_reads_back(tmp_path: Path) -> None:
+    store = FileStore(tmp_path / "ring.json")
+    ring = init_ring(store, Policy()).ring
+    assert store.read() == ring
+    assert isinstance(store.read(), Keyring)
