@@ -1,0 +1,7 @@
+"""python -m stek.cli"""
+
+import sys
+
+from . import main
+
+sys.exit(main())

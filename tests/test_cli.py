@@ -1,0 +1,193 @@
+"""The stek command line: init, rotate, status, errors (run as a real process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from stek.stores import FileStore
+
+
+def stek(*args: str, env: dict[str, str] | None = None,
+         timeout: float = 30) -> subprocess.CompletedProcess[str]:
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("STEK_STORE", None) if env is None or "STEK_STORE" not in env else None
+    return subprocess.run([sys.executable, "-m", "stek.cli", *args], capture_output=True,
+                          text=True, env=full_env, timeout=timeout)
+
+
+@pytest.fixture
+def url(tmp_path: Path) -> str:
+    return f"file:{tmp_path / 'ring.json'}"
+
+
+def test_init_creates_a_ring_with_policy(url: str) -> None:
+    r = stek("init", "--store", url, "--rotate-every", "30m", "--accept-for", "2h",
+             "--publish-ahead", "5m")
+    assert r.returncode == 0, r.stderr
+    assert "created keyring" in r.stdout
+    ring = FileStore(url[5:]).read()
+    assert ring.policy.to_dict() == {"rotate_every": 1800, "accept_for": 7200,
+                                     "publish_ahead": 300, "key_size": 80}
+
+
+def test_init_twice_is_a_one_line_error(url: str) -> None:
+    assert stek("init", "--store", url).returncode == 0
+    r = stek("init", "--store", url)
+    assert r.returncode == 2
+    assert r.stderr.strip().count("\n") == 0
+    assert "already exists" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_init_force_changes_policy_and_keeps_keys(url: str) -> None:
+    stek("init", "--store", url)
+    before = {k.name for k in FileStore(url[5:]).read()}
+    r = stek("init", "--store", url, "--force", "--accept-for", "5h")
+    assert r.returncode == 0, r.stderr
+    ring = FileStore(url[5:]).read()
+    assert ring.policy.accept_for == 5 * 3600
+    assert before <= {k.name for k in ring}
+
+
+def test_init_warns_for_48_byte_keys(url: str) -> None:
+    r = stek("init", "--store", url, "--key-size", "48")
+    assert r.returncode == 0
+    assert "128 bits" in r.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["init", "--rotate-every", "5x"], "invalid duration"),
+        (["init", "--rotate-every", "0"], "rotate_every must be a positive"),
+        (["init", "--rotate-every", "7d", "--accept-for", "1d"], "7d"),
+        (["status", "--store", "ftp://host/x"], "unknown store URL"),
+        (["frobnicate"], "No such command"),
+    ],
+)
+def test_user_mistakes_exit_2_without_traceback(url: str, args: list[str],
+                                                message: str) -> None:
+    if "--store" not in args:
+        args = [*args, "--store", url]
+    r = stek(*args)
+    assert r.returncode == 2
+    assert message in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_status_of_missing_ring_says_run_init(url: str) -> None:
+    r = stek("status", "--store", url)
+    assert r.returncode == 2
+    assert "stek init" in r.stderr
+
+
+def test_corrupt_ring_is_one_line_and_file_untouched(tmp_path: Path) -> None:
+    path = tmp_path / "ring.json"
+    path.write_text("definitely not json")
+    for cmd in ("status", "rotate"):
+        r = stek(cmd, "--store", f"file:{path}")
+        assert r.returncode == 2
+        assert "not a stek keyring" in r.stderr and "Traceback" not in r.stderr
+    assert path.read_text() == "definitely not json"
+
+
+def test_rotate_is_idempotent(url: str) -> None:
+    stek("init", "--store", url)
+    r = stek("rotate", "--store", url)
+    assert r.returncode == 0
+    assert "nothing to do" in r.stdout
+
+
+def test_status_json_shape_and_no_key_bytes(url: str) -> None:
+    stek("init", "--store", url)
+    r = stek("status", "--json", "--store", url)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    ring = FileStore(url[5:]).read()
+    assert [k["name"] for k in doc["keys"]] == [k.name.hex() for k in ring]
+    iso = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ$")
+    for k in doc["keys"]:
+        assert k["state"] in {"pending", "active", "decrypt-only", "expired"}
+        assert all(iso.match(k[f]) for f in ("activates_at", "retires_at", "expires_at"))
+    assert "active" in {k["state"] for k in doc["keys"]}
+    for k in ring:
+        for secret in (k.aes_key, k.hmac_key):
+            assert secret.hex() not in r.stdout
+            import base64
+
+            assert base64.b64encode(secret).decode() not in r.stdout
+
+
+def test_status_text_shows_states_and_timeline(url: str) -> None:
+    stek("init", "--store", url)
+    r = stek("status", "--store", url)
+    assert r.returncode == 0
+    name = next(iter(FileStore(url[5:]).read())).name.hex()
+    assert name in r.stdout and "active" in r.stdout
+    assert re.search(r"\[[ #\-.|]+\]", r.stdout), r.stdout
+
+
+def test_stek_store_env_is_used(url: str) -> None:
+    r = stek("init", env={"STEK_STORE": url})
+    assert r.returncode == 0, r.stderr
+    assert Path(url[5:]).exists()
+
+
+def test_help_explains_commands() -> None:
+    r = stek("--help")
+    assert r.returncode == 0
+    for cmd in ("init", "rotate", "status", "agent"):
+        assert cmd in r.stdout
+    r = stek("init", "--help")
+    assert "--rotate-every" in r.stdout and "forward-secrecy" in r.stdout
+
+
+def test_agent_creates_rotates_and_stops_on_sigterm(tmp_path: Path) -> None:
+    url = f"file:{tmp_path / 'ring.json'}"
+    proc = subprocess.Popen([sys.executable, "-m", "stek.cli", "agent", "--store", url],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 15
+        while not (tmp_path / "ring.json").exists() and time.time() < deadline:
+            time.sleep(0.1)
+        assert (tmp_path / "ring.json").exists()
+        time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out
+    assert "initialized keyring" in out and "stopped" in out
+    ring = FileStore(tmp_path / "ring.json").read()
+    for k in ring:
+        assert k.aes_key.hex() not in out and k.name.hex() in out
+
+
+def test_agent_rotates_on_schedule(tmp_path: Path) -> None:
+    path = tmp_path / "ring.json"
+    assert stek("init", "--store", f"file:{path}", "--rotate-every", "2s", "--accept-for",
+                "3s", "--publish-ahead", "1s").returncode == 0
+    first = {k.name for k in FileStore(path).read()}
+    proc = subprocess.Popen([sys.executable, "-m", "stek.cli", "agent", "--store",
+                             f"file:{path}"], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    try:
+        time.sleep(6)
+        names = {k.name for k in FileStore(path).read()}
+        proc.send_signal(signal.SIGINT)
+        out, _ = proc.communicate(timeout=15)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert names - first, out
+    assert not first & names, "keys past expires_at must have been dropped"
+    assert "added key" in out and "dropped expired key" in out
