@@ -1,0 +1,458 @@
+"""Sealing a ring at rest, and the machinery shared by fleet stores.
+
+A shared store (Redis, etcd) is read by every host of a fleet, and often by
+its operators and backups too.  So what it holds is never the ring itself but
+the ring *sealed*: ``Keyring.to_bytes()`` encrypted with AES-256-GCM under a
+key-encryption key (KEK) that only the fleet's hosts hold.  GCM also makes
+the value tamper-evident: whoever can write the store but lacks the KEK
+cannot slip in a key of their own (which would let them mint tickets, that
+is, forge resumed sessions).
+
+Sealed value layout (version 1)::
+
+    "STEKSEAL"  8 bytes   magic
+    0x01        1 byte    format version
+    kek_id      8 bytes   SHA-256("stek kek id" 0x00 || KEK)[:8], to say
+                          *which* KEK is needed without revealing it
+    nonce       12 bytes  random (NIST SP 800-38D section 8.2.2)
+    ciphertext  n+16      AES-256-GCM(KEK, nonce, ring, aad=the 17 bytes above)
+
+A KEK is 32 random bytes, given as a file (``STEK_KEK_FILE``: one base64 line
+per KEK, the first seals, the others only open, for rolling a new KEK out) or
+as ``STEK_KEK`` (base64) in the environment.  Without one, a shared store is
+refused unless the caller says ``insecure_plaintext=True``
+(``--insecure-plaintext``, ``STEK_INSECURE_PLAINTEXT=1``), which is logged loudly.
+
+:class:`SharedStore` is the part every fleet store has in common: one value,
+an optimistic compare-and-set on its version (etcd's mod_revision, Redis's
+current value), a retry loop around ``mutate`` and the background watcher
+thread.  The backends supply ``_load``, ``_swap`` and ``_listen``.
+"""
+
+from __future__ import annotations
+
+import abc
+import base64
+import binascii
+import contextlib
+import hashlib
+import logging
+import os
+import random
+import stat
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from ..errors import ConfigError, NotInitialized, SealingError, StekError, StoreUnavailable
+from ..keyring import Keyring
+from .base import Mutator
+
+log = logging.getLogger("stek.stores")
+
+KEK_FILE_ENV = "STEK_KEK_FILE"
+KEK_ENV = "STEK_KEK"
+INSECURE_ENV = "STEK_INSECURE_PLAINTEXT"
+KEK_LEN = 32  # AES-256
+MAGIC = b"STEKSEAL"
+VERSION = 1
+_HEADER_LEN = len(MAGIC) + 1 + 8
+_NONCE_LEN = 12  # NIST SP 800-38D: 96-bit IVs for random nonces
+
+#: Attempts of an update's compare-and-set before giving up (each conflict
+#: means another writer succeeded, so progress is being made fleet-wide).
+MAX_ATTEMPTS = 64
+
+
+def kek_id(kek: bytes) -> str:
+    """A public fingerprint of a KEK (hex): says which KEK sealed a value."""
+    return hashlib.sha256(b"stek kek id\x00" + kek).digest()[:8].hex()
+
+
+def generate_kek() -> bytes:
+    return os.urandom(KEK_LEN)
+
+
+def _parse_kek(text: str, where: str) -> bytes:
+    try:
+        kek = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ConfigError(f"{where}: not a base64 key-encryption key") from None
+    if len(kek) != KEK_LEN:
+        raise ConfigError(f"{where}: a key-encryption key is {KEK_LEN} bytes, got {len(kek)}")
+    if not any(kek):
+        raise ConfigError(f"{where}: the key-encryption key is all zeros")
+    return kek
+
+
+def read_kek_file(path: str | os.PathLike[str]) -> list[bytes]:
+    """The KEKs in a KEK file: the first seals, any further ones only open."""
+    p = Path(path).expanduser()
+    try:
+        text = p.read_text(encoding="ascii")
+        mode = p.stat().st_mode
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not a text file"
+        raise ConfigError(f"KEK file {p}: cannot read: {reason}") from None
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        log.warning("KEK file %s is readable by others (mode %o); chmod 600 it", p, mode & 0o777)
+    lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
+    if not lines:
+        raise ConfigError(f"KEK file {p}: holds no key")
+    return [_parse_kek(ln, f"KEK file {p} line {i + 1}") for i, ln in enumerate(lines)]
+
+
+def write_kek_file(path: str | os.PathLike[str], kek: bytes | None = None, *,
+                   force: bool = False) -> bytes:
+    """Write a new KEK file, mode 0600, atomically (write, fsync, rename).
+
+    Refuses to replace an existing file unless ``force``: losing a KEK loses
+    the ring it sealed.
+    """
+    key = kek if kek is not None else generate_kek()
+    p = Path(path).expanduser()
+    if p.exists() and not force:
+        raise StekError(f"{p} exists; refusing to replace a key-encryption key (use --force)")
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    body = (f"# stek key-encryption key {kek_id(key)} (AES-256-GCM, base64)\n"
+            f"{base64.b64encode(key).decode()}\n").encode()
+    try:
+        p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+        try:
+            view = memoryview(body)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, p)
+        dfd = os.open(p.parent, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise StekError(f"{p}: cannot write KEK file: {exc.strerror}") from None
+    return key
+
+
+class Sealer:
+    """Seals and opens ring bytes under a KEK (plus older KEKs that only open)."""
+
+    sealed = True
+
+    def __init__(self, kek: bytes, older: tuple[bytes, ...] = ()) -> None:
+        for k in (kek, *older):
+            if len(k) != KEK_LEN:
+                raise ConfigError(f"a key-encryption key is {KEK_LEN} bytes, got {len(k)}")
+        self.kek_id = kek_id(kek)
+        self._seal = AESGCM(kek)
+        self._open = {kek_id(k): AESGCM(k) for k in (kek, *older)}
+
+    def __repr__(self) -> str:
+        return f"Sealer(kek_id={self.kek_id}, opens={sorted(self._open)})"
+
+    @property
+    def describe(self) -> str:
+        return f"sealed under KEK {self.kek_id}"
+
+    def seal(self, plain: bytes) -> bytes:
+        header = MAGIC + bytes([VERSION]) + bytes.fromhex(self.kek_id)
+        nonce = os.urandom(_NONCE_LEN)
+        return header + nonce + self._seal.encrypt(nonce, plain, header)
+
+    def open(self, blob: bytes, where: str) -> bytes:
+        if not blob.startswith(MAGIC):
+            if blob.lstrip().startswith(b"{"):
+                # Accepting it would let anyone with write access to the
+                # store inject keys: with a KEK, only sealed rings are read.
+                raise SealingError(
+                    f"{where}: holds an unsealed (plaintext) ring; refusing it while a KEK "
+                    f"is configured (seal it with 'stek rekey --insecure-plaintext "
+                    f"--new-kek-file PATH')"
+                )
+            raise SealingError(f"{where}: not a sealed stek keyring")
+        if len(blob) < _HEADER_LEN + _NONCE_LEN + 16 or blob[len(MAGIC)] != VERSION:
+            raise SealingError(f"{where}: sealed value is truncated or of an unknown version")
+        header, nonce = blob[:_HEADER_LEN], blob[_HEADER_LEN:_HEADER_LEN + _NONCE_LEN]
+        wanted = header[len(MAGIC) + 1:].hex()
+        aead = self._open.get(wanted)
+        if aead is None:
+            raise SealingError(
+                f"{where}: sealed under KEK {wanted}, but the KEK given is {self.kek_id}: "
+                f"wrong key-encryption key"
+            )
+        try:
+            return aead.decrypt(nonce, blob[_HEADER_LEN + _NONCE_LEN:], header)
+        except InvalidTag:
+            raise SealingError(
+                f"{where}: sealed value fails its integrity check (altered or damaged)"
+            ) from None
+
+
+class Plaintext:
+    """No sealing: the ring is stored readable.  Only on explicit request."""
+
+    sealed = False
+    kek_id = "none"
+    describe = "NOT SEALED (insecure plaintext)"
+
+    def __repr__(self) -> str:
+        return "Plaintext()"
+
+    def seal(self, plain: bytes) -> bytes:
+        return plain
+
+    def open(self, blob: bytes, where: str) -> bytes:
+        if blob.startswith(MAGIC):
+            raise SealingError(
+                f"{where}: holds a sealed ring; give its key-encryption key "
+                f"(--kek-file, ${KEK_FILE_ENV} or ${KEK_ENV})"
+            )
+        return blob
+
+
+AnySealer = Sealer | Plaintext
+
+
+def _truthy(value: str | None) -> bool:
+    return (value or "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def sealer_from(
+    where: str,
+    *,
+    kek: bytes | str | None = None,
+    kek_file: str | os.PathLike[str] | None = None,
+    insecure_plaintext: bool | None = None,
+    env: Mapping[str, str] | None = None,
+) -> AnySealer:
+    """The sealer a shared store at ``where`` uses.
+
+    Precedence: ``kek`` (32 bytes, or base64 text), ``kek_file``, then
+    ``$STEK_KEK_FILE``, ``$STEK_KEK``.  With no KEK at all, the store is
+    refused (:class:`~stek.errors.StekError`) unless ``insecure_plaintext``
+    (or ``$STEK_INSECURE_PLAINTEXT=1`` when the argument is None).
+    """
+    e = os.environ if env is None else env
+    keks: list[bytes] | None = None
+    if kek is not None:
+        keks = [_parse_kek(kek, "kek") if isinstance(kek, str) else kek]
+    elif kek_file is not None:
+        keks = read_kek_file(kek_file)
+    elif e.get(KEK_FILE_ENV):
+        keks = read_kek_file(e[KEK_FILE_ENV])
+    elif e.get(KEK_ENV):
+        keks = [_parse_kek(e[KEK_ENV], f"${KEK_ENV}")]
+    if keks is not None:
+        return Sealer(keks[0], tuple(keks[1:]))
+    insecure = _truthy(e.get(INSECURE_ENV)) if insecure_plaintext is None else insecure_plaintext
+    if insecure:
+        log.warning(
+            "INSECURE: %s will hold session ticket keys in PLAINTEXT: anyone who can read "
+            "it can decrypt every resumed session's secrets, and anyone who can write it "
+            "can forge sessions.  Create a KEK with 'stek kek PATH' and set $%s.",
+            where, KEK_FILE_ENV,
+        )
+        return Plaintext()
+    raise StekError(
+        f"{where} is a shared store: it needs a key-encryption key to seal the ring "
+        f"(create one with 'stek kek PATH', then pass --kek-file PATH or set ${KEK_FILE_ENV}); "
+        f"--insecure-plaintext stores the keys readable"
+    )
+
+
+# -- what every fleet store shares ------------------------------------------------------
+
+T = TypeVar("T")
+
+
+class WatchThread:
+    """Runs a backend's ``listen(watch)`` in a daemon thread, reconnecting with backoff.
+
+    ``listen`` blocks while connected: it calls ``watch.ready()`` once its
+    subscription is in place and ``watch.changed()`` for every notification,
+    polls ``watch.stop_event``, and returns or raises when the connection
+    ends.  ``ready()`` notifies too, so that a change missed while
+    disconnected is re-read.
+    """
+
+    def __init__(self, name: str, url: str, listen: Callable[[WatchThread], None],
+                 on_change: Callable[[], None]) -> None:
+        self._url = url
+        self._listen = listen
+        self._cb = on_change
+        self.stop_event = threading.Event()
+        self.connected = threading.Event()
+        self.reconnects = 0
+        self._closers: list[Callable[[], None]] = []
+        self._closers_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def changed(self) -> None:
+        try:
+            self._cb()
+        except Exception:  # a subscriber's failure must not kill the watch
+            log.exception("change subscriber failed")
+
+    def ready(self) -> None:
+        self.connected.set()
+        self.changed()
+
+    def _run(self) -> None:
+        backoff = 0.05
+        failing = False
+        while not self.stop_event.is_set():
+            try:
+                self._listen(self)
+                failing = False
+                backoff = 0.05
+            except Exception as exc:
+                if not self.stop_event.is_set() and not failing:
+                    log.warning("watch on %s lost (%s); reconnecting", self._url,
+                                type(exc).__name__)
+                failing = True
+            self.connected.clear()
+            with self._closers_lock:
+                self._closers.clear()
+            if self.stop_event.is_set():
+                return
+            self.reconnects += 1
+            # Jittered exponential backoff, capped at 1 s so that a store that
+            # comes back is watched again (and re-read) within about a second.
+            self.stop_event.wait(backoff * (0.5 + random.random()))
+            backoff = min(1.0, backoff * 2)
+
+    def on_close(self, fn: Callable[[], None]) -> None:
+        """Register how to interrupt the current connection from close()."""
+        with self._closers_lock:
+            self._closers.append(fn)
+
+    def close(self) -> None:
+        self.stop_event.set()
+        with self._closers_lock:
+            closers = list(self._closers)
+        for fn in closers:
+            with contextlib.suppress(Exception):
+                fn()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(2.0)
+
+
+class SharedStore(abc.ABC, Generic[T]):
+    """One sealed value with optimistic concurrency: the shape of every fleet store.
+
+    ``T`` is the backend's version token (what ``_swap`` compares against).
+    """
+
+    url: str
+
+    def __init__(self, url: str, sealer: AnySealer) -> None:
+        self.url = url
+        self.sealer = sealer
+        #: Round trips to the store, by kind: the benchmark reports them per rotation.
+        self.ops: dict[str, int] = {"read": 0, "cas": 0, "conflict": 0}
+        self._ops_lock = threading.Lock()
+
+    def _count(self, kind: str) -> None:
+        with self._ops_lock:
+            self.ops[kind] += 1
+
+    # -- backend ---------------------------------------------------------------------
+    @abc.abstractmethod
+    def _load(self) -> tuple[bytes | None, T]:
+        """The raw value (None if absent) and its version token."""
+
+    @abc.abstractmethod
+    def _swap(self, token: T, data: bytes) -> bool:
+        """Write ``data`` if the value still has version ``token``; False on conflict."""
+
+    # -- KeyStore --------------------------------------------------------------------
+    def _decode(self, blob: bytes) -> Keyring:
+        return Keyring.from_bytes(self.sealer.open(blob, self.url), self.url)
+
+    def read_raw(self) -> bytes | None:
+        """The value exactly as stored (sealed): for inspection and tests."""
+        self._count("read")
+        return self._load()[0]
+
+    def read(self) -> Keyring:
+        self._count("read")
+        blob, _ = self._load()
+        if blob is None:
+            raise NotInitialized(f"{self.url}: no keyring yet (run 'stek init')")
+        return self._decode(blob)
+
+    def update(self, mutate: Mutator) -> Keyring:
+        for attempt in range(MAX_ATTEMPTS):
+            self._count("read")
+            blob, token = self._load()
+            # Unreadable content (wrong KEK, corrupt) raises here, before any write.
+            current = self._decode(blob) if blob is not None else None
+            new = mutate(current)
+            if new is None or new is current:
+                if current is None:
+                    raise NotInitialized(f"{self.url}: no keyring yet (run 'stek init')")
+                return current
+            self._count("cas")
+            if self._swap(token, self.sealer.seal(new.to_bytes())):
+                return new
+            # Another writer got there first: re-read and re-plan.  Jitter keeps
+            # a crowd of racers from colliding in lock step.
+            self._count("conflict")
+            time.sleep(random.random() * min(0.05, 0.002 * (attempt + 1)))
+        raise StoreUnavailable(f"{self.url}: gave up after {MAX_ATTEMPTS} conflicting writes")
+
+    def reseal(self, new: AnySealer) -> Keyring:
+        """Re-seal the stored ring under ``new`` (KEK rotation), atomically.
+
+        The ring's bytes are carried over unchanged: no key is lost, and a
+        concurrent rotation either lands before (and is re-sealed) or after
+        (and is sealed under ``new`` by a writer that holds it).
+        """
+        for _ in range(MAX_ATTEMPTS):
+            self._count("read")
+            blob, token = self._load()
+            if blob is None:
+                raise NotInitialized(f"{self.url}: no keyring yet (run 'stek init')")
+            plain = self.sealer.open(blob, self.url)
+            ring = Keyring.from_bytes(plain, self.url)
+            self._count("cas")
+            if self._swap(token, new.seal(plain)):
+                self.sealer = new
+                return ring
+            self._count("conflict")
+            time.sleep(random.random() * 0.01)
+        raise StoreUnavailable(f"{self.url}: gave up after {MAX_ATTEMPTS} conflicting writes")
+
+    @abc.abstractmethod
+    def subscribe(self, on_change: Callable[[], None]) -> WatchThread: ...
+
+    def close(self) -> None:
+        """Release connections (backends override)."""
+
+
+def unavailable(url: str, action: str, exc: BaseException, *secrets: str,
+                detail: str | None = None) -> StoreUnavailable:
+    """A StoreUnavailable naming the failure, with any secret scrubbed from the text."""
+    text = f"{type(exc).__name__}: {detail if detail is not None else exc}"
+    text = text if len(text) <= 300 else text[:300] + "..."
+    for s in secrets:
+        if s:
+            text = text.replace(s, "***")
+    return StoreUnavailable(f"{url}: cannot {action}: {text}")
+
+
+def options_only(options: dict[str, Any], allowed: tuple[str, ...], where: str) -> None:
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ConfigError(f"{where}: unknown store option(s): {', '.join(unknown)}")
