@@ -19,6 +19,7 @@ from ._common import CONTEXT_SETTINGS
 _COMMAND_MODULES = (
     "stek.cli.core",
     "stek.cli.agent",
+    "stek.cli.fleet",
 )
 
 

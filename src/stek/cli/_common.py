@@ -17,7 +17,34 @@ CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"],
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+#: click context ``meta`` keys where the sealing options land (they are not
+#: passed to the commands, so every command taking --store gets them unchanged).
+META_KEK_FILE = "stek.kek_file"
+META_INSECURE = "stek.insecure_plaintext"
+
+
+def to_meta(key: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
+    def store(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        if value is not None and value is not False:
+            ctx.meta[key] = value
+        return value
+
+    return store
+
+
 def store_option(f: F) -> F:
+    f = click.option(
+        "--insecure-plaintext", is_flag=True, default=False, expose_value=False,
+        callback=to_meta(META_INSECURE),
+        help="Let a shared store (Redis, etcd) hold the keys UNSEALED, readable by anyone "
+             "who can read the store.  Never in production.",
+    )(f)
+    f = click.option(
+        "--kek-file", metavar="PATH", default=None, expose_value=False,
+        callback=to_meta(META_KEK_FILE),
+        help="Key-encryption key that seals the ring in a shared store (made by "
+             "'stek kek PATH') [env STEK_KEK_FILE, or STEK_KEK in base64].",
+    )(f)
     return click.option(
         "--store", "store_url", metavar="URL", envvar=ENV_VAR, default=None,
         help=f"Key store: file:PATH, redis://HOST:PORT/DB, etcd://HOST:PORT/PREFIX "
@@ -25,8 +52,32 @@ def store_option(f: F) -> F:
     )(f)
 
 
+def sealing_options() -> dict[str, Any]:
+    """The --kek-file / --insecure-plaintext given to the running command, as store options."""
+    ctx = click.get_current_context(silent=True)
+    meta = ctx.meta if ctx is not None else {}
+    options: dict[str, Any] = {}
+    if meta.get(META_KEK_FILE):
+        options["kek_file"] = meta[META_KEK_FILE]
+    if meta.get(META_INSECURE):
+        options["insecure_plaintext"] = True
+    return options
+
+
 def open_cli_store(url: str | None, **options: Any) -> KeyStore:
-    return open_store(url or default_url(), **options)
+    """Open the store; shared stores get the command's sealing options.
+
+    File and memory stores take no options (open_store passes them only to
+    shared stores), so the flags are harmless there.
+    """
+    for key, value in sealing_options().items():
+        options.setdefault(key, value)
+    store = open_store(url or default_url(), **options)
+    if getattr(getattr(store, "sealer", None), "sealed", True) is False:
+        click.echo(f"stek: WARNING: {store.url} holds session ticket keys UNSEALED "
+                   f"(--insecure-plaintext): anyone who reads the store can decrypt "
+                   f"resumed sessions", err=True)
+    return store
 
 
 class Duration(click.ParamType):  # type: ignore[type-arg]
