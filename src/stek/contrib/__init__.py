@@ -1,0 +1,81 @@
+"""Integrations for servers that build their own ``ssl.SSLContext``.
+
+* :mod:`stek.contrib.gunicorn`: ``ssl_context``, gunicorn's config hook;
+* :mod:`stek.contrib.uvicorn`: ``ssl_context_factory`` for ``uvicorn.run``.
+
+Both read the store from ``$STEK_STORE`` (then the default file path) and
+install with ``rotate=True``, so the shared ring is created, and rotated when
+due, by the servers themselves: one host needs no agent.
+
+Pre-fork servers ask for a context in each worker, and gunicorn's sync and
+gthread workers ask again on *every connection*.  Installing per connection
+would start a refresher per connection and hand out a context that is freed
+as soon as the connection closes.  :class:`PerProcessContext` therefore
+builds exactly one context per process (keyed by ``os.getpid()``, so a
+forked worker builds its own and never reuses its parent's, whose refresher
+thread did not survive the fork) and hands back that same object afterwards;
+it holds the :class:`~stek.install.Installation`, which keeps the callback
+alive.  Neither gunicorn nor uvicorn is imported here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import ssl
+import threading
+from collections.abc import Callable
+
+from ..install import Installation, install
+from ..stores import default_url
+
+__all__ = ["PerProcessContext"]
+
+
+class PerProcessContext:
+    """One server ``SSLContext`` with stek installed, per process.
+
+    ``get(build)`` calls ``build()`` and installs stek on its result the first
+    time it runs in a process; afterwards (in that process) it returns the
+    same context without calling ``build`` again.  If ``build`` or the install
+    raises, nothing is cached and the next call tries again.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._log = logging.getLogger(name)
+        self._lock = threading.Lock()
+        # (pid, context, installation), replaced as one object so that a
+        # reader never pairs one process's pid with another's context.
+        self._state: tuple[int, ssl.SSLContext, Installation] | None = None
+        # A lock held by another thread at fork() time stays held forever in
+        # the child: give the child a fresh one.
+        os.register_at_fork(after_in_child=self._after_fork)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+
+    def get(self, build: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+        pid = os.getpid()
+        state = self._state
+        if state is not None and state[0] == pid:
+            return state[1]  # the per-connection fast path: no lock, no I/O
+        with self._lock:
+            state = self._state
+            if state is not None and state[0] == pid:
+                return state[1]
+            # Whatever a parent process built is dropped, not reused: its
+            # refresher thread does not exist in this process.
+            self._state = None
+            ctx = build()
+            inst = install(ctx, default_url(), rotate=True)
+            self._state = (pid, ctx, inst)
+        self._log.info("stek installed in pid %d: store %s, generation %d, %d key(s)",
+                       pid, inst.store.url, inst.ring.generation, len(inst.ring))
+        return ctx
+
+    def installation(self) -> Installation | None:
+        """This process's installation (its counters, its ring), or None if none yet."""
+        state = self._state
+        if state is None or state[0] != os.getpid():
+            return None
+        return state[2]
