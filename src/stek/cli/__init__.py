@@ -20,6 +20,7 @@ _COMMAND_MODULES = (
     "stek.cli.core",
     "stek.cli.agent",
     "stek.cli.fleet",
+    "stek.cli.export",
 )
 
 

@@ -1,0 +1,102 @@
+"""Writing key files the way DESIGN.md's security rules ask: 0600, atomic, only on change.
+
+A server may read a key file at any instant (nginx on reload, HAProxy on
+start), so it must see the old content or the new one, never half of one:
+write a temporary file in the same directory (created 0600, so no other
+user can ever open it), fsync, ``rename`` over the target (atomic within a
+file system, POSIX ``rename(2)``), then fsync the directory so the rename
+itself survives a crash.
+
+A file whose bytes and mode are already right is left alone: its mtime and
+inode do not move, and the caller learns "unchanged", so a reload runs only
+when something a server reads has really changed.
+
+Error messages name paths, never content: the content is key material.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import stat
+import threading
+from pathlib import Path
+
+KEY_FILE_MODE = 0o600
+DIR_MODE = 0o700
+
+
+def _same(path: Path, data: bytes, mode: int) -> bool:
+    """True when ``path`` already holds exactly ``data`` with ``mode`` (and is a regular file)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or stat.S_IMODE(st.st_mode) != mode:
+            return False
+        if st.st_size != len(data):
+            return False
+        chunks = []
+        while True:
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+        return b"".join(chunks) == data
+    finally:
+        os.close(fd)
+
+
+def fsync_dir(directory: Path) -> None:
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def write_file(path: str | os.PathLike[str], data: bytes, mode: int = KEY_FILE_MODE) -> bool:
+    """Atomically make ``path`` hold ``data`` with ``mode``; False if it already did.
+
+    Raises ``OSError`` (the caller translates it); the target is then untouched.
+    """
+    target = Path(path)
+    if _same(target, data, mode):
+        return False
+    directory = target.parent
+    tmp = directory / f".{target.name}.{os.getpid()}.{threading.get_ident()}.stek-tmp"
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, mode)
+        try:
+            os.fchmod(fd, mode)  # the umask may have cleared bits of ``mode``
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(directory)
+    return True
+
+
+def ensure_dir(path: str | os.PathLike[str]) -> Path:
+    """Create ``path`` (and parents) with mode 0700 if missing; return it."""
+    p = Path(path)
+    p.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    return p
+
+
+def remove_file(path: str | os.PathLike[str]) -> bool:
+    """Unlink ``path``; False if it was already gone."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return False
+    return True
