@@ -131,9 +131,21 @@ class Run:
     """What N reconnects carrying the session saw."""
 
     resumed: int
+    first_pid: int  # the worker that answered the first, full handshake
     pids: list[int]  # the worker that answered each reconnect, in order
     counters: dict[int, dict[str, int]]  # the latest counters each stek worker reported
     replies: list[Reply]
+
+    @property
+    def moves(self) -> list[bool]:
+        """For each reconnect: did it land on another worker than the one before it?
+
+        That worker issued the ticket offered (or, after a TLS 1.2 resumption
+        without renewal, holds the same ticket), so a move is a cross-worker
+        resumption attempt.
+        """
+        previous = [self.first_pid, *self.pids[:-1]]
+        return [p != q for p, q in zip(self.pids, previous)]
 
 
 def reconnect_run(port: int, cctx: ssl.SSLContext, n: int) -> Run:
@@ -149,12 +161,8 @@ def reconnect_run(port: int, cctx: ssl.SSLContext, n: int) -> Run:
     for r in [first, *replies]:
         if r.body.get("counters") is not None:
             counters[r.body["pid"]] = r.body["counters"]
-    return Run(sum(r.reused for r in replies), [r.body["pid"] for r in replies], counters,
-               replies)
-
-
-def python() -> str:
-    return sys.executable
+    return Run(sum(r.reused for r in replies), first.body["pid"],
+               [r.body["pid"] for r in replies], counters, replies)
 
 
 def stek_cli(*args: str, env: dict[str, str] | None = None,
