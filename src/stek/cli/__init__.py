@@ -21,6 +21,7 @@ _COMMAND_MODULES = (
     "stek.cli.agent",
     "stek.cli.fleet",
     "stek.cli.export",
+    "stek.cli.inspect",
 )
 
 
