@@ -223,15 +223,21 @@ _ASN1_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError, Unic
 
 
 def _load(der: bytes) -> _SessionASN1:
-    """Parse (strictly: no trailing bytes) or raise InvalidTicket."""
+    """Parse exactly one SSL_SESSION or raise InvalidTicket."""
+    data = bytes(der)
     try:
-        parsed: _SessionASN1 = _SessionASN1.load(bytes(der), strict=True)
+        parsed: _SessionASN1 = _SessionASN1.load(data)
         # asn1crypto parses lazily: touch every field now, inside the try.
         parsed.native  # noqa: B018
+        used = len(parsed.dump())
     except _ASN1_ERRORS as exc:
         raise InvalidTicket(
             f"malformed session: not an OpenSSL SSL_SESSION ({type(exc).__name__})"
         ) from None
+    if used != len(data):
+        # tls_decrypt_ticket: "if (slen != 0)" after d2i_SSL_SESSION.
+        raise InvalidTicket(f"malformed session: {len(data) - used} trailing bytes after "
+                            f"the SSL_SESSION")
     return parsed
 
 

@@ -1,0 +1,181 @@
+"""SSL_SESSION decoding (stek.session): against real sessions and OpenSSL's own reader."""
+
+from __future__ import annotations
+
+import json
+import re
+import ssl
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import TLS_VERSIONS, client_context, find_program
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from support import connect
+
+from stek import session as sessions
+from stek.errors import InvalidTicket
+from stek.inspect import session_of, ticket_of
+from test_ticket import STATE
+from ticket_support import key_in_state, now, ring_of, stek_server
+
+PROTOCOL = {ssl.TLSVersion.TLSv1_2: (0x0303, "TLSv1.2"),
+            ssl.TLSVersion.TLSv1_3: (0x0304, "TLSv1.3")}
+
+
+def sess_id_text(path: Path) -> str:
+    """OpenSSL's own reading of a session file (d2i_SSL_SESSION + SSL_SESSION_print)."""
+    return subprocess.run([find_program("openssl"), "sess_id", "-in", str(path), "-noout",
+                           "-text"], capture_output=True, text=True, check=True).stdout
+
+
+def field(text: str, label: str) -> str:
+    m = re.search(rf"^\s*{re.escape(label)}\s*:\s*(.*)$", text, re.M)
+    assert m, f"{label!r} not in:\n{text}"
+    return m.group(1).strip()
+
+
+@pytest.fixture
+def server(certs, tmp_path):  # type: ignore[no-untyped-def]
+    with stek_server(certs, tmp_path, ring_of(key_in_state("active", now()))) as srv:
+        yield srv
+
+
+# -- fixed input -------------------------------------------------------------------------
+
+def test_decodes_a_pinned_tls13_session() -> None:
+    """Every field of a hand-built i2d_SSL_SESSION comes out as encoded."""
+    info = sessions.decode(STATE)
+    assert (info.protocol_id, info.protocol) == (0x0304, "TLSv1.3")
+    assert (info.cipher_id, info.cipher) == (0x1302, "TLS_AES_256_GCM_SHA384")
+    assert (info.created_at, info.timeout, info.expires_at) == (1700000000, 3600, 1700003600)
+    assert info.secret_len == 48 and info.sid_ctx == b"Python\x00"
+    assert (info.age_add, info.max_early_data) == (0x01020304, 0)
+    assert info.sni is None and info.alpn is None and not info.peer_certificate
+    assert info.tls13 and info.kex_group is None
+
+
+def test_secret_is_only_a_length() -> None:
+    """The master secret appears in neither repr nor the JSON form."""
+    info = sessions.decode(STATE)
+    secret = ("5a" * 48)
+    assert secret not in repr(info).lower()
+    assert secret not in json.dumps(info.to_dict()).lower()
+    assert info.to_dict()["master_secret_len"] == 48
+
+
+@pytest.mark.parametrize(("mutate", "reason"), [
+    (lambda d: d + b"\x00", "trailing bytes"),
+    (lambda d: d[:4] + b"\x02" + d[5:], "version 2"),  # SSL_SESSION_ASN1_VERSION
+    (lambda d: d[:7] + b"\x07" + d[8:], "unsupported protocol"),  # 0x0704
+    (lambda d: d[:-1], "not an OpenSSL SSL_SESSION"),
+    (lambda d: b"\x04\x03abc", "not an OpenSSL SSL_SESSION"),
+])
+def test_malformed_sessions_raise_invalid_ticket(mutate, reason: str) -> None:  # type: ignore[no-untyped-def]
+    """What d2i_SSL_SESSION refuses (and leftovers, refused by tls_decrypt_ticket)."""
+    with pytest.raises(InvalidTicket, match=reason):
+        sessions.decode(mutate(STATE))
+
+
+def test_cipher_code_must_be_two_bytes() -> None:
+    """SSL_R_CIPHER_CODE_WRONG_LENGTH."""
+    parsed = sessions._load(STATE)
+    parsed["cipher"] = b"\x13\x02\x00"
+    with pytest.raises(InvalidTicket, match="cipher code"):
+        sessions.decode(parsed.dump())
+
+
+def test_pem_round_trip() -> None:
+    """to_pem / from_pem use the PEM_write_SSL_SESSION label and give the DER back."""
+    pem = sessions.to_pem(STATE)
+    assert pem.startswith("-----BEGIN SSL SESSION PARAMETERS-----\n")
+    assert sessions.is_pem(pem) and sessions.from_pem(pem) == STATE
+
+
+def test_pem_without_a_block_is_rejected() -> None:
+    """A truncated PEM block is an InvalidTicket, not a crash."""
+    with pytest.raises(InvalidTicket, match="PEM"):
+        sessions.from_pem("-----BEGIN SSL SESSION PARAMETERS-----\nMIIB")
+
+
+@settings(max_examples=500, deadline=None)
+@given(data=st.binary(max_size=400))
+def test_any_bytes_decode_or_raise_invalid_ticket(data: bytes) -> None:
+    """Whatever the bytes, decode() gives a SessionInfo or InvalidTicket, nothing else."""
+    try:
+        sessions.decode(data)
+    except InvalidTicket:
+        pass
+
+
+@settings(max_examples=500, deadline=None)
+@given(index=st.integers(min_value=0, max_value=len(STATE) - 1),
+       value=st.integers(min_value=0, max_value=255))
+def test_any_byte_change_decodes_or_raises_invalid_ticket(index: int, value: int) -> None:
+    """Near-valid DER (one byte changed) reaches deep into the parser: same invariant."""
+    data = bytearray(STATE)
+    data[index] = value
+    try:
+        sessions.decode(bytes(data))
+    except InvalidTicket:
+        pass
+
+
+# -- real sessions -------------------------------------------------------------------------
+
+@TLS_VERSIONS
+def test_python_client_session_decodes(server, certs, tls_version) -> None:  # type: ignore[no-untyped-def]
+    """A Python client's SSLSession decodes to what ssl reports about it."""
+    cctx = client_context(certs, tls_version)
+    r = connect(server.port, cctx)
+    assert r.session is not None
+    info = session_of(r.session)
+    assert (info.protocol_id, info.protocol) == PROTOCOL[tls_version]
+    assert (info.created_at, info.timeout) == (r.session.time, r.session.timeout)
+    assert info.session_id == r.session.id
+    ids = {c["id"] & 0xFFFF: c["name"] for c in cctx.get_ciphers()}
+    assert info.cipher_id in ids
+    assert info.peer_certificate and info.peer_subject and "localhost" in info.peer_subject
+    ticket = ticket_of(r.session)
+    assert ticket is not None and info.ticket_len == len(ticket)
+    assert info.lifetime_hint == r.session.ticket_lifetime_hint
+
+
+@TLS_VERSIONS
+def test_decode_agrees_with_openssl_sess_id(server, tls_version) -> None:  # type: ignore[no-untyped-def]
+    """An s_client -sess_out file: same fields as 'openssl sess_id -text' prints."""
+    path = server.session_file(tls_version)
+    info = sessions.decode(sessions.from_pem(path.read_text()))
+    text = sess_id_text(path)
+    assert field(text, "Protocol") == info.protocol
+    assert field(text, "Session-ID").lower() == info.session_id.hex()
+    assert int(field(text, "Start Time")) == info.created_at
+    assert int(field(text, "Timeout").split()[0]) == info.timeout
+    assert int(field(text, "TLS session ticket lifetime hint").split()[0]) == info.lifetime_hint
+    if info.tls13:
+        assert int(field(text, "Max Early Data")) == info.max_early_data
+
+
+@TLS_VERSIONS
+def test_replace_ticket_is_read_back_by_openssl(server, tls_version, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """replace(ticket=...) re-encodes a session OpenSSL reads, carrying the new ticket."""
+    der = sessions.from_pem(server.session_file(tls_version).read_text())
+    new = sessions.replace(der, ticket=b"\xab" * 50, session_id=b"\xcd" * 32)
+    assert sessions.ticket(new) == b"\xab" * 50
+    assert sessions.decode(new).session_id == b"\xcd" * 32
+    path = tmp_path / "new.pem"
+    path.write_text(sessions.to_pem(new))
+    text = sess_id_text(path)
+    assert "ab ab ab ab" in text and field(text, "Session-ID") == "CD" * 32
+    # Everything else is untouched.
+    before, after = sessions.decode(der), sessions.decode(new)
+    assert (before.created_at, before.cipher_id, before.secret_len) == \
+        (after.created_at, after.cipher_id, after.secret_len)
+
+
+def test_replace_ticket_none_removes_it(server) -> None:  # type: ignore[no-untyped-def]
+    """ticket=None drops the field; replacing with the same ticket changes nothing."""
+    der = sessions.from_pem(server.session_file(ssl.TLSVersion.TLSv1_2).read_text())
+    assert sessions.replace(der, ticket=sessions.ticket(der)) == der
+    assert sessions.ticket(sessions.replace(der, ticket=None)) is None

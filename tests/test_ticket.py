@@ -1,0 +1,334 @@
+"""The RFC 5077 ticket codec (stek.ticket): known answers, every failure, properties.
+
+Real-handshake interop (OpenSSL-issued tickets opened here, codec-sealed
+tickets accepted by OpenSSL) is in test_ticket_interop.py.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import find_program
+from cryptography.hazmat.primitives import hashes, hmac
+from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from stek.errors import InvalidTicket
+from stek.keys import TicketKey, generate_key
+from stek.ticket import (
+    MAC_LEN,
+    MIN_LEN,
+    Opener,
+    open_parts,
+    open_ticket,
+    parse,
+    seal,
+)
+from ticket_support import ring_of
+
+NAME = bytes(range(0xA0, 0xB0))
+IV = bytes(range(0x10, 0x20))
+#: A minimal TLS 1.3 SSL_SESSION (i2d form): version 1, 0x0304, suite 0x1302,
+#: master key 48 x 0x5a, time 1700000000, timeout 3600, sid_ctx "Python\0".
+STATE = (
+    bytes.fromhex("3065" "020101" "0202" "0304" "04021302" "0400" "0430") + b"\x5a" * 48
+    + bytes.fromhex("a106" "02046553f100" "a204" "02020e10" "a409" "0407" "507974686f6e00"
+                    "ae06" "020401020304" "af03" "020100")
+)
+#: Computed once with the OpenSSL command line, not with stek:
+#:   openssl enc -aes-256-cbc -K <aes> -iv <iv> -in state.der   (PKCS#7 by default)
+#:   openssl dgst -sha256 -mac HMAC -macopt hexkey:<hmac> (name | iv | ciphertext)
+#: (test_vector_matches_openssl_cli re-derives them with the same commands).
+VECTORS = {
+    80: (
+        bytes(range(1, 33)),
+        bytes(range(0x41, 0x61)),
+        "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf101112131415161718191a1b1c1d1e1f56def4e846ce77740e"
+        "f6ec181326d1c67c97a3661ad7df7b4c73c4b9bdfd52961b0c8c4a8e01cc7bdaa6c5022ee71e50cd8f"
+        "f30c98bad4cd69d585d22673c811bde0e28414e57272fc869d526e698661c57bed9c9c76b5137babd9"
+        "ec3f759b0a7e75fce1ffe329efea7b72020e3c1dbe87af0302339491ad44fbe76fb9590d884f83d51e"
+        "a8cf0d3359aa13e40b1963b6",
+    ),
+    48: (
+        bytes(range(1, 17)),
+        bytes(range(0x41, 0x51)),
+        "a0a1a2a3a4a5a6a7a8a9aaabacadaeaf101112131415161718191a1b1c1d1e1f65d43f9b0890a6b1b3"
+        "d263e0645d65bdad8b43f746fdf7c930ccc067bb20db9ae4b37fe3189e18557cb93e9506194c2815f2"
+        "784e57f431c8b5ffcf8aa890ff6825238e7196c73559912771895280a57c38734050ca9d3af192a94d"
+        "48094b33c2380ef97da948cd00a9a22d27175e6c66917fbfacaa066757026812f746058d46c6b5bb52"
+        "4c700e1b06ce6f3f682dfa32",
+    ),
+}
+SIZES = pytest.mark.parametrize("size", [80, 48])
+
+
+def vector_key(size: int) -> TicketKey:
+    aes, mac, _ = VECTORS[size]
+    return TicketKey(NAME, aes, mac, 0, 100, 200)
+
+
+def random_key(size: int = 80) -> TicketKey:
+    return generate_key(size=size, activates_at=0, retires_at=100, expires_at=200)
+
+
+def flip(data: bytes, index: int, mask: int = 0x01) -> bytes:
+    b = bytearray(data)
+    b[index] ^= mask
+    return bytes(b)
+
+
+def reseal_raw(key: TicketKey, iv: bytes, plaintext_blocks: bytes) -> bytes:
+    """A ticket with a valid MAC over arbitrary (unpadded) ciphertext: only the key holder
+    could make one, so it reaches the padding check."""
+    enc = Cipher(algorithms.AES(key.aes_key), modes.CBC(iv)).encryptor()
+    signed = key.name + iv + enc.update(plaintext_blocks) + enc.finalize()
+    h = hmac.HMAC(key.hmac_key, hashes.SHA256())
+    h.update(signed)
+    return signed + h.finalize()
+
+
+# -- known answers ---------------------------------------------------------------
+
+@SIZES
+def test_seal_gives_the_pinned_ticket(size: int) -> None:
+    """Pinned key, IV and state give the pinned bytes (80: AES-256; 48: AES-128)."""
+    assert seal(vector_key(size), STATE, IV).hex() == VECTORS[size][2]
+
+
+@SIZES
+def test_pinned_ticket_opens_to_the_pinned_state(size: int) -> None:
+    """The pinned ticket opens to the pinned state, IV and key."""
+    key = vector_key(size)
+    opened = open_ticket(bytes.fromhex(VECTORS[size][2]), [key])
+    assert (opened.state, opened.iv, opened.key) == (STATE, IV, key)
+
+
+@SIZES
+def test_vector_matches_openssl_cli(size: int, tmp_path: Path) -> None:
+    """The same ticket built by the openssl command line (enc + dgst -mac HMAC)."""
+    exe = find_program("openssl")
+    aes, mac, expected = VECTORS[size]
+    (tmp_path / "state").write_bytes(STATE)
+    ct = subprocess.run(
+        [exe, "enc", f"-aes-{len(aes) * 8}-cbc", "-K", aes.hex(), "-iv", IV.hex(),
+         "-in", str(tmp_path / "state")], capture_output=True, check=True).stdout
+    (tmp_path / "signed").write_bytes(NAME + IV + ct)
+    tag = subprocess.run(
+        [exe, "dgst", "-sha256", "-mac", "HMAC", "-macopt", f"hexkey:{mac.hex()}", "-binary",
+         str(tmp_path / "signed")], capture_output=True, check=True).stdout
+    assert (NAME + IV + ct + tag).hex() == expected
+    assert seal(vector_key(size), STATE, IV) == NAME + IV + ct + tag
+
+
+def test_seal_draws_a_fresh_iv_by_default() -> None:
+    """Without an IV, each seal uses 16 new random bytes (from the injected source)."""
+    key = random_key()
+    a, b = seal(key, STATE), seal(key, STATE)
+    assert a[16:32] != b[16:32]
+    pinned = seal(key, STATE, random=lambda n: b"\x07" * n)
+    assert parse(pinned).iv == b"\x07" * 16
+
+
+def test_seal_rejects_a_wrong_iv_length() -> None:
+    """An IV is exactly 16 bytes."""
+    with pytest.raises(ValueError, match="16 bytes"):
+        seal(random_key(), STATE, b"\x00" * 12)
+
+
+def test_seal_rejects_a_state_too_long_for_tls() -> None:
+    """RFC 5077 section 3.3: a ticket is at most 2^16-1 bytes."""
+    with pytest.raises(ValueError, match="does not fit"):
+        seal(random_key(), b"x" * 65500, IV)
+
+
+# -- structure ---------------------------------------------------------------------
+
+def test_parse_splits_the_fields() -> None:
+    """name 16 | IV 16 | ciphertext | MAC 32 (RFC 5077 section 4)."""
+    ticket = bytes.fromhex(VECTORS[80][2])
+    parts = parse(ticket)
+    assert parts.name == NAME and parts.iv == IV
+    assert parts.mac == ticket[-MAC_LEN:]
+    assert parts.ciphertext == ticket[32:-MAC_LEN]
+    assert len(parts.ciphertext) % 16 == 0
+
+
+@pytest.mark.parametrize("length", [0, 1, 16, 31, 32, 47, 48, 63, 64, 79])
+def test_too_short_is_malformed(length: int) -> None:
+    """Below name + IV + one block + MAC (80 bytes) nothing can be a ticket."""
+    with pytest.raises(InvalidTicket, match="too short"):
+        parse(b"\x01" * length)
+
+
+@pytest.mark.parametrize("extra", [1, 15, 17])
+def test_trailing_garbage_is_malformed(extra: int) -> None:
+    """Bytes after the MAC leave a ciphertext that is not whole AES blocks."""
+    ticket = bytes.fromhex(VECTORS[80][2]) + b"\x00" * extra
+    with pytest.raises(InvalidTicket, match="whole number"):
+        open_ticket(ticket, [vector_key(80)])
+
+
+def test_trailing_whole_block_fails_the_mac() -> None:
+    """16 bytes appended keep the alignment but move the MAC: bad MAC."""
+    ticket = bytes.fromhex(VECTORS[80][2]) + b"\x00" * 16
+    with pytest.raises(InvalidTicket, match="bad MAC"):
+        open_ticket(ticket, [vector_key(80)])
+
+
+def test_longer_than_a_tls_ticket_is_malformed() -> None:
+    """More than 65535 bytes cannot have come from a TLS extension."""
+    with pytest.raises(InvalidTicket, match="longer than any TLS ticket"):
+        parse(b"\x00" * (0xFFFF + 17))
+
+
+def test_parts_repr_shows_no_ciphertext() -> None:
+    """TicketParts' repr names the key and lengths only."""
+    parts = parse(bytes.fromhex(VECTORS[80][2]))
+    assert parts.ciphertext.hex() not in repr(parts)
+    assert NAME.hex() in repr(parts)
+
+
+# -- opening: every failure is InvalidTicket -----------------------------------------
+
+def test_unknown_key_is_rejected() -> None:
+    """A name no given key has: 'unknown key'."""
+    with pytest.raises(InvalidTicket, match="unknown key"):
+        open_ticket(bytes.fromhex(VECTORS[80][2]), [random_key()])
+
+
+def test_open_finds_the_key_in_a_keyring() -> None:
+    """A Keyring is looked up by name, like the callback does."""
+    key, other = random_key(), random_key()
+    ring = ring_of(other, key)
+    assert open_ticket(seal(key, STATE), ring).key == key
+
+
+def test_opener_opens_like_open_ticket() -> None:
+    """An Opener (keys prepared once) gives the same answers."""
+    key = random_key()
+    opener = Opener([key])
+    ticket = seal(key, STATE)
+    assert opener.open(ticket) == open_ticket(ticket, [key])
+    assert open_ticket(ticket, opener).state == STATE
+    with pytest.raises(InvalidTicket, match="unknown key"):
+        opener.open(seal(random_key(), STATE))
+    assert key.aes_key.hex() not in repr(opener)
+
+
+@pytest.mark.parametrize("where", ["mac", "iv", "ciphertext"])
+def test_any_flipped_bit_fails_the_mac(where: str) -> None:
+    """Encrypt-then-MAC: the MAC covers name, IV and ciphertext."""
+    key = vector_key(80)
+    ticket = bytes.fromhex(VECTORS[80][2])
+    index = {"mac": len(ticket) - 1, "iv": 20, "ciphertext": 40}[where]
+    with pytest.raises(InvalidTicket, match="bad MAC"):
+        open_ticket(flip(ticket, index), [key])
+
+
+def test_a_key_with_the_same_name_but_other_material_fails_the_mac() -> None:
+    """Another ring's key that happens to share the name cannot open it."""
+    impostor = TicketKey(NAME, b"\x11" * 32, b"\x22" * 32, 0, 1, 2)
+    with pytest.raises(InvalidTicket, match="bad MAC"):
+        open_ticket(bytes.fromhex(VECTORS[80][2]), [impostor])
+
+
+@pytest.mark.parametrize("last_block", [
+    b"\x00" * 16,                 # pad byte 0
+    b"A" * 15 + b"\x11",          # pad byte 17 > block size
+    b"A" * 13 + b"\x02\x03\x03",  # inconsistent padding bytes
+])
+def test_bad_padding_under_a_valid_mac_is_rejected(last_block: bytes) -> None:
+    """EVP_DecryptFinal's PKCS#7 check: a valid MAC over bad padding is still refused."""
+    key = random_key()
+    with pytest.raises(InvalidTicket, match="bad padding"):
+        open_ticket(reseal_raw(key, IV, b"B" * 16 + last_block), [key])
+
+
+def test_open_parts_checks_the_name() -> None:
+    """open_parts refuses a key that is not the one the ticket names."""
+    with pytest.raises(InvalidTicket, match="unknown key"):
+        open_parts(parse(bytes.fromhex(VECTORS[80][2])), random_key())
+
+
+def test_opened_ticket_repr_hides_the_state() -> None:
+    """The state carries the session secret: repr gives its length only."""
+    opened = open_ticket(bytes.fromhex(VECTORS[80][2]), [vector_key(80)])
+    assert "5a5a5a" not in repr(opened) and "state=103 bytes" in repr(opened)
+    assert VECTORS[80][0].hex() not in repr(opened)
+
+
+def test_exception_never_carries_key_bytes() -> None:
+    """InvalidTicket reasons name keys by their public name only."""
+    key = vector_key(80)
+    ticket = flip(bytes.fromhex(VECTORS[80][2]), 50)
+    with pytest.raises(InvalidTicket) as info:
+        open_ticket(ticket, [key])
+    text = str(info.value) + repr(info.value)
+    assert key.aes_key.hex() not in text and key.hmac_key.hex() not in text
+
+
+# -- properties (Hypothesis) -----------------------------------------------------------
+
+KEYS = {size: random_key(size) for size in (80, 48)}
+
+
+@settings(max_examples=300, deadline=None)
+@given(size=st.sampled_from([80, 48]), state=st.binary(max_size=2048),
+       iv=st.binary(min_size=16, max_size=16))
+def test_seal_then_open_round_trips(size: int, state: bytes, iv: bytes) -> None:
+    """open(seal(state)) == state, with the IV and key used, for both sizes."""
+    key = KEYS[size]
+    ticket = seal(key, state, iv)
+    assert len(ticket) == 16 + 16 + (len(state) // 16 + 1) * 16 + 32
+    opened = open_ticket(ticket, [key])
+    assert (opened.state, opened.iv, opened.key) == (state, iv, key)
+
+
+@settings(max_examples=500, deadline=None)
+@given(data=st.binary(max_size=600))
+def test_any_bytes_open_or_raise_invalid_ticket(data: bytes) -> None:
+    """Whatever bytes a peer sends: an opened ticket or InvalidTicket, never another error."""
+    keys = list(KEYS.values())
+    try:
+        open_ticket(data, keys)
+    except InvalidTicket:
+        pass
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.binary(min_size=0, max_size=300))
+def test_any_bytes_under_a_known_name_raise_invalid_ticket(data: bytes) -> None:
+    """Attacker-chosen bytes behind a real key name never open (the MAC stops them)."""
+    key = KEYS[80]
+    with pytest.raises(InvalidTicket):
+        open_ticket(key.name + data, [key])
+
+
+@settings(max_examples=300, deadline=None)
+@given(state=st.binary(max_size=256), index=st.integers(min_value=0),
+       mask=st.integers(min_value=1, max_value=255))
+def test_any_corruption_of_a_sealed_ticket_is_rejected(state: bytes, index: int,
+                                                        mask: int) -> None:
+    """Changing any bit of a sealed ticket makes it fail (name: unknown key; else MAC)."""
+    key = KEYS[80]
+    ticket = seal(key, state)
+    with pytest.raises(InvalidTicket):
+        open_ticket(flip(ticket, index % len(ticket), mask), [key])
+
+
+@settings(max_examples=200, deadline=None)
+@given(state=st.binary(max_size=256), cut=st.integers(min_value=1, max_value=64))
+def test_truncated_tickets_are_rejected(state: bytes, cut: int) -> None:
+    """Dropping bytes from the end never yields a ticket that opens."""
+    key = KEYS[48]
+    ticket = seal(key, state)
+    with pytest.raises(InvalidTicket):
+        open_ticket(ticket[:-cut], [key])
+
+
+def test_min_len_is_one_block_plus_overhead() -> None:
+    """The smallest ticket (empty state) is name + IV + one padding block + MAC."""
+    assert len(seal(random_key(), b"", IV)) == MIN_LEN == 80
