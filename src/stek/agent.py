@@ -1,25 +1,67 @@
-"""``stek agent``: the long-running rotator.
+"""``stek agent``: the long-running rotator, and the targets it keeps current.
 
-It rotates the ring on schedule (sleeping until :func:`~stek.schedule.next_change`),
-logs each change without key bytes, retries with backoff while the store is
-unreachable, and stops cleanly on SIGTERM/SIGINT.  Targets (exporters,
-reload commands, metrics) hang off :meth:`Agent.on_ring`.
+Each pass (:meth:`Agent.step`) rotates the ring if due (creating it if the
+store is empty), then brings every target up to date:
+
+* **export**: lay the ring out for the target's server (:mod:`stek.export`)
+  and write what changed (0600, atomic);
+* **apply**: after a change, run the target's reload command, or for
+  HAProxy push the keys through the runtime API (``set ssl tls-key``,
+  checked with ``show tls-keys``, no reload at all).
+
+A reload runs once per change (several changes waiting for one reload are
+covered by it), its exit status is logged, and a failed reload stays owed:
+it is retried with backoff, counted in ``/metrics`` and shown by
+``/healthz``, until it succeeds.  Reload commands are operator-supplied
+strings run by ``/bin/sh -c`` (``subprocess.run(..., shell=True)``), as a
+cron line or a systemd ``ExecReload=`` would be: the agent's configuration
+must be as trusted as those are.
+
+The pass sleeps until the next instant anything changes: a key is due
+(:func:`~stek.schedule.next_change`), a key activates or retires (servers
+encrypt with the active key, so the export's order changes then), a retry
+is due, or ``interval`` has passed (the backstop that picks up other hosts'
+rotations and repairs targets).  A store notification wakes it sooner.
+
+**The publish_ahead rule.**  A key is published ``publish_ahead`` before it
+activates, so that every server holds it before any server encrypts with
+it.  That only works if every target picks the new key up within
+``publish_ahead``: the agent's ``interval``, the reload retry backoff and
+the reload's own duration must all stay well under it.
+:func:`publish_ahead_warnings` says when a configuration breaks the rule.
+
+Logs and metrics name keys by their public 16-byte name; key bytes never
+appear in logs, metrics, exceptions or reload commands.
 """
 
 from __future__ import annotations
 
+import http.server
+import ipaddress
 import logging
+import math
 import signal
+import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
+from typing import Any
 
-from .errors import StekError
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from .errors import ConfigError, StekError
+from .export import FORMATS, ExportError, Rendered, render, write
+from .export import haproxy as haproxy_export
 from .keyring import Keyring
 from .rotation import rotate
-from .schedule import Policy, next_change
-from .stores import KeyStore
+from .schedule import Policy, State, next_change, state_of
+from .stores import KeyStore, Subscription
 
 log = logging.getLogger("stek.agent")
 
@@ -28,64 +70,591 @@ log = logging.getLogger("stek.agent")
 MAX_SLEEP = 30.0
 #: Backoff bounds while the store is unreachable (seconds).
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
+#: Backoff bounds for a failed export, reload or runtime API update (seconds).
+RETRY_MIN, RETRY_MAX = 1.0, 30.0
+#: A reload command that runs longer than this is killed and counted as failed.
+RELOAD_TIMEOUT = 60.0
+#: Default address of /metrics and /healthz: loopback only.
+DEFAULT_METRICS_ADDR = "127.0.0.1:9477"
 
 RingHook = Callable[[Keyring], None]
+Clock = Callable[[], float]
 
+
+# -- reload commands ------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class CommandResult:
+    returncode: int | None  # None: it did not finish (timeout) or could not start
+    seconds: float
+    detail: str  # a short tail of stderr/stdout, or why it did not run
+
+
+def run_command(command: str, timeout: float = RELOAD_TIMEOUT) -> CommandResult:
+    """Run an operator's reload command with ``/bin/sh -c``; never raises.
+
+    The command string is the operator's own configuration (``--reload``),
+    run as cron or systemd would run it; nothing stek computes is added to it.
+    """
+    start = time.monotonic()
+    try:
+        proc = subprocess.run(  # noqa: S602 - an operator-given shell command, documented
+            command, shell=True, capture_output=True, timeout=timeout,
+            stdin=subprocess.DEVNULL, check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return CommandResult(None, time.monotonic() - start, f"timed out after {timeout:g}s")
+    except OSError as exc:
+        return CommandResult(None, time.monotonic() - start, f"could not run: {exc.strerror}")
+    out = (proc.stderr or proc.stdout or b"").decode(errors="replace").strip()
+    return CommandResult(proc.returncode, time.monotonic() - start, out[-300:])
+
+
+# -- targets ------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """What ``--export FORMAT:PATH [--reload CMD] [--haproxy-socket PATH]`` asked for."""
+
+    format: str
+    path: Path
+    reload: str | None = None
+    haproxy_socket: Path | None = None
+
+    @classmethod
+    def parse(cls, text: str, reload: str | None = None,
+              haproxy_socket: str | None = None) -> TargetSpec:
+        fmt, sep, path = text.partition(":")
+        if not sep or not path:
+            raise ConfigError(f"--export {text!r}: use FORMAT:PATH, FORMAT one of "
+                              f"{', '.join(FORMATS)}")
+        if fmt not in FORMATS:
+            raise ConfigError(f"--export {text!r}: unknown format {fmt!r} (use one of "
+                              f"{', '.join(FORMATS)})")
+        if haproxy_socket is not None and fmt != "haproxy":
+            raise ConfigError(f"--haproxy-socket follows --export {text!r}: it only applies to "
+                              f"an haproxy export")
+        if haproxy_socket is not None and reload is not None:
+            raise ConfigError(f"--export {text!r}: give either --reload or --haproxy-socket "
+                              f"(the runtime API needs no reload)")
+        if reload is not None and not reload.strip():
+            raise ConfigError(f"--export {text!r}: empty --reload command")
+        return cls(fmt, Path(path).expanduser().absolute(), reload,
+                   Path(haproxy_socket).expanduser().absolute() if haproxy_socket else None)
+
+    @property
+    def name(self) -> str:
+        return f"{self.format}:{self.path}"
+
+
+class Target:
+    """One export target: its files, its reload (or runtime API) and their health."""
+
+    def __init__(self, spec: TargetSpec, *, reload_timeout: float = RELOAD_TIMEOUT,
+                 retry_max: float = RETRY_MAX) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.reload_timeout = reload_timeout
+        self.retry_max = retry_max
+        self.runtime = (haproxy_export.Runtime(spec.haproxy_socket)
+                        if spec.haproxy_socket is not None else None)
+        # Health, read by /metrics and /healthz (plain values: read without locks).
+        self.last_export_ok: float | None = None
+        self.export_failures = 0
+        self.export_error: str | None = None
+        self.changes = 0
+        self.last_apply_ok: float | None = None  # reload command or runtime API update
+        self.apply_failures = 0
+        self.apply_error: str | None = None
+        self.applies = 0
+        self.apply_owed = False  # a change not yet picked up by the server
+        self.last_reload_seconds: float | None = None
+        self.encrypting: bytes = b""
+        self._retry_at: float | None = None
+        self._delay = RETRY_MIN
+
+    def __repr__(self) -> str:
+        return f"Target({self.name!r})"
+
+    @property
+    def applies_changes(self) -> bool:
+        return self.spec.reload is not None or self.runtime is not None
+
+    @property
+    def retry_at(self) -> float | None:
+        """When this target wants another pass (a failure to retry), or None."""
+        return self._retry_at
+
+    @property
+    def last_error(self) -> str | None:
+        return self.export_error or self.apply_error
+
+    def _failed(self, now: float, what: str, message: str) -> str:
+        self._retry_at = now + self._delay
+        log.warning("target %s: %s failed: %s; retrying in %.1fs", self.name, what, message,
+                    self._delay)
+        self._delay = min(self.retry_max, self._delay * 2)
+        return f"{what}: {message}"
+
+    def sync(self, ring: Keyring, now: float) -> None:
+        """Export ``ring`` as of ``now``; then reload (or push) if a change is owed.
+
+        The export runs on every pass (it writes nothing when nothing
+        changed).  A failed reload or push waits for its retry time, unless
+        a new change arrives, which is applied at once.
+        """
+        retry_due = self._retry_at is None or now >= self._retry_at
+        try:
+            rendered = render(self.spec.format, ring, now, self.spec.path)
+            result = write(rendered, self.spec.path)
+        except ExportError as exc:
+            self.export_failures += 1
+            self.export_error = self._failed(now, "export", str(exc))
+            return
+        self.last_export_ok = now
+        self.export_error = None
+        self.encrypting = rendered.encrypting
+        if result.changed:
+            self.changes += 1
+            log.info("target %s: wrote %d file(s), removed %d; encrypting key %s",
+                     self.name, len(result.written), len(result.removed),
+                     rendered.encrypting.hex())
+            if self.applies_changes:
+                self.apply_owed = True
+        if self.runtime is not None and (result.changed or retry_due):
+            # Checked on every pass, not only after a change: a restarted or
+            # hand-edited HAProxy is brought back to the file's keys.
+            self._push(rendered, now)
+        elif self.spec.reload is not None and self.apply_owed and \
+                (result.changed or retry_due):
+            self._reload(self.spec.reload, now)
+        if self.export_error is None and self.apply_error is None:
+            self._retry_at = None
+            self._delay = RETRY_MIN
+
+    def _reload(self, command: str, now: float) -> None:
+        result = run_command(command, self.reload_timeout)
+        self.last_reload_seconds = result.seconds
+        if result.returncode == 0:
+            self.applies += 1
+            self.apply_owed = False
+            self.apply_error = None
+            self.last_apply_ok = now
+            log.info("target %s: reload exited 0 in %.2fs", self.name, result.seconds)
+            return
+        self.apply_failures += 1
+        status = "did not finish" if result.returncode is None else \
+            f"exited {result.returncode}"
+        detail = f" ({result.detail})" if result.detail else ""
+        self.apply_error = self._failed(now, "reload", f"{status}{detail}")
+
+    def _push(self, rendered: Rendered, now: float) -> None:
+        assert self.runtime is not None
+        try:
+            pushed = self.runtime.sync(self.spec.path, haproxy_export.lines_of(rendered))
+        except ExportError as exc:
+            self.apply_failures += 1
+            self.apply_owed = True
+            self.apply_error = self._failed(now, "runtime API", str(exc))
+            return
+        if pushed:
+            self.applies += 1
+            log.info("target %s: runtime API: %d key(s) set, 'show tls-keys' verified; "
+                     "encrypting key %s", self.name, pushed, rendered.encrypting.hex())
+        self.apply_owed = False
+        self.apply_error = None
+        self.last_apply_ok = now
+
+
+def build_targets(specs: Iterable[TargetSpec], **options: Any) -> list[Target]:
+    targets = [Target(s, **options) for s in specs]
+    seen: set[Path] = set()
+    for t in targets:
+        if t.spec.path in seen:
+            raise ConfigError(f"two --export targets write {t.spec.path}")
+        seen.add(t.spec.path)
+    return targets
+
+
+def publish_ahead_warnings(policy: Policy, interval: float,
+                           targets: Sequence[Target]) -> list[str]:
+    """Configurations that break (or weaken) the publish_ahead rule, as sentences."""
+    notes = []
+    ahead = policy.publish_ahead
+    if interval >= ahead:
+        notes.append(
+            f"the agent re-reads the store every {interval:g}s but keys are published only "
+            f"{ahead}s ahead: a key another host added may be used before this host exports it "
+            f"(lower --interval below publish_ahead, or raise publish_ahead)"
+        )
+    for t in targets:
+        if t.spec.reload is not None and t.retry_max >= ahead:
+            notes.append(
+                f"target {t.name}: a failed reload is retried after up to {t.retry_max:g}s, "
+                f"not less than publish_ahead ({ahead}s)"
+            )
+        if t.spec.reload is not None and t.reload_timeout >= ahead:
+            notes.append(
+                f"target {t.name}: the reload may take up to {t.reload_timeout:g}s "
+                f"(--reload-timeout), not less than publish_ahead ({ahead}s)"
+            )
+        if t.last_reload_seconds is not None and t.last_reload_seconds * 2 >= ahead:
+            notes.append(
+                f"target {t.name}: its last reload took {t.last_reload_seconds:.1f}s, more than "
+                f"half of publish_ahead ({ahead}s)"
+            )
+        if t.spec.format == "haproxy" and policy.accept_for > policy.rotate_every:
+            notes.append(
+                f"target {t.name}: HAProxy holds 3 keys, so its tickets resume for about "
+                f"{policy.rotate_every}-{2 * policy.rotate_every}s, not the ring's "
+                f"{policy.window}s"
+            )
+        if t.spec.format == "apache":
+            notes.append(
+                f"target {t.name}: Apache holds a single key: tickets stop resuming there at "
+                f"every rotation (every {policy.rotate_every}s)"
+            )
+        if not t.applies_changes and t.spec.format != "openssl":
+            how = "--reload or --haproxy-socket" if t.spec.format == "haproxy" else "--reload"
+            notes.append(
+                f"target {t.name}: no {how}: the server reads these keys only when it "
+                f"starts or reloads"
+            )
+    return notes
+
+
+# -- the agent ----------------------------------------------------------------------------
 
 class Agent:
     def __init__(self, store: KeyStore, *, policy: Policy | None = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Clock = time.time, targets: Sequence[Target] = (),
+                 interval: float = MAX_SLEEP) -> None:
+        if not interval > 0:
+            raise ConfigError("the agent's interval must be positive")
         self.store = store
         self.policy = policy or Policy()
         self.clock = clock
+        self.targets = list(targets)
+        self.interval = interval
         self.stop_event = threading.Event()
+        self.wake_event = threading.Event()
         self.hooks: list[RingHook] = []
         self.ring: Keyring | None = None
         self.rotations = 0
         self.store_failures = 0
+        self.passes = 0
+        self.last_pass_ok: float | None = None
+        self.store_error: str | None = None
+        self.started_at = clock()
+        self._warned: set[str] = set()
+        self._lock = threading.Lock()  # one pass at a time (run loop vs. tests)
 
     def on_ring(self, hook: RingHook) -> None:
         """Call ``hook(ring)`` after every pass (changed or not); hooks must be idempotent."""
         self.hooks.append(hook)
 
     def step(self) -> float:
-        """One pass: rotate if due, run hooks; returns seconds until the next pass."""
+        """One pass: rotate if due, export and reload; returns seconds until the next pass."""
+        with self._lock:
+            return self._step()
+
+    def _step(self) -> float:
         now = self.clock()
         result = rotate(self.store, now=now, create=self.policy)
+        self.passes += 1
+        self.store_error = None
         if result.created:
             log.info("initialized keyring in %s", self.store.url)
         if result.changed:
             self.rotations += 1
             log.info("keyring generation %d: +%d key(s), -%d key(s)", result.ring.generation,
                      len(result.added), len(result.dropped))
-        self.ring = result.ring
+        ring = result.ring
+        self.ring = ring
+        for target in self.targets:
+            try:
+                target.sync(ring, now)
+            except Exception:  # a bug in one target must not stop the others
+                target.export_failures += 1
+                target.export_error = "internal error (see log)"
+                log.exception("target %s failed", target.name)
         for hook in self.hooks:
             try:
-                hook(result.ring)
+                hook(ring)
             except Exception:
                 log.exception("agent hook failed")
-        due = next_change(result.ring.keys, result.ring.policy, int(now))
-        return max(0.05, min(MAX_SLEEP, due - now + 0.01))
+        self._warn(ring.policy)
+        self.last_pass_ok = now
+        due = min(next_change(ring.keys, ring.policy, int(now)), next_boundary(ring, now))
+        for target in self.targets:
+            if target.retry_at is not None:
+                due = min(due, target.retry_at)
+        return max(0.05, min(self.interval, due - now + 0.01))
+
+    def _warn(self, policy: Policy) -> None:
+        for note in publish_ahead_warnings(policy, self.interval, self.targets):
+            if note not in self._warned:
+                self._warned.add(note)
+                log.warning("%s", note)
 
     def run(self) -> None:
         backoff = BACKOFF_MIN
         log.info("stek agent started on %s", self.store.url)
-        while not self.stop_event.is_set():
-            try:
-                wait = self.step()
-                backoff = BACKOFF_MIN
-            except StekError as exc:
-                self.store_failures += 1
-                log.warning("store %s: %s; retrying in %.1fs", self.store.url, exc, backoff)
-                wait, backoff = backoff, min(BACKOFF_MAX, backoff * 2)
-            self.stop_event.wait(wait)
+        sub: Subscription | None = None
+        try:
+            sub = self.store.subscribe(self.wake_event.set)
+        except StekError as exc:
+            log.warning("store %s: no change notification (%s); polling every %gs",
+                        self.store.url, exc, self.interval)
+        try:
+            while not self.stop_event.is_set():
+                try:
+                    wait = self.step()
+                    backoff = BACKOFF_MIN
+                except StekError as exc:
+                    self.store_failures += 1
+                    self.store_error = str(exc)
+                    log.warning("store %s: %s; retrying in %.1fs", self.store.url, exc, backoff)
+                    wait, backoff = backoff, min(BACKOFF_MAX, backoff * 2)
+                self.wake_event.wait(wait)
+                self.wake_event.clear()
+        finally:
+            if sub is not None:
+                sub.close()
         log.info("stek agent stopped")
 
     def stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
         if signum is not None:
             log.info("received %s, stopping", signal.Signals(signum).name)
         self.stop_event.set()
+        self.wake_event.set()
 
     def install_signal_handlers(self) -> None:
         signal.signal(signal.SIGTERM, self.stop)
         signal.signal(signal.SIGINT, self.stop)
+
+    # -- health ---------------------------------------------------------------------
+    def health(self, now: float | None = None) -> list[str]:
+        """Problems right now ([] when healthy): what /healthz reports."""
+        t = self.clock() if now is None else now
+        problems = []
+        if self.store_error is not None:
+            problems.append(f"store {self.store.url}: {self.store_error}")
+        stale_after = 3 * self.interval + 5
+        last = self.last_pass_ok if self.last_pass_ok is not None else self.started_at
+        if t - last > stale_after:
+            problems.append(f"no successful pass for {t - last:.0f}s")
+        if self.ring is not None and self.ring.encrypting_key(t) is None:
+            problems.append("the ring has no active key")
+        for target in self.targets:
+            if target.last_error is not None:
+                problems.append(f"target {target.name}: {target.last_error}")
+            elif target.apply_owed:
+                problems.append(f"target {target.name}: a change is waiting to be applied")
+        return problems
+
+
+def next_boundary(ring: Keyring, now: float) -> float:
+    """The next instant a key activates, retires or expires (math.inf if none)."""
+    later = [t for k in ring.keys for t in (k.activates_at, k.retires_at, k.expires_at)
+             if t > now]
+    return min(later, default=math.inf)
+
+
+# -- /metrics and /healthz ----------------------------------------------------------------
+
+class AgentCollector(Collector):
+    """Metrics drawn from the agent's state at scrape time (no stale label sets)."""
+
+    def __init__(self, agent: Agent) -> None:
+        self.agent = agent
+
+    def collect(self) -> Iterator[Metric]:
+        a = self.agent
+        now = a.clock()
+        ring = a.ring
+        yield _counter("stek_rotations", "Passes that changed the ring.", a.rotations)
+        yield _counter("stek_store_failures", "Passes that could not read or write the store.",
+                       a.store_failures)
+        yield _gauge("stek_agent_last_pass_timestamp_seconds",
+                     "When the last successful pass ran.", a.last_pass_ok)
+        if ring is not None:
+            yield _gauge("stek_ring_generation", "Generation of the ring last read.",
+                         ring.generation)
+            yield _gauge("stek_next_rotation_timestamp_seconds",
+                         "When the agent will next add or drop keys (Unix time).",
+                         next_change(ring.keys, ring.policy, int(now)))
+            yield _gauge("stek_next_key_change_timestamp_seconds",
+                         "When a key next activates, retires or expires (Unix time).",
+                         next_boundary(ring, now))
+            yield _gauge("stek_publish_ahead_seconds", "The ring's publish_ahead.",
+                         ring.policy.publish_ahead)
+            counts = GaugeMetricFamily("stek_keys", "Keys in the ring by state.",
+                                       labels=["state"])
+            ages = GaugeMetricFamily(
+                "stek_key_age_seconds",
+                "Seconds since each key activated (negative while pending).",
+                labels=["name", "state"])
+            by_state = dict.fromkeys(State, 0)
+            for k in ring.keys:
+                st = state_of(k, now)
+                by_state[st] += 1
+                ages.add_metric([k.name.hex(), st.value], now - k.activates_at)
+            for st, n in by_state.items():
+                counts.add_metric([st.value], n)
+            yield counts
+            yield ages
+            enc = ring.encrypting_key(now)
+            if enc is not None:
+                yield _gauge("stek_active_key_age_seconds",
+                             "Seconds since the encrypting key activated.",
+                             now - enc.activates_at)
+        labels = ["target", "format"]
+        families: dict[str, GaugeMetricFamily | CounterMetricFamily] = {
+            "export_ok": GaugeMetricFamily(
+                "stek_target_last_export_success_timestamp_seconds",
+                "Last time the target's files were written or found current.", labels=labels),
+            "export_fail": CounterMetricFamily(
+                "stek_target_export_failures", "Failed exports.", labels=labels),
+            "changes": CounterMetricFamily(
+                "stek_target_changes", "Exports that changed the target's files.",
+                labels=labels),
+            "apply_ok": GaugeMetricFamily(
+                "stek_target_last_reload_success_timestamp_seconds",
+                "Last successful reload command (or HAProxy runtime API update).",
+                labels=labels),
+            "apply_fail": CounterMetricFamily(
+                "stek_target_reload_failures",
+                "Failed reload commands (or HAProxy runtime API updates).", labels=labels),
+            "applies": CounterMetricFamily(
+                "stek_target_reloads", "Successful reloads (or runtime API updates).",
+                labels=labels),
+            "owed": GaugeMetricFamily(
+                "stek_target_reload_pending",
+                "1 while a change waits for a successful reload.", labels=labels),
+        }
+        for t in a.targets:
+            lv = [t.name, t.spec.format]
+            if t.last_export_ok is not None:
+                families["export_ok"].add_metric(lv, t.last_export_ok)
+            families["export_fail"].add_metric(lv, t.export_failures)
+            families["changes"].add_metric(lv, t.changes)
+            if t.last_apply_ok is not None:
+                families["apply_ok"].add_metric(lv, t.last_apply_ok)
+            families["apply_fail"].add_metric(lv, t.apply_failures)
+            families["applies"].add_metric(lv, t.applies)
+            families["owed"].add_metric(lv, 1 if t.apply_owed else 0)
+        yield from families.values()
+
+
+def _gauge(name: str, doc: str, value: float | None) -> GaugeMetricFamily:
+    g = GaugeMetricFamily(name, doc)
+    if value is not None:
+        g.add_metric([], value)
+    return g
+
+
+def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
+    return CounterMetricFamily(name, doc, value=value)
+
+
+def parse_addr(text: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) -> (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ConfigError(f"--metrics-addr {text!r}: use HOST:PORT, for example "
+                          f"{DEFAULT_METRICS_ADDR}")
+    host = host.strip("[]")
+    if int(port) > 65535:
+        raise ConfigError(f"--metrics-addr {text!r}: port out of range")
+    return host, int(port)
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+class MetricsServer:
+    """``/metrics`` (Prometheus text format) and ``/healthz`` for one agent, in a thread."""
+
+    def __init__(self, agent: Agent, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.agent = agent
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.registry.register(AgentCollector(agent))
+        handler = _handler(self)
+        family = http.server.ThreadingHTTPServer
+        if ":" in host:
+            import socket
+
+            class V6Server(http.server.ThreadingHTTPServer):
+                address_family = socket.AF_INET6
+
+            family = V6Server
+        try:
+            self.httpd = family((host, port), handler)
+        except OSError as exc:
+            raise ConfigError(f"cannot serve metrics on {host}:{port}: {exc.strerror}") from exc
+        self.httpd.daemon_threads = True
+        self.host = host
+        self.port = int(self.httpd.server_address[1])
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="stek-metrics",
+                                        daemon=True)
+
+    def start(self) -> MetricsServer:
+        self._thread.start()
+        log.info("serving /metrics and /healthz on http://%s:%d", self.host, self.port)
+        return self
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _handler(server: MetricsServer) -> type[http.server.BaseHTTPRequestHandler]:
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            path = self.path.split("?", 1)[0]
+            if path == "/metrics":
+                body = generate_latest(server.registry)
+                self._send(200, body, CONTENT_TYPE_LATEST)
+            elif path == "/healthz":
+                problems = server.agent.health()
+                text = "ok\n" if not problems else "".join(f"{p}\n" for p in problems)
+                self._send(200 if not problems else 503, text.encode(),
+                           "text/plain; charset=utf-8")
+            else:
+                self._send(404, b"not found: try /metrics or /healthz\n",
+                           "text/plain; charset=utf-8")
+
+        def _send(self, code: int, body: bytes, ctype: str) -> None:
+            self.send_response(code)
+            self.send_header("Content-Type", ctype)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            log.debug("metrics: " + format, *args)
+
+    return Handler
+
+
+__all__ = [
+    "DEFAULT_METRICS_ADDR",
+    "Agent",
+    "AgentCollector",
+    "CommandResult",
+    "MetricsServer",
+    "Target",
+    "TargetSpec",
+    "build_targets",
+    "next_boundary",
+    "parse_addr",
+    "publish_ahead_warnings",
+    "run_command",
+]

@@ -1,28 +1,148 @@
-"""``stek agent``."""
+"""``stek agent``: rotate, export to servers, reload them, serve /metrics."""
 
 from __future__ import annotations
 
+import logging
+
 import click
 
-from ..agent import Agent
-from ._common import open_cli_store, setup_logging, store_option
+from ..agent import (
+    DEFAULT_METRICS_ADDR,
+    MAX_SLEEP,
+    RELOAD_TIMEOUT,
+    Agent,
+    MetricsServer,
+    TargetSpec,
+    build_targets,
+    is_loopback,
+    parse_addr,
+)
+from ..errors import ConfigError
+from ._common import DURATION, open_cli_store, setup_logging, store_option
+
+log = logging.getLogger("stek.agent")
+
+_META_TARGETS = "stek.agent.targets"
+_TARGET_OPTS = ("--export", "--reload", "--haproxy-socket")
 
 
-@click.command()
+def _ordered_targets(args: list[str]) -> list[TargetSpec]:
+    """Pair each --reload / --haproxy-socket with the --export before it.
+
+    click keeps each repeated option's values apart, losing how they were
+    interleaved; that order is what says which reload belongs to which export.
+    """
+    groups: list[dict[str, str]] = []
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg == "--":
+            break
+        name, eq, value = arg.partition("=")
+        if name in _TARGET_OPTS:
+            if not eq:
+                if i + 1 >= len(args):
+                    break  # click reports the missing value
+                value = args[i + 1]
+                i += 1
+            if name == "--export":
+                groups.append({"export": value})
+            elif not groups:
+                raise click.UsageError(f"{name} must follow the --export it applies to")
+            else:
+                key = name[2:]
+                if key in groups[-1]:
+                    raise click.UsageError(f"--export {groups[-1]['export']} has two {name}")
+                groups[-1][key] = value
+        i += 1
+    try:
+        return [TargetSpec.parse(g["export"], g.get("reload"), g.get("haproxy-socket"))
+                for g in groups]
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+class _AgentCommand(click.Command):
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta[_META_TARGETS] = _ordered_targets(list(args))
+        return super().parse_args(ctx, args)
+
+
+@click.command(cls=_AgentCommand)
 @store_option
+@click.option("--export", "exports", metavar="FORMAT:PATH", multiple=True,
+              help="Keep PATH current in FORMAT (nginx:DIR, haproxy:FILE, apache:FILE, "
+                   "envoy:DIR, openssl:FILE).  Repeatable.")
+@click.option("--reload", "reloads", metavar="CMD", multiple=True,
+              help="Shell command run (by /bin/sh -c) once after each change of the "
+                   "--export it follows, e.g. 'nginx -s reload'.  A failure is retried "
+                   "with backoff and reported until it succeeds.")
+@click.option("--haproxy-socket", "sockets", metavar="PATH", multiple=True,
+              help="After an --export haproxy:FILE: push new keys into the running HAProxy "
+                   "through this runtime API socket (set ssl tls-key), no reload.")
+@click.option("--metrics-addr", default=DEFAULT_METRICS_ADDR, show_default=True,
+              metavar="HOST:PORT", help="Serve /metrics and /healthz here (keep it loopback).")
+@click.option("--no-metrics", is_flag=True, help="Do not serve /metrics and /healthz.")
+@click.option("--interval", type=DURATION, default=f"{int(MAX_SLEEP)}s", show_default=True,
+              help="Longest sleep between passes: how soon a key added by another host is "
+                   "exported here.  Keep it under the ring's publish_ahead.")
+@click.option("--reload-timeout", type=DURATION, default=f"{int(RELOAD_TIMEOUT)}s",
+              show_default=True, help="Kill a reload command running longer than this.")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
-def agent(store_url: str | None, verbose: int) -> None:
+def agent(store_url: str | None, exports: tuple[str, ...], reloads: tuple[str, ...],
+          sockets: tuple[str, ...], metrics_addr: str, no_metrics: bool, interval: int,
+          reload_timeout: int, verbose: int) -> None:
     """Run the rotation daemon in the foreground.
 
     Creates the ring with the default policy if the store is empty, rotates
     it on schedule, logs every change (never key bytes), retries with backoff
     while the store is unreachable, and stops cleanly on SIGTERM or SIGINT.
+
+    \b
+    With targets, it also keeps servers on the ring's keys:
+      stek agent --export nginx:/run/stek/nginx --reload 'nginx -s reload' \\
+                 --export haproxy:/run/stek/haproxy.keys \\
+                 --haproxy-socket /run/haproxy/admin.sock
+
+    publish_ahead (see 'stek init') must exceed the time the slowest target
+    takes to pick a new key up: the agent warns when --interval, the reload
+    retry or the reload itself breaks that rule.  See docs/exporters.md.
     """
     setup_logging(verbose)
-    a = Agent(open_cli_store(store_url))
+    ctx = click.get_current_context()
+    specs: list[TargetSpec] = ctx.meta.get(_META_TARGETS, [])
+    if len(specs) != len(exports):  # defensive: the ordered scan must agree with click
+        raise click.UsageError("could not pair --reload/--haproxy-socket with --export")
+    targets = build_targets(specs, reload_timeout=float(reload_timeout))
+    a = Agent(open_cli_store(store_url), targets=targets, interval=float(interval))
+    server = _metrics(a, metrics_addr, no_metrics, ctx)
     a.install_signal_handlers()
-    a.run()
+    try:
+        a.run()
+    finally:
+        if server is not None:
+            server.close()
+
+
+def _metrics(a: Agent, addr: str, off: bool, ctx: click.Context) -> MetricsServer | None:
+    if off:
+        return None
+    host, port = parse_addr(addr)
+    explicit = ctx.get_parameter_source("metrics_addr") is not \
+        click.core.ParameterSource.DEFAULT
+    if not is_loopback(host):
+        log.warning("serving /metrics on non-loopback %s: anyone who can reach it sees key "
+                    "names and target health", addr)
+    try:
+        return MetricsServer(a, host, port).start()
+    except ConfigError as exc:
+        if explicit:
+            raise
+        # The default port being taken must not stop key rotation.
+        log.warning("%s; running without /metrics (use --metrics-addr)", exc)
+        return None
 
 
 def register(group: click.Group) -> None:
     group.add_command(agent)
+
