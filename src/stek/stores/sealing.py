@@ -281,8 +281,9 @@ class WatchThread:
     ``listen`` blocks while connected: it calls ``watch.ready()`` once its
     subscription is in place and ``watch.changed()`` for every notification,
     polls ``watch.stop_event``, and returns or raises when the connection
-    ends.  ``ready()`` notifies too, so that a change missed while
-    disconnected is re-read.
+    ends.  Losing the connection notifies (the consumer's re-read then fails
+    and it knows it is serving a snapshot), and so does ``ready()``, so that
+    a change missed while disconnected is re-read.
     """
 
     def __init__(self, name: str, url: str, listen: Callable[[WatchThread], None],
@@ -321,11 +322,15 @@ class WatchThread:
                     log.warning("watch on %s lost (%s); reconnecting", self._url,
                                 type(exc).__name__)
                 failing = True
-            self.connected.clear()
             with self._closers_lock:
                 self._closers.clear()
             if self.stop_event.is_set():
                 return
+            if self.connected.is_set():
+                # Tell the consumer at once: its re-read fails, so it knows
+                # (and logs) that it is serving from its last snapshot.
+                self.connected.clear()
+                self.changed()
             self.reconnects += 1
             # Jittered exponential backoff, capped at 1 s so that a store that
             # comes back is watched again (and re-read) within about a second.

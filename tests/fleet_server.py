@@ -1,0 +1,65 @@
+"""A TLS server process with stek installed on a fleet store (for the fleet tests).
+
+usage: python fleet_server.py CERT KEY STORE_URL
+
+The KEK comes from the environment ($STEK_KEK_FILE), as for any integration.
+Prints ``ready PORT`` once listening on 127.0.0.1.  Each connection: full or
+resumed handshake, read one line, answer one JSON line (pid, resumed or not,
+the callback's counters, the generation of the snapshot it serves), close.
+Exits when its stdin closes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import socket
+import ssl
+import sys
+import threading
+
+import stek
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    cert, key, url = sys.argv[1:4]
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    inst = stek.install(ctx, url)
+    srv = socket.create_server(("127.0.0.1", 0))
+    failures: list[str] = []
+
+    def handle(conn: socket.socket) -> None:
+        conn.settimeout(10)
+        try:
+            with ctx.wrap_socket(conn, server_side=True) as tls:
+                tls.recv(1024)
+                reply = {
+                    "pid": os.getpid(),
+                    "reused": tls.session_reused,
+                    "counters": dataclasses.asdict(inst.counters),
+                    "generation": inst.ring.generation,
+                    "keys": [k.name.hex() for k in inst.ring.keys],
+                    "failures": failures,
+                }
+                tls.sendall(json.dumps(reply).encode() + b"\n")
+        except (ssl.SSLError, OSError) as exc:
+            failures.append(repr(exc))
+            print(f"connection error: {exc!r}", file=sys.stderr, flush=True)
+
+    def serve() -> None:
+        while True:
+            conn, _ = srv.accept()
+            threading.Thread(target=handle, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    print(f"ready {srv.getsockname()[1]}", flush=True)
+    sys.stdin.read()  # until the test closes our stdin
+
+
+if __name__ == "__main__":
+    main()
