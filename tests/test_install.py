@@ -11,15 +11,15 @@ import gc
 import logging
 import os
 import ssl
+import sys
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from conftest import TLS_VERSIONS, Certs, client_context, server_context
-from support import TLSServer, connect, reconnects, s_client, s_client_reused
 
 import stek
+from conftest import TLS_VERSIONS, Certs, client_context, server_context
 from stek.errors import BindingError, NotInitialized, StoreCorrupt
 from stek.hazmat.libssl import libssl
 from stek.keyring import Keyring
@@ -27,6 +27,7 @@ from stek.keys import TicketKey, generate_key
 from stek.schedule import Policy
 from stek.stores import FileStore
 from stek.stores.memory import MemoryStore
+from support import TLSServer, connect, reconnects, s_client, s_client_reused
 
 
 def ticket_name(session: ssl.SSLSession | None) -> bytes:
@@ -47,6 +48,14 @@ def write_ring(store: FileStore, *keys: TicketKey) -> Keyring:
     return store.update(mutate)
 
 
+@pytest.fixture(autouse=True, params=[True, False], ids=["c-callback", "python-callback"])
+def callback_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
+    """Run every test with the compiled callback and with the ctypes one."""
+    install_fn = sys.modules["stek.install"].install
+    monkeypatch.setitem(install_fn.__kwdefaults__, "accelerate", request.param)
+    return bool(request.param)
+
+
 @pytest.fixture
 def store(tmp_path: Path) -> FileStore:
     s = FileStore(tmp_path / "ring.json")
@@ -55,7 +64,7 @@ def store(tmp_path: Path) -> FileStore:
 
 
 @pytest.fixture
-def server(certs: Certs, store: FileStore):  # noqa: ANN201
+def server(certs: Certs, store: FileStore):
     ctx = server_context(certs)
     handle = stek.install(ctx, store)
     with TLSServer(ctx) as srv:
@@ -67,9 +76,10 @@ def server(certs: Certs, store: FileStore):  # noqa: ANN201
 # -- resumption ---------------------------------------------------------------------
 
 @TLS_VERSIONS
-def test_python_client_resumes_and_callback_ran(server, certs: Certs,
+def test_python_client_resumes_and_callback_ran(server, certs: Certs, callback_impl: bool,
                                                 tls_version: ssl.TLSVersion) -> None:
     srv, handle = server
+    assert handle.accelerated is callback_impl
     resumed = reconnects(srv.port, client_context(certs, tls_version), 10)
     assert resumed == 10
     c = handle.counters
@@ -397,7 +407,12 @@ def test_uninstall_restores_openssl_builtin_keys(certs: Certs, store: FileStore)
         r = connect(srv.port, client_context(certs, ssl.TLSVersion.TLSv1_2))
     assert ticket_name(r.session) not in {k.name for k in store.read()}
     assert handle.counters.issued == 0
-    stek.install(ctx, store).uninstall()  # can be installed again
+    again = stek.install(ctx, store)  # can be installed again
+    with TLSServer(ctx) as srv:
+        assert reconnects(srv.port, client_context(certs, ssl.TLSVersion.TLSv1_2), 2) == 2
+    assert again.counters.resumed == 2
+    again.uninstall()
+    assert again.counters.resumed == 2  # counters survive uninstall
 
 
 def test_installation_dies_with_its_context(certs: Certs) -> None:
@@ -420,3 +435,4 @@ def test_handle_repr_has_no_key_bytes(certs: Certs, store: FileStore) -> None:
     for k in handle.ring:
         assert k.aes_key.hex() not in text and k.hmac_key.hex() not in text
     assert os.fspath(store.path) in text
+

@@ -25,7 +25,7 @@ from stek.schedule import (
 )
 
 
-def key(a: int, r: int, e: int):  # noqa: ANN201
+def key(a: int, r: int, e: int):
     return generate_key(size=80, activates_at=a, retires_at=r, expires_at=e)
 
 

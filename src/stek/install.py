@@ -49,6 +49,33 @@ BACKSTOP_INTERVAL = 5.0
 _ATTR = "_stek_installation"
 
 
+_ACCEL: Any = None
+_ACCEL_TRIED = False
+
+
+def _accelerator(lib: LibSSL) -> Any:
+    """The C callback module, initialized with libssl's function addresses, or None."""
+    global _ACCEL, _ACCEL_TRIED
+    if not _ACCEL_TRIED:
+        _ACCEL_TRIED = True
+        try:
+            from .hazmat import _fastcb  # type: ignore[attr-defined]
+        except ImportError:
+            return None
+        mac = lib.address("EVP_MAC_CTX_set_params") if lib.openssl3 else 0
+        hmac = 0 if lib.openssl3 else lib.address("HMAC_Init_ex")
+        _fastcb.init(lib.address("RAND_bytes"), lib.address("EVP_EncryptInit_ex"),
+                     lib.address("EVP_DecryptInit_ex"), mac, hmac, int(lib.sha256 or 0),
+                     lib.address("SSL_version"))
+        _ACCEL = _fastcb
+    return _ACCEL
+
+
+def accelerated_available() -> bool:
+    """True when the compiled callback is built and usable in this process."""
+    return _accelerator(libssl()) is not None
+
+
 @dataclass(frozen=True)
 class Counters:
     """What the callback did since install (a consistent copy)."""
@@ -98,7 +125,8 @@ class Installation:
     """The handle ``install()`` returns: counters, the current ring, ``uninstall()``."""
 
     def __init__(self, context: ssl.SSLContext, store: KeyStore, ring: Keyring, *,
-                 rotate: bool, clock: Callable[[], float], lib: LibSSL) -> None:
+                 rotate: bool, clock: Callable[[], float], lib: LibSSL,
+                 accel: Any = None, accel_required: bool = False) -> None:
         self.store = store
         self.rotate = rotate
         self._clock = clock
@@ -107,13 +135,31 @@ class Installation:
         self._ctx_ptr = lib.ssl_ctx_pointer(context)
         self._counts = dict.fromkeys(_FIELDS, 0)
         self._count_lock = threading.Lock()
+        self._accel = accel
+        self._slot: int | None = None
+        if accel is not None:
+            # The C callback takes the decision table from here, row by row.
+            order = (State.PENDING, State.ACTIVE, State.DECRYPT_ONLY, State.EXPIRED)
+            self._slot = accel.acquire(
+                bytes(int(LIFECYCLE[st].answer_tls12) for st in order),
+                bytes(int(LIFECYCLE[st].answer_tls13) for st in order),
+            )
+            if self._slot is None and accel_required:
+                raise BindingError(
+                    f"all {accel.SLOTS} compiled-callback slots are in use in this process"
+                )
+        self._slot_owner = _Slot(accel, self._slot) if self._slot is not None else None
         self._snap = _Snapshot(lib, ring)
+        self._load_accel(ring)
         self._policy: Policy | None = None
         self._apply_policy(ring.policy)
-        self._last_error: str | None = None
         self._wake = threading.Event()
         self._stop = threading.Event()
-        self._cfunc = TicketKeyCallback(self._make_callback())
+        if self._slot is not None:
+            # The C callback: same table, same counters, no Python per handshake.
+            self._cfunc = TicketKeyCallback(accel.address(self._slot))
+        else:
+            self._cfunc = TicketKeyCallback(self._make_callback())
         lib.set_ticket_callback(self._ctx_ptr, self._cfunc)
         self._sub = store.subscribe(_weak_method(self, "_notify"))
         self._thread = threading.Thread(
@@ -123,7 +169,8 @@ class Installation:
         self._thread.start()
         # When the context (and so this installation) is collected, stop the
         # store watch and let the refresher thread exit.
-        weakref.finalize(self, _stop_background, self._sub, self._stop, self._wake)
+        weakref.finalize(self, _stop_background, self._sub, self._stop, self._wake,
+                         self._slot_owner)
 
     def __repr__(self) -> str:
         return f"Installation(store={self.store.url!r}, generation={self.ring.generation})"
@@ -136,8 +183,15 @@ class Installation:
 
     @property
     def counters(self) -> Counters:
+        if self._slot is not None:
+            return Counters(*self._accel.counters(self._slot))
         with self._count_lock:
             return Counters(**self._counts)
+
+    @property
+    def accelerated(self) -> bool:
+        """True when the compiled callback serves this context (else the ctypes one)."""
+        return self._slot is not None
 
     @property
     def installed(self) -> bool:
@@ -166,6 +220,11 @@ class Installation:
             self._lib.set_ticket_callback(self._ctx_ptr, None)
             if getattr(ctx, _ATTR, None) is self:
                 delattr(ctx, _ATTR)
+        if self._slot_owner is not None:
+            final = self.counters
+            self._slot = None
+            self._slot_owner.release()
+            self._counts = {f: getattr(final, f) for f in _FIELDS}
 
     # -- internals ---------------------------------------------------------------
     def _notify(self) -> None:
@@ -175,8 +234,18 @@ class Installation:
         if ring.generation == self._snap.ring.generation and ring == self._snap.ring:
             return
         self._snap = _Snapshot(self._lib, ring)
+        self._load_accel(ring)
         self._apply_policy(ring.policy)
         log.info("keyring generation %d loaded (%d keys)", ring.generation, len(ring))
+
+    def _load_accel(self, ring: Keyring) -> None:
+        if self._slot is None:
+            return
+        self._accel.load(self._slot, [
+            (k.name, k.aes_key, k.hmac_key, k.activates_at, k.retires_at, k.expires_at,
+             self._lib.aes_256_cbc if len(k.aes_key) == 32 else self._lib.aes_128_cbc)
+            for k in ring.keys
+        ])
 
     def _apply_policy(self, policy: Policy) -> None:
         if policy == self._policy:
@@ -274,10 +343,28 @@ class Installation:
         return callback
 
 
-def _stop_background(sub: Any, stop: threading.Event, wake: threading.Event) -> None:
+def _stop_background(sub: Any, stop: threading.Event, wake: threading.Event,
+                     slot: _Slot | None) -> None:
     stop.set()
     wake.set()
     sub.close()
+    if slot is not None:
+        slot.release()
+
+
+class _Slot:
+    """An accelerator slot, released exactly once (by uninstall() or by GC)."""
+
+    def __init__(self, accel: Any, index: int) -> None:
+        self.accel = accel
+        self.index: int | None = index
+        self._lock = threading.Lock()
+
+    def release(self) -> None:
+        with self._lock:
+            if self.index is not None:
+                self.accel.release(self.index)
+                self.index = None
 
 
 def _weak_method(obj: Installation, name: str) -> Callable[[], None]:
@@ -335,6 +422,7 @@ def install(
     rotate: bool = False,
     policy: Policy | None = None,
     clock: Callable[[], float] = time.time,
+    accelerate: bool | None = None,
 ) -> Installation:
     """Serve session tickets on ``context`` with the keys of ``store``.
 
@@ -346,6 +434,10 @@ def install(
     Raises :class:`~stek.errors.BindingError` when the callback cannot be
     installed (statically linked Python, client-side context, OP_NO_TICKET,
     already installed) and store errors when no ring can be read.
+
+    ``accelerate``: None (default) uses the compiled callback when it is built
+    and ``clock`` is the real clock, else the pure-Python ctypes callback;
+    True requires the compiled one; False forces the Python one.
     """
     if not isinstance(context, ssl.SSLContext):
         raise BindingError(f"install() needs an ssl.SSLContext, got {type(context).__name__}")
@@ -371,6 +463,15 @@ def install(
             raise NotInitialized(
                 f"{exc} (or pass rotate=True to let this server create and rotate it)"
             ) from None
-    inst = Installation(context, st, ring, rotate=rotate, clock=clock, lib=lib)
+    accel = None
+    if accelerate is not False:
+        accel = _accelerator(lib) if clock is time.time else None
+        if accel is None and accelerate:
+            raise BindingError(
+                "the compiled ticket callback is not available (stek.hazmat._fastcb not built, "
+                "or a custom clock was given)"
+            )
+    inst = Installation(context, st, ring, rotate=rotate, clock=clock, lib=lib, accel=accel,
+                        accel_required=bool(accelerate))
     setattr(context, _ATTR, inst)
     return inst

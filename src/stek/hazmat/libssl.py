@@ -128,8 +128,17 @@ class LibSSL:
         self.EVP_DecryptInit_ex = fn(
             "EVP_DecryptInit_ex", c_int, c_void_p, c_void_p, c_void_p, c_char_p, c_void_p
         )
-        self.aes_256_cbc = fn("EVP_aes_256_cbc", c_void_p)()
-        self.aes_128_cbc = fn("EVP_aes_128_cbc", c_void_p)()
+        if self.openssl3:
+            # Fetch the ciphers once: a legacy EVP_aes_*_cbc() pointer makes
+            # every EVP_*Init_ex call fetch again (OpenSSL 3 "implicit fetch").
+            fetch = fn("EVP_CIPHER_fetch", c_void_p, c_void_p, c_char_p, c_char_p)
+            self.aes_256_cbc = fetch(None, b"AES-256-CBC", None)
+            self.aes_128_cbc = fetch(None, b"AES-128-CBC", None)
+        else:
+            self.aes_256_cbc = fn("EVP_aes_256_cbc", c_void_p)()
+            self.aes_128_cbc = fn("EVP_aes_128_cbc", c_void_p)()
+        if not self.aes_256_cbc or not self.aes_128_cbc:
+            raise BindingError("libssl has no AES-CBC cipher (FIPS or trimmed build?)")
         self.sha256 = fn("EVP_sha256", c_void_p)()
         self.SSL_SESSION_get0_ticket = fn(
             "SSL_SESSION_get0_ticket", None, c_void_p, POINTER(c_void_p), POINTER(c_size_t)
@@ -148,6 +157,10 @@ class LibSSL:
             self.HMAC_Init_ex = fn(
                 "HMAC_Init_ex", c_int, c_void_p, c_char_p, c_int, c_void_p, c_void_p
             )
+
+    def address(self, name: str) -> int:
+        """The C address of a libssl/libcrypto function (for the C accelerator)."""
+        return int(ctypes.cast(getattr(self.lib, name), c_void_p).value or 0)
 
     # -- pointers out of CPython objects -------------------------------------------
     def ssl_ctx_pointer(self, context: ssl.SSLContext) -> int:

@@ -1,0 +1,437 @@
+/*
+ * HAZMAT: stek's ticket-key callback in C, for the handshake hot path.
+ *
+ * Same contract, same decision table, same counters as the pure-Python
+ * callback in stek/install.py (which remains the fallback when this module
+ * is not built).  It exists only because a Python callback costs several
+ * microseconds per handshake (ctypes thunk, GIL, argument conversion).
+ *
+ * It links no OpenSSL: every OpenSSL function it calls is a pointer handed
+ * in by stek.hazmat.libssl, resolved through the libssl that Python's own
+ * _ssl module links, so the two can never be different OpenSSLs.
+ *
+ * Each installed SSL_CTX gets a slot; the callback of slot N is trampoline
+ * N, because the callback has no user-data argument.  A slot's keys are
+ * replaced under its mutex; the callback copies the one key it needs to the
+ * stack under that mutex and wipes the copy before returning.  Key bytes
+ * never leave this file except into OpenSSL's cipher and MAC contexts.
+ *
+ * Answers: SSL_CTX_set_tlsext_ticket_key_cb(3): 1 = ctx/hctx set, 2 = set
+ * and renew, 0 = no ticket / full handshake, -1 = OpenSSL failure.
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <string.h>
+#include <time.h>
+
+#define NSLOTS 64
+#define MAXKEYS 64
+#define NAME_LEN 16          /* RFC 5077 section 4: key_name[16] */
+#define IV_LEN 16            /* EVP_MAX_IV_LENGTH; AES-CBC IV */
+#define TLS1_3_VERSION 0x0304
+
+/* Counter indices: the order of stek.install.Counters' fields. */
+enum { C_ISSUED, C_RESUMED, C_RENEWED, C_REJ_UNKNOWN, C_REJ_EXPIRED, C_NO_ACTIVE, C_ERRORS,
+       NCOUNTERS };
+/* Lifecycle states: the order of stek.schedule.State. */
+enum { S_PENDING, S_ACTIVE, S_DECRYPT_ONLY, S_EXPIRED, NSTATES };
+
+typedef int (*rand_bytes_fn)(unsigned char *, int);
+typedef int (*cipher_init_fn)(void *, const void *, void *, const unsigned char *,
+                              const unsigned char *);
+typedef int (*mac_set_params_fn)(void *, const void *);
+typedef int (*hmac_init_fn)(void *, const void *, int, const void *, void *);
+typedef int (*ssl_version_fn)(const void *);
+
+/* openssl/core.h struct ossl_param_st (stable ABI). */
+typedef struct {
+    const char *key;
+    unsigned int data_type;
+    void *data;
+    size_t data_size;
+    size_t return_size;
+} ossl_param;
+#define OSSL_PARAM_UTF8_STRING 4
+#define OSSL_PARAM_OCTET_STRING 5
+
+static struct {
+    rand_bytes_fn rand_bytes;
+    cipher_init_fn enc_init, dec_init;
+    mac_set_params_fn mac_set_params; /* OpenSSL 3 (EVP_MAC variant) */
+    hmac_init_fn hmac_init;           /* OpenSSL 1.1.1 (HMAC_CTX variant) */
+    const void *sha256;
+    ssl_version_fn ssl_version;
+    int ready;
+} F;
+
+typedef struct {
+    unsigned char name[NAME_LEN], aes[32], hmac[32];
+    int part_len;
+    const void *cipher;
+    int64_t activates, retires, expires;
+} ckey;
+
+typedef struct {
+    pthread_mutex_t lock;
+    int used;
+    int nkeys;
+    ckey keys[MAXKEYS];
+    signed char ans12[NSTATES], ans13[NSTATES];
+    uint64_t counters[NCOUNTERS];
+} slot_t;
+
+static slot_t slots[NSLOTS];
+static pthread_mutex_t slots_lock = PTHREAD_MUTEX_INITIALIZER;
+
+static void wipe(void *p, size_t n) {
+    volatile unsigned char *v = (volatile unsigned char *)p;
+    while (n--) *v++ = 0;
+}
+
+static inline void bump(slot_t *sl, int c) {
+    __atomic_fetch_add(&sl->counters[c], 1, __ATOMIC_RELAXED);
+}
+
+static int mac_init(void *mctx, ckey *k) {
+    if (F.mac_set_params != NULL) {
+        /* EVP_MAC-HMAC(7): "digest" (UTF8 string), "key" (octet string). */
+        ossl_param params[3];
+        memset(params, 0, sizeof params);
+        params[0].key = "digest";
+        params[0].data_type = OSSL_PARAM_UTF8_STRING;
+        params[0].data = (void *)"SHA256";
+        params[0].data_size = 6;
+        params[1].key = "key";
+        params[1].data_type = OSSL_PARAM_OCTET_STRING;
+        params[1].data = k->hmac;
+        params[1].data_size = (size_t)k->part_len;
+        return F.mac_set_params(mctx, params);
+    }
+    return F.hmac_init(mctx, k->hmac, k->part_len, F.sha256, NULL);
+}
+
+static int ticket_cb(slot_t *sl, void *s, unsigned char *name, unsigned char *iv, void *cctx,
+                     void *mctx, int enc) {
+    ckey k;
+    int found = 0, i, ret;
+    int64_t now = (int64_t)time(NULL);
+
+    pthread_mutex_lock(&sl->lock);
+    if (enc) {
+        /* The newest active key encrypts (DESIGN.md decision table). */
+        int best = -1;
+        for (i = 0; i < sl->nkeys; i++) {
+            ckey *c = &sl->keys[i];
+            if (c->activates <= now && now < c->retires &&
+                (best < 0 || c->activates > sl->keys[best].activates))
+                best = i;
+        }
+        if (best >= 0) {
+            k = sl->keys[best];
+            found = 1;
+        }
+    } else {
+        /* name comes from the ticket: attacker-chosen, any 16 bytes. */
+        for (i = 0; i < sl->nkeys; i++) {
+            if (memcmp(sl->keys[i].name, name, NAME_LEN) == 0) {
+                k = sl->keys[i];
+                found = 1;
+                break;
+            }
+        }
+    }
+    pthread_mutex_unlock(&sl->lock);
+
+    if (enc) {
+        if (!found) {
+            bump(sl, C_NO_ACTIVE);
+            return 0; /* no ticket; the handshake goes on */
+        }
+        /* RAND_bytes returns 1 on success (the man page example tests it backwards). */
+        if (F.rand_bytes(iv, IV_LEN) != 1) {
+            ret = -1;
+        } else {
+            memcpy(name, k.name, NAME_LEN);
+            ret = (F.enc_init(cctx, k.cipher, NULL, k.aes, iv) == 1 && mac_init(mctx, &k) == 1)
+                      ? 1 : -1;
+        }
+        bump(sl, ret == 1 ? C_ISSUED : C_ERRORS);
+        wipe(&k, sizeof k);
+        return ret;
+    }
+    if (!found) {
+        bump(sl, C_REJ_UNKNOWN);
+        return 0;
+    }
+    {
+        int state = now < k.activates ? S_PENDING
+                    : now < k.retires ? S_ACTIVE
+                    : now < k.expires ? S_DECRYPT_ONLY
+                    : S_EXPIRED;
+        int answer;
+        if (state == S_EXPIRED) {
+            bump(sl, C_REJ_EXPIRED);
+            wipe(&k, sizeof k);
+            return 0;
+        }
+        answer = sl->ans12[state];
+        if (sl->ans13[state] != answer && F.ssl_version(s) == TLS1_3_VERSION)
+            answer = sl->ans13[state];
+        if (mac_init(mctx, &k) != 1 || F.dec_init(cctx, k.cipher, NULL, k.aes, iv) != 1) {
+            bump(sl, C_ERRORS);
+            answer = -1;
+        } else {
+            bump(sl, C_RESUMED);
+            if (answer == 2)
+                bump(sl, C_RENEWED);
+        }
+        wipe(&k, sizeof k);
+        return answer;
+    }
+}
+
+static int tramp_0(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[0], s, n, iv, c, m, e); }
+static int tramp_1(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[1], s, n, iv, c, m, e); }
+static int tramp_2(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[2], s, n, iv, c, m, e); }
+static int tramp_3(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[3], s, n, iv, c, m, e); }
+static int tramp_4(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[4], s, n, iv, c, m, e); }
+static int tramp_5(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[5], s, n, iv, c, m, e); }
+static int tramp_6(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[6], s, n, iv, c, m, e); }
+static int tramp_7(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[7], s, n, iv, c, m, e); }
+static int tramp_8(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[8], s, n, iv, c, m, e); }
+static int tramp_9(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[9], s, n, iv, c, m, e); }
+static int tramp_10(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[10], s, n, iv, c, m, e); }
+static int tramp_11(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[11], s, n, iv, c, m, e); }
+static int tramp_12(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[12], s, n, iv, c, m, e); }
+static int tramp_13(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[13], s, n, iv, c, m, e); }
+static int tramp_14(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[14], s, n, iv, c, m, e); }
+static int tramp_15(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[15], s, n, iv, c, m, e); }
+static int tramp_16(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[16], s, n, iv, c, m, e); }
+static int tramp_17(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[17], s, n, iv, c, m, e); }
+static int tramp_18(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[18], s, n, iv, c, m, e); }
+static int tramp_19(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[19], s, n, iv, c, m, e); }
+static int tramp_20(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[20], s, n, iv, c, m, e); }
+static int tramp_21(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[21], s, n, iv, c, m, e); }
+static int tramp_22(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[22], s, n, iv, c, m, e); }
+static int tramp_23(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[23], s, n, iv, c, m, e); }
+static int tramp_24(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[24], s, n, iv, c, m, e); }
+static int tramp_25(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[25], s, n, iv, c, m, e); }
+static int tramp_26(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[26], s, n, iv, c, m, e); }
+static int tramp_27(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[27], s, n, iv, c, m, e); }
+static int tramp_28(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[28], s, n, iv, c, m, e); }
+static int tramp_29(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[29], s, n, iv, c, m, e); }
+static int tramp_30(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[30], s, n, iv, c, m, e); }
+static int tramp_31(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[31], s, n, iv, c, m, e); }
+static int tramp_32(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[32], s, n, iv, c, m, e); }
+static int tramp_33(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[33], s, n, iv, c, m, e); }
+static int tramp_34(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[34], s, n, iv, c, m, e); }
+static int tramp_35(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[35], s, n, iv, c, m, e); }
+static int tramp_36(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[36], s, n, iv, c, m, e); }
+static int tramp_37(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[37], s, n, iv, c, m, e); }
+static int tramp_38(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[38], s, n, iv, c, m, e); }
+static int tramp_39(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[39], s, n, iv, c, m, e); }
+static int tramp_40(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[40], s, n, iv, c, m, e); }
+static int tramp_41(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[41], s, n, iv, c, m, e); }
+static int tramp_42(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[42], s, n, iv, c, m, e); }
+static int tramp_43(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[43], s, n, iv, c, m, e); }
+static int tramp_44(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[44], s, n, iv, c, m, e); }
+static int tramp_45(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[45], s, n, iv, c, m, e); }
+static int tramp_46(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[46], s, n, iv, c, m, e); }
+static int tramp_47(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[47], s, n, iv, c, m, e); }
+static int tramp_48(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[48], s, n, iv, c, m, e); }
+static int tramp_49(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[49], s, n, iv, c, m, e); }
+static int tramp_50(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[50], s, n, iv, c, m, e); }
+static int tramp_51(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[51], s, n, iv, c, m, e); }
+static int tramp_52(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[52], s, n, iv, c, m, e); }
+static int tramp_53(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[53], s, n, iv, c, m, e); }
+static int tramp_54(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[54], s, n, iv, c, m, e); }
+static int tramp_55(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[55], s, n, iv, c, m, e); }
+static int tramp_56(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[56], s, n, iv, c, m, e); }
+static int tramp_57(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[57], s, n, iv, c, m, e); }
+static int tramp_58(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[58], s, n, iv, c, m, e); }
+static int tramp_59(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[59], s, n, iv, c, m, e); }
+static int tramp_60(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[60], s, n, iv, c, m, e); }
+static int tramp_61(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[61], s, n, iv, c, m, e); }
+static int tramp_62(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[62], s, n, iv, c, m, e); }
+static int tramp_63(void *s, unsigned char *n, unsigned char *iv, void *c, void *m, int e) { return ticket_cb(&slots[63], s, n, iv, c, m, e); }
+
+static void *const trampolines[NSLOTS] = {
+    (void *)tramp_0, (void *)tramp_1, (void *)tramp_2, (void *)tramp_3, (void *)tramp_4, (void *)tramp_5, (void *)tramp_6, (void *)tramp_7,
+    (void *)tramp_8, (void *)tramp_9, (void *)tramp_10, (void *)tramp_11, (void *)tramp_12, (void *)tramp_13, (void *)tramp_14, (void *)tramp_15,
+    (void *)tramp_16, (void *)tramp_17, (void *)tramp_18, (void *)tramp_19, (void *)tramp_20, (void *)tramp_21, (void *)tramp_22, (void *)tramp_23,
+    (void *)tramp_24, (void *)tramp_25, (void *)tramp_26, (void *)tramp_27, (void *)tramp_28, (void *)tramp_29, (void *)tramp_30, (void *)tramp_31,
+    (void *)tramp_32, (void *)tramp_33, (void *)tramp_34, (void *)tramp_35, (void *)tramp_36, (void *)tramp_37, (void *)tramp_38, (void *)tramp_39,
+    (void *)tramp_40, (void *)tramp_41, (void *)tramp_42, (void *)tramp_43, (void *)tramp_44, (void *)tramp_45, (void *)tramp_46, (void *)tramp_47,
+    (void *)tramp_48, (void *)tramp_49, (void *)tramp_50, (void *)tramp_51, (void *)tramp_52, (void *)tramp_53, (void *)tramp_54, (void *)tramp_55,
+    (void *)tramp_56, (void *)tramp_57, (void *)tramp_58, (void *)tramp_59, (void *)tramp_60, (void *)tramp_61, (void *)tramp_62, (void *)tramp_63
+};
+
+/* ---- Python interface ---------------------------------------------------- */
+
+static int slot_arg(PyObject *arg, int *out) {
+    long n = PyLong_AsLong(arg);
+    if (n == -1 && PyErr_Occurred()) return -1;
+    if (n < 0 || n >= NSLOTS || !slots[n].used) {
+        PyErr_SetString(PyExc_ValueError, "invalid slot");
+        return -1;
+    }
+    *out = (int)n;
+    return 0;
+}
+
+static PyObject *fc_init(PyObject *self, PyObject *args) {
+    unsigned long long rb, ei, di, msp, hi, sha, sv;
+    if (!PyArg_ParseTuple(args, "KKKKKKK", &rb, &ei, &di, &msp, &hi, &sha, &sv)) return NULL;
+    if (!rb || !ei || !di || !sv || (!msp && !hi)) {
+        PyErr_SetString(PyExc_ValueError, "missing OpenSSL function");
+        return NULL;
+    }
+    F.rand_bytes = (rand_bytes_fn)(uintptr_t)rb;
+    F.enc_init = (cipher_init_fn)(uintptr_t)ei;
+    F.dec_init = (cipher_init_fn)(uintptr_t)di;
+    F.mac_set_params = (mac_set_params_fn)(uintptr_t)msp;
+    F.hmac_init = (hmac_init_fn)(uintptr_t)hi;
+    F.sha256 = (const void *)(uintptr_t)sha;
+    F.ssl_version = (ssl_version_fn)(uintptr_t)sv;
+    F.ready = 1;
+    Py_RETURN_NONE;
+}
+
+static PyObject *fc_acquire(PyObject *self, PyObject *args) {
+    const char *a12, *a13;
+    Py_ssize_t n12, n13;
+    int i;
+    if (!PyArg_ParseTuple(args, "y#y#", &a12, &n12, &a13, &n13)) return NULL;
+    if (!F.ready || n12 != NSTATES || n13 != NSTATES) {
+        PyErr_SetString(PyExc_ValueError, "not initialized or bad lifecycle table");
+        return NULL;
+    }
+    pthread_mutex_lock(&slots_lock);
+    for (i = 0; i < NSLOTS; i++) {
+        if (!slots[i].used) {
+            slot_t *sl = &slots[i];
+            pthread_mutex_init(&sl->lock, NULL);
+            sl->used = 1;
+            sl->nkeys = 0;
+            memset(sl->counters, 0, sizeof sl->counters);
+            memcpy(sl->ans12, a12, NSTATES);
+            memcpy(sl->ans13, a13, NSTATES);
+            pthread_mutex_unlock(&slots_lock);
+            return PyLong_FromLong(i);
+        }
+    }
+    pthread_mutex_unlock(&slots_lock);
+    Py_RETURN_NONE; /* all slots taken: the caller falls back to Python */
+}
+
+static PyObject *fc_release(PyObject *self, PyObject *arg) {
+    int n;
+    if (slot_arg(arg, &n) < 0) return NULL;
+    pthread_mutex_lock(&slots[n].lock);
+    wipe(slots[n].keys, sizeof slots[n].keys);
+    slots[n].nkeys = 0;
+    pthread_mutex_unlock(&slots[n].lock);
+    pthread_mutex_lock(&slots_lock);
+    slots[n].used = 0;
+    pthread_mutex_unlock(&slots_lock);
+    Py_RETURN_NONE;
+}
+
+/* load(slot, [(name, aes, hmac, activates, retires, expires, cipher_ptr), ...]) */
+static PyObject *fc_load(PyObject *self, PyObject *args) {
+    PyObject *slotobj, *seq, *fast;
+    ckey tmp[MAXKEYS];
+    Py_ssize_t n, i;
+    int s;
+    if (!PyArg_ParseTuple(args, "OO", &slotobj, &seq)) return NULL;
+    if (slot_arg(slotobj, &s) < 0) return NULL;
+    fast = PySequence_Fast(seq, "keys must be a sequence");
+    if (fast == NULL) return NULL;
+    n = PySequence_Fast_GET_SIZE(fast);
+    if (n > MAXKEYS) {
+        Py_DECREF(fast);
+        PyErr_SetString(PyExc_ValueError, "too many keys");
+        return NULL;
+    }
+    for (i = 0; i < n; i++) {
+        const char *nm, *aes, *hm;
+        Py_ssize_t lnm, laes, lhm;
+        long long a, r, e;
+        unsigned long long cipher;
+        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "y#y#y#LLLK", &nm, &lnm, &aes,
+                              &laes, &hm, &lhm, &a, &r, &e, &cipher)) {
+            wipe(tmp, sizeof tmp);
+            Py_DECREF(fast);
+            return NULL;
+        }
+        if (lnm != NAME_LEN || (laes != 32 && laes != 16) || lhm != laes || !cipher) {
+            wipe(tmp, sizeof tmp);
+            Py_DECREF(fast);
+            PyErr_SetString(PyExc_ValueError, "malformed key");
+            return NULL;
+        }
+        memset(&tmp[i], 0, sizeof tmp[i]);
+        memcpy(tmp[i].name, nm, NAME_LEN);
+        memcpy(tmp[i].aes, aes, (size_t)laes);
+        memcpy(tmp[i].hmac, hm, (size_t)lhm);
+        tmp[i].part_len = (int)laes;
+        tmp[i].cipher = (const void *)(uintptr_t)cipher;
+        tmp[i].activates = a;
+        tmp[i].retires = r;
+        tmp[i].expires = e;
+    }
+    Py_DECREF(fast);
+    pthread_mutex_lock(&slots[s].lock);
+    wipe(slots[s].keys, sizeof slots[s].keys);
+    memcpy(slots[s].keys, tmp, sizeof(ckey) * (size_t)n);
+    slots[s].nkeys = (int)n;
+    pthread_mutex_unlock(&slots[s].lock);
+    wipe(tmp, sizeof tmp);
+    Py_RETURN_NONE;
+}
+
+static PyObject *fc_counters(PyObject *self, PyObject *arg) {
+    int s, i;
+    PyObject *t;
+    if (slot_arg(arg, &s) < 0) return NULL;
+    t = PyTuple_New(NCOUNTERS);
+    if (t == NULL) return NULL;
+    for (i = 0; i < NCOUNTERS; i++) {
+        uint64_t v = __atomic_load_n(&slots[s].counters[i], __ATOMIC_RELAXED);
+        PyTuple_SET_ITEM(t, i, PyLong_FromUnsignedLongLong(v));
+    }
+    return t;
+}
+
+static PyObject *fc_address(PyObject *self, PyObject *arg) {
+    int s;
+    if (slot_arg(arg, &s) < 0) return NULL;
+    return PyLong_FromVoidPtr(trampolines[s]);
+}
+
+static PyMethodDef methods[] = {
+    {"init", fc_init, METH_VARARGS, "init(RAND_bytes, EncInit, DecInit, MAC_set_params, "
+                                    "HMAC_Init_ex, EVP_sha256(), SSL_version): addresses"},
+    {"acquire", fc_acquire, METH_VARARGS, "acquire(ans12, ans13) -> slot or None"},
+    {"release", fc_release, METH_O, "release(slot): wipe its keys and free it"},
+    {"load", fc_load, METH_VARARGS, "load(slot, keys): replace the slot's keys atomically"},
+    {"counters", fc_counters, METH_O, "counters(slot) -> tuple"},
+    {"address", fc_address, METH_O, "address(slot) -> the slot's callback address"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {
+    PyModuleDef_HEAD_INIT, "stek.hazmat._fastcb",
+    "HAZMAT: stek's ticket-key callback in C (see stek.install).", -1, methods,
+    NULL, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__fastcb(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m == NULL) return NULL;
+    PyModule_AddIntConstant(m, "SLOTS", NSLOTS);
+    PyModule_AddIntConstant(m, "MAX_KEYS", MAXKEYS);
+    return m;
+}
