@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
 from conftest import Certs, client_context, server_context
 from servers_fleet import HERE, child_env
-
 from stek import Policy, SealingError, StekError, init_ring, install, open_store, rotate
 from stek.agent import Agent
 from stek.cli import main as cli_main
@@ -163,7 +163,9 @@ RACE_CHILD = r"""
 import json, sys, time
 from stek import open_store
 from stek.rotation import rotate
-url, base, step, slots, start = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
+url = sys.argv[1]
+base, step, slots = (int(a) for a in sys.argv[2:5])
+start = float(sys.argv[5])
 store = open_store(url)
 added = []
 while time.time() < start:
@@ -175,7 +177,8 @@ print(json.dumps({"added": added, "ops": store.ops}))
 """
 
 
-def racing_rotators(server: Any, kek_file: Path, racers: int = 8, slots: int = 50) -> dict[str, Any]:
+def racing_rotators(server: Any, kek_file: Path, racers: int = 8,
+                    slots: int = 50) -> dict[str, Any]:
     """N rotator processes over the same slots: one key per slot, none lost or duplicated."""
     step = 60
     policy = Policy(rotate_every=step, accept_for=3600, publish_ahead=30)

@@ -6,11 +6,11 @@ import ssl
 from collections.abc import Iterator
 from pathlib import Path
 
-import fleet_cases as cases
 import pytest
+
+import fleet_cases as cases
 from conftest import TLS_VERSIONS, Certs
 from servers_fleet import EtcdServer
-
 from stek import ConfigError, StoreUnavailable, open_store
 from stek.stores.etcd import EtcdStore
 from stek.stores.sealing import write_kek_file
