@@ -1,0 +1,224 @@
+"""Real nginx and HAProxy for the exporter and agent tests, plus an HTTPS probe.
+
+Each server runs as the current user on 127.0.0.1 in its own temp dir and
+process group, and is stopped (group-wide, by its own pid) at the end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from conftest import Certs, find_program, free_port
+from stek.hazmat.libssl import libssl
+
+
+@dataclass
+class Hit:
+    """What one HTTPS request saw."""
+
+    reused: bool
+    session: ssl.SSLSession
+    ticket: bytes  # the ticket the client now holds (b"" if none)
+    offered: bytes  # the ticket it presented (b"" for a fresh connection)
+    body: bytes
+
+    @property
+    def name(self) -> bytes:
+        """The key name of the ticket now held (RFC 5077 section 4: its first 16 bytes)."""
+        return self.ticket[:16]
+
+    @property
+    def offered_name(self) -> bytes:
+        return self.offered[:16]
+
+
+def ticket_of(session: ssl.SSLSession | None) -> bytes:
+    return libssl().session_ticket(session) if session is not None else b""
+
+
+def set_session_id_context(ctx: ssl.SSLContext, sid_ctx: bytes) -> None:
+    """``SSL_CTX_set_session_id_context``: OpenSSL resumes a session only in the context
+    it was made in, so a Python server can resume another server's tickets only under
+    that server's session id context (Python's own is b"Python")."""
+    lib = libssl()
+    fn = lib.lib.SSL_CTX_set_session_id_context
+    fn.restype = ctypes.c_int
+    fn.argtypes = (ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint)
+    assert fn(lib.ssl_ctx_pointer(ctx), sid_ctx, len(sid_ctx)) == 1
+
+
+def get(port: int, cctx: ssl.SSLContext, session: ssl.SSLSession | None = None) -> Hit:
+    """One HTTP/1.0 request over TLS, read to EOF (so TLS 1.3 tickets are processed)."""
+    offered = ticket_of(session)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            cctx.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
+        tls.sendall(b"GET / HTTP/1.0\r\nHost: localhost\r\n\r\n")
+        data = b""
+        with contextlib.suppress(ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError):
+            while chunk := tls.recv(65536):
+                data += chunk
+        if not data.startswith(b"HTTP/1."):
+            raise AssertionError(f"unexpected answer {data[:100]!r}")
+        sess = tls.session
+        assert sess is not None
+        return Hit(tls.session_reused, sess, ticket_of(sess), offered, data)
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: float = 20) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.5):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"server exited {proc.returncode}:\n{_read(log)}")
+        if time.monotonic() > deadline:
+            raise AssertionError(f"server never listened on {port}:\n{_read(log)}")
+        time.sleep(0.05)
+
+
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(errors="replace")
+    except OSError:
+        return ""
+
+
+class Server:
+    """A server process in its own process group; ``stop()`` ends that group only."""
+
+    def __init__(self, cmd: list[str], log: Path, port: int) -> None:
+        self.log = log
+        self.port = port
+        self.sock: Path | None = None  # HAProxy's admin socket
+        self._out = open(log, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=subprocess.STDOUT,
+                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            wait_port(port, self.proc, log)
+        except BaseException:
+            self.stop()
+            raise
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def output(self) -> str:
+        return _read(self.log)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(10)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(5)
+        self._out.close()
+
+
+NGINX_CONF = """\
+worker_processes 1;
+events {{ worker_connections 128; }}
+http {{
+    access_log off;
+    client_body_temp_path {tmp}/client_body;
+    proxy_temp_path {tmp}/proxy;
+    fastcgi_temp_path {tmp}/fastcgi;
+    uwsgi_temp_path {tmp}/uwsgi;
+    scgi_temp_path {tmp}/scgi;
+    server {{
+        listen 127.0.0.1:{port} ssl;
+        ssl_certificate {cert};
+        ssl_certificate_key {key};
+        ssl_protocols TLSv1.2 TLSv1.3;
+        ssl_session_tickets on;
+        # No session cache: a resumption here can only come from a ticket.
+        ssl_session_cache none;
+        ssl_session_timeout 1h;
+        include {include};
+        location / {{ return 200 "{label}\\n"; }}
+    }}
+}}
+"""
+
+
+@contextlib.contextmanager
+def nginx(workdir: Path, certs: Certs, include: Path, label: str = "nginx") -> Iterator[Server]:
+    """nginx 1.22 with ``include`` (stek's tickets.conf) in its server block."""
+    exe = find_program("nginx")
+    prefix = workdir / f"nginx-{label}"
+    (prefix / "tmp").mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    conf = prefix / "nginx.conf"
+    conf.write_text(NGINX_CONF.format(tmp=prefix / "tmp", port=port, cert=certs.cert,
+                                      key=certs.key, include=include, label=label))
+    log = prefix / "error.log"
+    globals_ = f"daemon off; pid {prefix / 'nginx.pid'}; error_log {log} notice;"
+    cmd = [exe, "-p", str(prefix), "-c", str(conf), "-e", str(log), "-g", globals_]
+    check = subprocess.run([*cmd, "-t"], capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stderr + _read(log)
+    server = Server(cmd, prefix / "stdout.log", port)
+    server.log = log
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+HAPROXY_CONF = """\
+global
+    stats socket {sock} mode 600 level admin
+defaults
+    mode http
+    timeout connect 5s
+    timeout client 10s
+    timeout server 10s
+frontend fe
+    bind 127.0.0.1:{port} ssl crt {pem} tls-ticket-keys {keys}
+    http-request return status 200 content-type text/plain string "{label}"
+"""
+
+
+def short_tmpdir() -> Path:
+    """A fresh directory with a short path (unix socket paths are limited to ~107 bytes)."""
+    return Path(tempfile.mkdtemp(prefix="stek-"))
+
+
+@contextlib.contextmanager
+def haproxy(workdir: Path, certs: Certs, keys: Path, label: str = "haproxy",
+            sock_dir: Path | None = None) -> Iterator[Server]:
+    """HAProxy 2.6 with ``tls-ticket-keys keys`` and an admin socket (``server.sock``)."""
+    exe = find_program("haproxy")
+    d = workdir / f"haproxy-{label}"
+    d.mkdir(parents=True, exist_ok=True)
+    pem = d / "server.pem"
+    pem.write_bytes(certs.cert.read_bytes() + certs.key.read_bytes())
+    pem.chmod(0o600)
+    sock = (sock_dir or short_tmpdir()) / f"{label}.sock"
+    port = free_port()
+    cfg = d / "haproxy.cfg"
+    cfg.write_text(HAPROXY_CONF.format(sock=sock, port=port, pem=pem, keys=keys, label=label))
+    check = subprocess.run([exe, "-c", "-f", str(cfg)], capture_output=True, text=True,
+                           timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr
+    server = Server([exe, "-f", str(cfg), "-db"], d / "haproxy.log", port)
+    server.sock = sock
+    try:
+        yield server
+    finally:
+        server.stop()
+        with contextlib.suppress(OSError):
+            sock.unlink()
