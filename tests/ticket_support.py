@@ -17,14 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from conftest import Certs, server_context
-from support import TLSServer, s_client, s_client_reused
-
 from stek import session as sessions
 from stek.install import Installation, install
 from stek.keyring import Keyring
 from stek.keys import TicketKey, generate_key
 from stek.schedule import Policy
 from stek.stores.file import FileStore
+from support import TLSServer, s_client, s_client_reused
 
 HOUR = 3600
 
