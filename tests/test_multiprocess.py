@@ -21,8 +21,8 @@ from pathlib import Path
 import pytest
 
 import stek
-from conftest import TLS_VERSIONS, Certs, client_context, server_context
-from procs import APPS, env_with, line_request, running, stek_cli
+from conftest import TLS_VERSIONS, Certs, client_context, free_port, server_context
+from procs import APPS, env_with, https_get, line_request, running, stek_cli
 from stek.stores import FileStore
 from support import connect, s_client, s_client_reused, serving
 
@@ -81,6 +81,31 @@ def test_s_client_session_from_one_process_resumes_on_the_other(
     assert s_client_reused(out), out
     after = line_request(b, client_context(certs, tls_version)).body["counters"]["resumed"]
     assert after == before + 1  # B's callback opened A's ticket
+
+
+@TLS_VERSIONS
+@pytest.mark.parametrize("recipe", ["asyncio", "aiohttp"])
+def test_docs_recipes_share_tickets_across_processes(
+        certs: Certs, tmp_path: Path, tls_version: ssl.TLSVersion, recipe: str) -> None:
+    """The asyncio and aiohttp recipes of docs/integrations.md, two processes: B resumes A's."""
+    request = line_request if recipe == "asyncio" else https_get
+    env = env_with(STEK_STORE=f"file:{tmp_path}/ring.json")
+    with contextlib.ExitStack() as stack:
+        ports = []
+        for label in ("a", "b"):
+            port = free_port()
+            cmd = [sys.executable, str(APPS / f"{recipe}_server.py"), str(port),
+                   str(certs.cert), str(certs.key)]
+            proc = stack.enter_context(running(cmd, tmp_path / f"{label}.log", env=env))
+            proc.wait_output(r"ready (\d+)")
+            ports.append(port)
+        cctx = client_context(certs, tls_version)
+        first = request(ports[0], cctx)
+        on_b = request(ports[1], cctx, first.session)
+        back = request(ports[0], cctx, on_b.session)
+    assert not first.reused and on_b.reused and back.reused
+    assert first.body["pid"] != on_b.body["pid"]
+    assert on_b.body["counters"]["resumed"] >= 1 and back.body["counters"]["resumed"] >= 1
 
 
 # -- (b) racing rotators ---------------------------------------------------------------------
