@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import shutil
 import signal
 import socket
 import ssl
@@ -198,8 +199,7 @@ def short_tmpdir() -> Path:
 
 
 @contextlib.contextmanager
-def haproxy(workdir: Path, certs: Certs, keys: Path, label: str = "haproxy",
-            sock_dir: Path | None = None) -> Iterator[Server]:
+def haproxy(workdir: Path, certs: Certs, keys: Path, label: str = "haproxy") -> Iterator[Server]:
     """HAProxy 2.6 with ``tls-ticket-keys keys`` and an admin socket (``server.sock``)."""
     exe = find_program("haproxy")
     d = workdir / f"haproxy-{label}"
@@ -207,7 +207,8 @@ def haproxy(workdir: Path, certs: Certs, keys: Path, label: str = "haproxy",
     pem = d / "server.pem"
     pem.write_bytes(certs.cert.read_bytes() + certs.key.read_bytes())
     pem.chmod(0o600)
-    sock = (sock_dir or short_tmpdir()) / f"{label}.sock"
+    sock_dir = short_tmpdir()
+    sock = sock_dir / f"{label}.sock"
     port = free_port()
     cfg = d / "haproxy.cfg"
     cfg.write_text(HAPROXY_CONF.format(sock=sock, port=port, pem=pem, keys=keys, label=label))
@@ -220,5 +221,4 @@ def haproxy(workdir: Path, certs: Certs, keys: Path, label: str = "haproxy",
         yield server
     finally:
         server.stop()
-        with contextlib.suppress(OSError):
-            sock.unlink()
+        shutil.rmtree(sock_dir, ignore_errors=True)

@@ -1,0 +1,139 @@
+"""HAProxy fed by ``stek export --format haproxy`` and by the agent's runtime API target.
+
+Against the real haproxy 2.6 binary:
+* the ``tls-ticket-keys`` layout (name|AES|HMAC, base64, 3 lines, encrypting
+  key penultimate) is byte-exact in both sizes: HAProxy's tickets open with
+  the ring and resume on stek's callback, and stek's tickets resume on HAProxy;
+* two HAProxy instances fed by one export resume each other's tickets under
+  TLS 1.2 and TLS 1.3 (this HAProxy issues TLS 1.3 tickets under the file's keys);
+* a rotation pushed through the runtime API, with no reload: the new key
+  encrypts, tickets under the previous key still resume (re-issued under the
+  new key), and a pre-published key's ticket resumes before the switch.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from pathlib import Path
+
+import pytest
+
+import stek
+from conftest import TLS_VERSIONS, Certs, client_context, server_context
+from stek.agent import Agent, Target, TargetSpec
+from stek.export import export
+from stek.export.haproxy import Runtime
+from stek.rotation import init_ring
+from stek.schedule import Policy
+from stek.session import decode
+from stek.stores import FileStore
+from stek.ticket import open_ticket
+from support import TLSServer, connect
+from tlsservers import get, haproxy, set_session_id_context, ticket_of
+
+pytestmark = pytest.mark.servers
+
+SLOT = 600
+T0 = (1_900_000_000 // SLOT) * SLOT + 1
+
+
+def make_store(tmp_path: Path, size: int = 80) -> FileStore:
+    store = FileStore(tmp_path / "ring.json")
+    init_ring(store, Policy(rotate_every=SLOT, accept_for=5 * SLOT, publish_ahead=60,
+                            key_size=size), now=T0)
+    return store
+
+
+@TLS_VERSIONS
+def test_two_haproxy_instances_resume_each_others_tickets(
+        tmp_path: Path, certs: Certs, tls_version: ssl.TLSVersion) -> None:
+    ring = make_store(tmp_path).read()
+    keys = tmp_path / "haproxy.keys"
+    export("haproxy", ring, T0, keys)
+    cctx = client_context(certs, tls_version)
+    with haproxy(tmp_path, certs, keys, "a") as a, haproxy(tmp_path, certs, keys, "b") as b:
+        first = get(a.port, cctx)
+        enc = ring.encrypting_key(T0)
+        assert enc is not None and first.name == enc.name
+        assert open_ticket(first.ticket, ring).key.name == enc.name
+        on_b = get(b.port, cctx, first.session)
+        assert on_b.reused and on_b.body.endswith(b"b")
+        assert get(a.port, cctx, on_b.session).reused
+
+
+@pytest.mark.parametrize("size", [80, 48])
+@TLS_VERSIONS
+def test_haproxy_and_stek_callback_resume_each_others_tickets(
+        tmp_path: Path, certs: Certs, tls_version: ssl.TLSVersion, size: int) -> None:
+    store = make_store(tmp_path, size)
+    ring = store.read()
+    keys = tmp_path / "haproxy.keys"
+    export("haproxy", ring, T0, keys)
+    cctx = client_context(certs, tls_version)
+    sctx = server_context(certs)
+    handle = stek.install(sctx, store, clock=lambda: T0)
+    with haproxy(tmp_path, certs, keys) as hap, TLSServer(sctx) as py:
+        from_haproxy = get(hap.port, cctx)
+        opened = open_ticket(from_haproxy.ticket, ring)
+        assert opened.key.size == size
+        set_session_id_context(sctx, decode(opened.state).sid_ctx)
+        assert connect(py.port, cctx, from_haproxy.session).reused
+        assert handle.counters.resumed >= 1
+        from_stek = connect(py.port, cctx)
+        assert ticket_of(from_stek.session)[:16] == opened.key.name
+        assert get(hap.port, cctx, from_stek.session).reused
+        assert not py.errors
+    handle.uninstall()
+
+
+@TLS_VERSIONS
+def test_runtime_api_rotation_without_reload(
+        tmp_path: Path, certs: Certs, tls_version: ssl.TLSVersion) -> None:
+    store = make_store(tmp_path)
+    clock = [float(T0)]
+    keys = tmp_path / "haproxy.keys"
+    export("haproxy", store.read(), T0, keys)
+    cctx = client_context(certs, tls_version)
+    with haproxy(tmp_path, certs, keys) as hap:
+        assert hap.sock is not None
+        target = Target(TargetSpec("haproxy", keys, haproxy_socket=hap.sock))
+        agent = Agent(store, clock=lambda: clock[0], targets=[target])
+        agent.step()
+        assert target.applies == 0 and target.last_error is None  # already current
+        old = store.read().encrypting_key(T0)
+        assert old is not None
+        kept = get(hap.port, cctx)
+        assert kept.name == old.name
+        sid_ctx = decode(open_ticket(kept.ticket, store.read()).state).sid_ctx
+
+        clock[0] = old.retires_at - 30  # publish_ahead: the next key is pushed as "last"
+        agent.step()
+        ring = store.read()
+        new = next(k for k in ring.keys if k.activates_at == old.retires_at)
+        assert target.applies == 1 and target.last_error is None
+        assert get(hap.port, cctx).name == old.name  # the old key still encrypts
+        # A host that already switched seals under the new key: HAProxy opens it.
+        sctx = server_context(certs)
+        set_session_id_context(sctx, sid_ctx)
+        handle = stek.install(sctx, store, clock=lambda: old.retires_at + 1)
+        with TLSServer(sctx) as py:
+            early = connect(py.port, cctx)
+        handle.uninstall()
+        assert ticket_of(early.session)[:16] == new.name
+        assert get(hap.port, cctx, early.session).reused
+
+        clock[0] = old.retires_at + 1  # the switch
+        agent.step()
+        assert target.applies == 2 and target.apply_failures == 0
+        fresh = get(hap.port, cctx)
+        assert fresh.name == new.name, "the new key must be in use"
+        late = get(hap.port, cctx, kept.session)
+        assert late.reused, "a ticket under the previous key must still resume"
+        assert late.name == new.name, "and be re-issued under the new key"
+        # No reload happened: the same process, and its keys are the file's.
+        assert hap.proc.poll() is None
+        os.kill(hap.pid, 0)
+        rt = Runtime(hap.sock)
+        assert rt.keys(rt.ref_for(keys)) == keys.read_text().split()
+        assert (keys.stat().st_mode & 0o777) == 0o600
