@@ -92,7 +92,7 @@ def test_uvicorn_workers_resume(certs: Certs, tmp_path: Path,
           f"{len(moved)} cross-worker, workers {sorted(set(run.pids))}")
     assert run.resumed >= RECONNECTS - 1, run.pids
     # uvicorn's workers share one listening socket and the kernel spreads
-    # accepts among them (measured: 29 to 40 of 40 reconnects change worker).
+    # accepts among them (measured: 18 to 40 of 40 reconnects change worker).
     # Cross-worker reconnects are what stek fixes: there must be some, and they resume.
     assert len(moved) >= 2
     assert sum(r.reused for r in moved) >= len(moved) - 1
