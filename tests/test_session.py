@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import re
@@ -77,6 +78,16 @@ def test_malformed_sessions_raise_invalid_ticket(mutate, reason: str) -> None:  
     """What d2i_SSL_SESSION refuses (and leftovers, refused by tls_decrypt_ticket)."""
     with pytest.raises(InvalidTicket, match=reason):
         sessions.decode(mutate(STATE))
+
+
+def test_fuzz_found_input_raises_invalid_ticket() -> None:
+    """Regression (atheris): asn1crypto raised AttributeError on this DER; now InvalidTicket."""
+    data = base64.b64decode(
+        "MGUCAQECAgMEBAITAgQABDBaWlpaWlpaWlpaWlpaBQAAAAAAAABaWlpaWlpaWlpaWgBaWlpaP0lJSUlJSUlJSUlJ"
+        "JElJSa+vr6+vr6+vr6+vr6+vr6+vr6+vr6+vr6+vr6+vr6+vr6+vr6+vr69JSUlJSUlJSUlJSUlJSUlJSUkA"
+    )
+    with pytest.raises(InvalidTicket, match="not an OpenSSL SSL_SESSION"):
+        sessions.decode(data)
 
 
 def test_cipher_code_must_be_two_bytes() -> None:
