@@ -24,7 +24,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
@@ -77,7 +77,7 @@ def _redact(url: str) -> tuple[str, str, str, str]:
             rest.append((k, v))
     if not prefix:
         raise ConfigError("redis URL: prefix must not be empty")
-    password = parts.password or ""
+    password = unquote(parts.password or "")
     client_url = urlunsplit(parts._replace(query=urlencode(rest)))
     netloc = parts.netloc
     if "@" in netloc:
@@ -96,7 +96,8 @@ class RedisStore(SharedStore[bytes | None]):
                  password: str = "") -> None:
         super().__init__(url, sealer)
         self._client = client
-        self._password = password
+        # Only to scrub it from error messages (as typed in the URL, and decoded).
+        self._secrets = (password, quote(password, safe="")) if password else ()
         self.key = f"{prefix}:keyring"
         self.channel = f"{prefix}:changed"
         self._cas = client.register_script(_CAS)
@@ -131,7 +132,7 @@ class RedisStore(SharedStore[bytes | None]):
         try:
             value = self._client.get(self.key)
         except redis.RedisError as exc:
-            raise unavailable(self.url, "read", exc, self._password) from exc
+            raise unavailable(self.url, "read", exc, *self._secrets) from exc
         if value is not None and not isinstance(value, bytes):
             value = bytes(value)
         return value, value
@@ -141,7 +142,7 @@ class RedisStore(SharedStore[bytes | None]):
         try:
             done = self._cas(keys=[self.key], args=[*args, data, self.channel])
         except redis.RedisError as exc:
-            raise unavailable(self.url, "write", exc, self._password) from exc
+            raise unavailable(self.url, "write", exc, *self._secrets) from exc
         return bool(done)
 
     def _listen(self, watch: WatchThread) -> None:

@@ -313,11 +313,13 @@ class WatchThread:
         backoff = 0.05
         failing = False
         while not self.stop_event.is_set():
+            lost = False
             try:
-                self._listen(self)
+                self._listen(self)  # a normal return: idle stream, reconnect quietly
                 failing = False
                 backoff = 0.05
             except Exception as exc:
+                lost = True
                 if not self.stop_event.is_set() and not failing:
                     log.warning("watch on %s lost (%s); reconnecting", self._url,
                                 type(exc).__name__)
@@ -326,11 +328,12 @@ class WatchThread:
                 self._closers.clear()
             if self.stop_event.is_set():
                 return
-            if self.connected.is_set():
+            if lost and self.connected.is_set():
                 # Tell the consumer at once: its re-read fails, so it knows
                 # (and logs) that it is serving from its last snapshot.
                 self.connected.clear()
                 self.changed()
+            self.connected.clear()
             self.reconnects += 1
             # Jittered exponential backoff, capped at 1 s so that a store that
             # comes back is watched again (and re-read) within about a second.
