@@ -436,3 +436,32 @@ def test_handle_repr_has_no_key_bytes(certs: Certs, store: FileStore) -> None:
         assert k.aes_key.hex() not in text and k.hmac_key.hex() not in text
     assert os.fspath(store.path) in text
 
+
+
+def test_forked_child_keeps_following_the_ring(certs: Certs, store: FileStore) -> None:
+    """Installed before fork() (a pre-fork server): the child still refreshes and serves."""
+    ctx = server_context(certs)
+    handle = stek.install(ctx, store)
+    gen = handle.ring.generation
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, then leave without running pytest's teardown
+        try:
+            os.close(r)
+            deadline = time.time() + 5
+            while handle.ring.generation == gen and time.time() < deadline:
+                time.sleep(0.02)
+            seen = handle.ring.generation != gen and handle.installed
+            with TLSServer(ctx) as srv:
+                resumed = reconnects(srv.port, client_context(certs, ssl.TLSVersion.TLSv1_2), 2)
+            os.write(w, f"{int(seen)} {resumed} {handle.counters.resumed}".encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    time.sleep(0.5)
+    now = time.time()
+    write_ring(store, key_at(now - 1, now + 1000, now + 2000))
+    with os.fdopen(r) as pipe:
+        report = pipe.read()
+    os.waitpid(pid, 0)
+    assert report == "1 2 2"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import bisect
 import ctypes
 import logging
+import os
 import ssl
 import threading
 import time
@@ -153,24 +154,18 @@ class Installation:
         self._load_accel(ring)
         self._policy: Policy | None = None
         self._apply_policy(ring.policy)
-        self._wake = threading.Event()
-        self._stop = threading.Event()
         if self._slot is not None:
             # The C callback: same table, same counters, no Python per handshake.
             self._cfunc = TicketKeyCallback(accel.address(self._slot))
         else:
             self._cfunc = TicketKeyCallback(self._make_callback())
         lib.set_ticket_callback(self._ctx_ptr, self._cfunc)
-        self._sub = store.subscribe(_weak_method(self, "_notify"))
-        self._thread = threading.Thread(
-            target=_refresh_loop, args=(weakref.ref(self), self._wake, self._stop),
-            name="stek-refresh", daemon=True,
-        )
-        self._thread.start()
+        self._bg = _Background(self._slot_owner)
+        self._bg.start(self)
+        _LIVE.add(self)
         # When the context (and so this installation) is collected, stop the
         # store watch and let the refresher thread exit.
-        weakref.finalize(self, _stop_background, self._sub, self._stop, self._wake,
-                         self._slot_owner)
+        weakref.finalize(self, self._bg.close)
 
     def __repr__(self) -> str:
         return f"Installation(store={self.store.url!r}, generation={self.ring.generation})"
@@ -195,11 +190,15 @@ class Installation:
 
     @property
     def installed(self) -> bool:
-        return not self._stop.is_set()
+        return not self._bg.stop.is_set()
+
+    @property
+    def _thread(self) -> threading.Thread | None:
+        return self._bg.thread
 
     def refresh(self) -> Keyring:
         """Re-read the store now (rotating first if ``rotate`` and due)."""
-        now = int(self._clock())
+        now = self._clock()
         ring = self._snap.ring
         if self.rotate and next_change(ring.keys, ring.policy, now) <= now:
             ring = rotate_store(self.store, now=now, create=ring.policy).ring
@@ -210,25 +209,29 @@ class Installation:
 
     def uninstall(self) -> None:
         """Remove the callback (OpenSSL falls back to its built-in key) and stop refreshing."""
-        if self._stop.is_set():
+        if self._bg.stop.is_set():
             return
-        self._stop.set()
-        self._wake.set()
-        self._sub.close()
+        final = self.counters
+        self._bg.stop.set()
         ctx = self._ctx_ref()
         if ctx is not None:
             self._lib.set_ticket_callback(self._ctx_ptr, None)
             if getattr(ctx, _ATTR, None) is self:
                 delattr(ctx, _ATTR)
-        if self._slot_owner is not None:
-            final = self.counters
-            self._slot = None
-            self._slot_owner.release()
-            self._counts = {f: getattr(final, f) for f in _FIELDS}
+        self._slot = None
+        self._bg.close()
+        self._counts = {f: getattr(final, f) for f in _FIELDS}
 
     # -- internals ---------------------------------------------------------------
     def _notify(self) -> None:
-        self._wake.set()
+        self._bg.wake.set()
+
+    def _after_fork_in_child(self) -> None:
+        # Threads do not survive fork(): restart the watch and the refresher
+        # so a forked worker keeps following the ring.  Locks another thread
+        # may have held at fork time are replaced.
+        self._count_lock = threading.Lock()
+        self._bg.restart(self)
 
     def _swap(self, ring: Keyring) -> None:
         if ring.generation == self._snap.ring.generation and ring == self._snap.ring:
@@ -343,13 +346,52 @@ class Installation:
         return callback
 
 
-def _stop_background(sub: Any, stop: threading.Event, wake: threading.Event,
-                     slot: _Slot | None) -> None:
-    stop.set()
-    wake.set()
-    sub.close()
-    if slot is not None:
-        slot.release()
+class _Background:
+    """One installation's store watch and refresher thread (restartable after fork)."""
+
+    def __init__(self, slot: _Slot | None) -> None:
+        self.slot = slot
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+        self.sub: Any = None
+        self.thread: threading.Thread | None = None
+
+    def start(self, inst: Installation) -> None:
+        self.sub = inst.store.subscribe(_weak_method(inst, "_notify"))
+        self.thread = threading.Thread(
+            target=_refresh_loop, args=(weakref.ref(inst), self.wake, self.stop),
+            name="stek-refresh", daemon=True,
+        )
+        self.thread.start()
+
+    def restart(self, inst: Installation) -> None:
+        if self.stop.is_set():
+            return
+        self.stop = threading.Event()
+        self.wake = threading.Event()
+        self.start(inst)
+
+    def close(self) -> None:
+        self.stop.set()
+        self.wake.set()
+        if self.sub is not None:
+            self.sub.close()
+        if self.slot is not None:
+            self.slot.release()
+
+
+#: Installations alive in this process, for the fork handler.
+_LIVE: weakref.WeakSet[Installation] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    if _ACCEL is not None:
+        _ACCEL.after_fork()
+    for inst in list(_LIVE):
+        inst._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 class _Slot:
@@ -389,7 +431,7 @@ def _refresh_loop(ref: weakref.ref[Installation], wake: threading.Event,
         now = inst._clock()
         wait = BACKSTOP_INTERVAL
         if inst.rotate:
-            due = next_change(ring.keys, ring.policy, int(now))
+            due = next_change(ring.keys, ring.policy, now)
             wait = max(0.05, min(wait, due - now + 0.01))
         del inst  # do not keep the installation (and its context) alive while waiting
         wake.wait(wait)

@@ -35,8 +35,8 @@ class Rotation:
         return bool(self.added or self.dropped or self.created)
 
 
-def _now(now: float | None) -> int:
-    return int(time.time() if now is None else now)
+def _now(now: float | None) -> float:
+    return time.time() if now is None else now
 
 
 def init_ring(

@@ -227,7 +227,7 @@ class Plan:
 
 
 def plan(
-    keys: Sequence[TicketKey], policy: Policy, now: int, random: Random | None = None
+    keys: Sequence[TicketKey], policy: Policy, now: float, random: Random | None = None
 ) -> Plan:
     """Keys to add and drop so the ring is right for ``now`` (pure; randomness injected).
 
@@ -244,8 +244,11 @@ def plan(
     drop = tuple(k.name for k in keys if k.expires_at <= now)
     live = [k for k in keys if k.expires_at > now]
     add: list[TicketKey] = []
+    # ``now`` may carry a fraction: the horizon keeps it (so publish_ahead is
+    # never cut short), key instants are whole seconds (floor, so a gap key
+    # is active at once).
     horizon = now + policy.publish_ahead
-    cursor = now
+    cursor = int(now)
     while cursor <= horizon:
         covering = [k for k in (*live, *add) if k.activates_at <= cursor < k.retires_at]
         if covering:
@@ -266,13 +269,13 @@ def plan(
     return Plan(add=tuple(add), drop=drop)
 
 
-def next_change(keys: Sequence[Windowed], policy: Policy, now: int) -> int:
+def next_change(keys: Sequence[Windowed], policy: Policy, now: float) -> float:
     """The earliest instant at which :func:`plan` would change the ring.
 
     That is the first expiry, or the moment the end of the covered active
     windows comes within ``publish_ahead``; ``now`` if a change is due already.
     """
-    due = [k.expires_at for k in keys]
+    due: list[float] = [k.expires_at for k in keys]
     cursor = now
     while True:
         covering = [k for k in keys if k.activates_at <= cursor < k.retires_at]

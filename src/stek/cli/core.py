@@ -80,7 +80,7 @@ def status_doc(ring: Keyring, url: str, now: float) -> dict[str, Any]:
         "generation": ring.generation,
         "now": iso(now),
         "policy": ring.policy.to_dict(),
-        "next_change": iso(next_change(ring.keys, ring.policy, int(now))),
+        "next_change": iso(next_change(ring.keys, ring.policy, now)),
         "keys": [
             {
                 "name": k.name.hex(),

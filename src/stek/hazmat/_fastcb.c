@@ -411,7 +411,19 @@ static PyObject *fc_address(PyObject *self, PyObject *arg) {
     return PyLong_FromVoidPtr(trampolines[s]);
 }
 
+/* after_fork(): in a forked child, only the forking thread exists; a mutex
+ * another thread held at fork time would stay locked forever.  Re-create
+ * them all (the child is single-threaded at this point). */
+static PyObject *fc_after_fork(PyObject *self, PyObject *unused) {
+    int i;
+    pthread_mutex_init(&slots_lock, NULL);
+    for (i = 0; i < NSLOTS; i++)
+        if (slots[i].used) pthread_mutex_init(&slots[i].lock, NULL);
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+    {"after_fork", fc_after_fork, METH_NOARGS, "after_fork(): reset locks in a forked child"},
     {"init", fc_init, METH_VARARGS, "init(RAND_bytes, EncInit, DecInit, MAC_set_params, "
                                     "HMAC_Init_ex, EVP_sha256(), SSL_version): addresses"},
     {"acquire", fc_acquire, METH_VARARGS, "acquire(ans12, ans13) -> slot or None"},
