@@ -82,7 +82,10 @@ class Counters:
     """What the callback did since install (a consistent copy)."""
 
     issued: int = 0  # enc=1 answered 1: a ticket was sealed under the active key
-    resumed: int = 0  # enc=0 answered 1 or 2: the key was found and is inside its window
+    # enc=0 answered 1 or 2: the ticket names a key inside its window.  The
+    # callback runs before OpenSSL checks the ticket's MAC, so a forged ticket
+    # under a live key's name counts here, then gets a full handshake.
+    resumed: int = 0
     renewed: int = 0  # enc=0 answered 2: accepted, and a new ticket follows
     rejected_unknown: int = 0  # enc=0: no key has that name
     rejected_expired: int = 0  # enc=0: the key exists but expired
