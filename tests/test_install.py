@@ -465,3 +465,36 @@ def test_forked_child_keeps_following_the_ring(certs: Certs, store: FileStore) -
         report = pipe.read()
     os.waitpid(pid, 0)
     assert report == "1 2 2"
+
+
+def test_tls12_renewal_does_not_extend_the_session_lifetime(certs: Certs,
+                                                            store: FileStore) -> None:
+    """s2n #5147: a ticket re-issued on resumption keeps the original session's
+    creation time and timeout, so OpenSSL still refuses the session once
+    ``created_at + accept_for`` has passed, however often it is renewed."""
+    from stek.session import decode
+    from stek.ticket import open_ticket
+
+    now = time.time()
+    old = key_at(now - 100, now + 1000, now + 2000)
+    write_ring(store, old)
+    ctx = server_context(certs)
+    handle = stek.install(ctx, store)
+    cctx = client_context(certs, ssl.TLSVersion.TLSv1_2)
+    with TLSServer(ctx) as srv:
+        first = connect(srv.port, cctx)
+        time.sleep(1.1)  # so a fresh session would carry a later time
+        new = key_at(now - 10, now + 1000, now + 2000)
+        write_ring(store, TicketKey(old.name, old.aes_key, old.hmac_key, int(now - 100),
+                                    int(now - 10), int(now + 2000)), new)
+        handle.refresh()
+        second = connect(srv.port, cctx, first.session)
+    assert second.reused and handle.counters.renewed == 1
+    ring = handle.ring
+    assert first.session is not None and second.session is not None
+    before = decode(open_ticket(libssl().session_ticket(first.session), ring).state)
+    after_ticket = open_ticket(libssl().session_ticket(second.session), ring)
+    after = decode(after_ticket.state)
+    assert after_ticket.key.name == new.name
+    assert (after.created_at, after.timeout) == (before.created_at, before.timeout)
+    assert after.timeout == ring.policy.accept_for
