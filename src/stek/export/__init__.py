@@ -3,7 +3,7 @@
 Every exporter is a pure function ``render(ring, now, out) -> Rendered``: the
 bytes of each file, in the layout the server's own source reads (each module
 cites the function it checked).  :func:`write` then puts them on disk with
-the rules of :mod:`stek.export._atomic` (0600, atomic, only on change) and
+the rules of :mod:`stek._atomic` (0600, atomic, only on change) and
 reports what changed, so a reload runs only when a server would see
 something new.
 
@@ -31,11 +31,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .._atomic import ensure_dir, fsync_dir, remove_file, write_file
 from ..errors import StekError
 from ..keyring import Keyring
 from ..keys import TicketKey
 from ..schedule import State, state_of
-from ._atomic import ensure_dir, fsync_dir, remove_file, write_file
 
 FORMATS = ("nginx", "haproxy", "apache", "envoy", "openssl")
 

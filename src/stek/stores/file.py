@@ -25,6 +25,7 @@ import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+from .._atomic import write_file
 from ..errors import NotInitialized, StoreUnavailable
 from ..keyring import Keyring
 from .base import Mutator
@@ -133,26 +134,9 @@ class FileStore:
             return new
 
     def _write_atomic(self, data: bytes) -> None:
-        directory = self.path.parent
-        tmp = directory / f".{self.path.name}.{os.getpid()}.{threading.get_ident()}.tmp"
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, self.path)
-            dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
+            write_file(self.path, data)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                 raise StoreUnavailable(f"{self.path}: disk full, ring left unchanged") from exc
             raise StoreUnavailable(f"{self.path}: cannot write: {exc.strerror}") from exc

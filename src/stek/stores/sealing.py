@@ -49,6 +49,7 @@ from typing import Any, Generic, TypeVar
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from .._atomic import write_file
 from ..errors import ConfigError, NotInitialized, SealingError, StekError, StoreUnavailable
 from ..keyring import Keyring
 from .base import Mutator
@@ -118,28 +119,12 @@ def write_kek_file(path: str | os.PathLike[str], kek: bytes | None = None, *,
     p = Path(path).expanduser()
     if p.exists() and not force:
         raise StekError(f"{p} exists; refusing to replace a key-encryption key (use --force)")
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
     body = (f"# stek key-encryption key {kek_id(key)} (AES-256-GCM, base64)\n"
             f"{base64.b64encode(key).decode()}\n").encode()
     try:
         p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-        try:
-            view = memoryview(body)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, p)
-        dfd = os.open(p.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        write_file(p, body)
     except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
         raise StekError(f"{p}: cannot write KEK file: {exc.strerror}") from None
     return key
 
