@@ -11,9 +11,9 @@ Pre-fork servers ask for a context in each worker, and gunicorn's sync and
 gthread workers ask again on *every connection*.  Installing per connection
 would start a refresher per connection and hand out a context that is freed
 as soon as the connection closes.  :class:`PerProcessContext` therefore
-builds exactly one context per process (keyed by ``os.getpid()``, so a
-forked worker builds its own and never reuses its parent's, whose refresher
-thread did not survive the fork) and hands back that same object afterwards;
+builds exactly one context per process (keyed by ``os.getpid()``, so each
+forked worker builds its own, with its own callback and counters) and hands
+back that same object afterwards;
 it holds the :class:`~stek.install.Installation`, which keeps the callback
 alive.  Neither gunicorn nor uvicorn is imported here.
 """
@@ -63,8 +63,8 @@ class PerProcessContext:
             state = self._state
             if state is not None and state[0] == pid:
                 return state[1]
-            # Whatever a parent process built is dropped, not reused: its
-            # refresher thread does not exist in this process.
+            # Whatever a parent process built is dropped, not reused: each
+            # worker serves from its own context and counts its own handshakes.
             self._state = None
             ctx = build()
             inst = install(ctx, default_url(), rotate=True)
