@@ -13,8 +13,12 @@ Against the real haproxy 2.6 binary:
 
 from __future__ import annotations
 
+import json
 import os
 import ssl
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -25,11 +29,11 @@ from stek.agent import Agent, Target, TargetSpec
 from stek.export import export
 from stek.export.haproxy import Runtime
 from stek.rotation import init_ring
-from stek.schedule import Policy
+from stek.schedule import Plan, Policy
 from stek.session import decode
 from stek.stores import FileStore
 from stek.ticket import open_ticket
-from support import TLSServer, connect
+from support import TLSServer, connect, s_client
 from tlsservers import get, haproxy, set_session_id_context, ticket_of
 
 pytestmark = pytest.mark.servers
@@ -137,3 +141,54 @@ def test_runtime_api_rotation_without_reload(
         rt = Runtime(hap.sock)
         assert rt.keys(rt.ref_for(keys)) == keys.read_text().split()
         assert (keys.stat().st_mode & 0o777) == 0o600
+
+
+def live_store(tmp_path: Path) -> tuple[FileStore, float]:
+    """A ring made for the real clock (``stek inspect`` reads it), whose encrypting key
+    stays active for at least five more minutes."""
+    now = time.time()
+    for every in (3600, 3900, 4200):
+        store = FileStore(tmp_path / f"ring-{every}.json")
+        init_ring(store, Policy(rotate_every=every, accept_for=3600, publish_ahead=60), now=now)
+        key = store.read().encrypting_key(now)
+        if key is not None and key.retires_at - now >= 300:
+            return store, now
+    raise AssertionError("no policy gives an encrypting key for the next five minutes")
+
+
+def inspect_cli(pem: Path, store: FileStore) -> tuple[int, dict]:
+    """The real ``stek inspect --json`` on an s_client session file."""
+    proc = subprocess.run([sys.executable, "-m", "stek.cli", "inspect", str(pem),
+                           "--store", f"file:{store.path}", "--json"],
+                          capture_output=True, text=True, timeout=60)
+    return proc.returncode, json.loads(proc.stdout)
+
+
+@TLS_VERSIONS
+def test_stek_inspect_explains_a_haproxy_ticket(
+        tmp_path: Path, certs: Certs, tls_version: ssl.TLSVersion) -> None:
+    """s_client's -sess_out file from real HAProxy: resume under the exported key, then,
+    once that key left the ring, a full handshake for an unknown key (inspect's
+    clock is the real one, so the ring is made for now)."""
+    store, now = live_store(tmp_path)
+    ring = store.read()
+    key = ring.encrypting_key(now)
+    assert key is not None
+    enc = key.name
+    keys = tmp_path / "haproxy.keys"
+    export("haproxy", ring, now, keys)
+    sess = tmp_path / "sess.pem"
+    with haproxy(tmp_path, certs, keys) as hap:
+        full = s_client(hap.port, tls_version, tmp_path, sess_out=sess, ca=certs.ca)
+    assert sess.exists(), full
+    code, doc = inspect_cli(sess, store)
+    assert code == 0, doc
+    assert doc["verdict"] == "resume" and doc["key_name"] == enc.hex()
+    assert doc["key"]["state"] == "active" and doc["input_form"] == "session PEM"
+    assert doc["session"]["protocol"] == ("TLSv1.3" if tls_version == ssl.TLSVersion.TLSv1_3
+                                          else "TLSv1.2")
+    store.update(lambda r: r.apply(Plan(drop=(enc,))))
+    code, doc = inspect_cli(sess, store)
+    assert code == 1, doc
+    assert doc["verdict"] == "full handshake" and doc["reason"].startswith("unknown key")
+    assert doc["key_name"] == enc.hex() and doc["key"] is None

@@ -13,7 +13,10 @@ What these prove:
 
 from __future__ import annotations
 
+import json
 import ssl
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -26,7 +29,7 @@ from stek.agent import Agent, Target, TargetSpec
 from stek.export import export
 from stek.keyring import Keyring
 from stek.rotation import init_ring
-from stek.schedule import Policy
+from stek.schedule import Plan, Policy
 from stek.session import decode
 from stek.stores import FileStore
 from stek.ticket import open_ticket
@@ -209,3 +212,52 @@ def test_rotation_with_reload_during_a_stream_of_reconnects(
         late = get(a.port, cctx, kept.session)
         assert late.reused and late.name == new.name
         assert "reconfiguring" in a.output() and "reconfiguring" in b.output()
+
+
+def live_store(tmp_path: Path) -> tuple[FileStore, float]:
+    """A ring made for the real clock (``stek inspect`` reads it), whose encrypting key
+    stays active for at least five more minutes."""
+    now = time.time()
+    for every in (3600, 3900, 4200):
+        store = FileStore(tmp_path / f"ring-{every}.json")
+        init_ring(store, Policy(rotate_every=every, accept_for=3600, publish_ahead=60), now=now)
+        key = store.read().encrypting_key(now)
+        if key is not None and key.retires_at - now >= 300:
+            return store, now
+    raise AssertionError("no policy gives an encrypting key for the next five minutes")
+
+
+def inspect_cli(pem: Path, store: FileStore) -> tuple[int, dict]:
+    """The real ``stek inspect --json`` on an s_client session file."""
+    proc = subprocess.run([sys.executable, "-m", "stek.cli", "inspect", str(pem),
+                           "--store", f"file:{store.path}", "--json"],
+                          capture_output=True, text=True, timeout=60)
+    return proc.returncode, json.loads(proc.stdout)
+
+
+@TLS_VERSIONS
+def test_stek_inspect_explains_an_nginx_ticket(
+        tmp_path: Path, certs: Certs, tls_version: ssl.TLSVersion) -> None:
+    """s_client's -sess_out file from real nginx: resume under the exported key, then,
+    once that key left the ring, a full handshake for an unknown key (inspect's
+    clock is the real one, so the ring is made for now)."""
+    store, now = live_store(tmp_path)
+    ring = store.read()
+    enc = encrypting_name(ring, now)
+    out = tmp_path / "nginx-keys"
+    export("nginx", ring, now, out)
+    sess = tmp_path / "sess.pem"
+    with nginx(tmp_path, certs, out / "tickets.conf") as ngx:
+        full = s_client(ngx.port, tls_version, tmp_path, sess_out=sess, ca=certs.ca)
+    assert sess.exists(), full
+    code, doc = inspect_cli(sess, store)
+    assert code == 0, doc
+    assert doc["verdict"] == "resume" and doc["key_name"] == enc.hex()
+    assert doc["key"]["state"] == "active" and doc["input_form"] == "session PEM"
+    assert doc["session"]["protocol"] == ("TLSv1.3" if tls_version == ssl.TLSVersion.TLSv1_3
+                                          else "TLSv1.2")
+    store.update(lambda r: r.apply(Plan(drop=(enc,))))
+    code, doc = inspect_cli(sess, store)
+    assert code == 1, doc
+    assert doc["verdict"] == "full handshake" and doc["reason"].startswith("unknown key")
+    assert doc["key_name"] == enc.hex() and doc["key"] is None

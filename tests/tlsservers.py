@@ -222,3 +222,82 @@ def haproxy(workdir: Path, certs: Certs, keys: Path, label: str = "haproxy") -> 
     finally:
         server.stop()
         shutil.rmtree(sock_dir, ignore_errors=True)
+
+
+APACHE_CONF = """\
+ServerRoot {root}
+DefaultRuntimeDir {root}
+PidFile {root}/httpd.pid
+ErrorLog {root}/error.log
+LogLevel info
+LoadModule mpm_prefork_module {modules}/mod_mpm_prefork.so
+LoadModule authz_core_module {modules}/mod_authz_core.so
+LoadModule socache_shmcb_module {modules}/mod_socache_shmcb.so
+LoadModule ssl_module {modules}/mod_ssl.so
+{user}
+StartServers 1
+MinSpareServers 1
+MaxSpareServers 2
+MaxRequestWorkers 4
+# No port here: mod_ssl's session id context is the MD5 of "ServerName:port"
+# (ssl_util_vhostid), so every instance of one site shares it (port 443 when
+# ServerName has none), as instances behind one load balancer would.
+ServerName localhost
+Listen 127.0.0.1:{port}
+DocumentRoot {root}/htdocs
+# No content module and no access: every answer is a 403 whose body names the instance.
+<Directory />
+    AllowOverride None
+    Require all denied
+</Directory>
+ErrorDocument 403 "{label}"
+SSLEngine on
+SSLCertificateFile {cert}
+SSLCertificateKeyFile {key}
+SSLProtocol -all +TLSv1.2 +TLSv1.3
+# No session cache: a resumption here can only come from a ticket.
+SSLSessionCache none
+SSLSessionTickets on
+SSLSessionTicketKeyFile {keyfile}
+"""
+
+APACHE_MODULES = Path("/usr/lib/apache2/modules")
+
+
+def _apache_user() -> str:
+    """As root, Apache's children must switch to an unprivileged user (mod_unixd
+    refuses to serve as root); as anyone else they stay that user."""
+    if os.geteuid() != 0:
+        return ""
+    import grp
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    return f"User {nobody.pw_name}\nGroup {grp.getgrgid(nobody.pw_gid).gr_name}"
+
+
+@contextlib.contextmanager
+def apache(workdir: Path, certs: Certs, keyfile: Path, label: str = "apache") -> Iterator[Server]:
+    """Debian's Apache httpd 2.4 (prefork, mod_ssl) with ``SSLSessionTicketKeyFile keyfile``.
+
+    Runs in the foreground (``-DFOREGROUND``) in its own process group; as root
+    the parent keeps root (it reads the key file at start) and its children
+    serve as ``nobody``.
+    """
+    exe = find_program("apache2")
+    root = workdir / f"apache-{label}"
+    (root / "htdocs").mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    conf = root / "httpd.conf"
+    conf.write_text(APACHE_CONF.format(root=root, modules=APACHE_MODULES, user=_apache_user(),
+                                       port=port, label=label, cert=certs.cert, key=certs.key,
+                                       keyfile=keyfile))
+    cmd = [exe, "-d", str(root), "-f", str(conf)]
+    check = subprocess.run([*cmd, "-t"], capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0, check.stdout + check.stderr
+    server = Server([*cmd, "-DFOREGROUND"], root / "stdout.log", port)
+    server.log = root / "error.log"
+    try:
+        yield server
+    finally:
+        server.stop()
