@@ -9,7 +9,7 @@ tickets with the key file too):
 * the ticket bears the exported key's name, and AES-128-CBC under the
   exported key's AES bytes (file bytes 32..48) decrypts it to exactly one
   ``SSL_SESSION`` of the negotiated protocol: name and AES are where stek
-  writes them, and Apache resumes its own tickets;
+  writes them;
 * the HMAC half is NOT used as written: ``stek.ticket.open_ticket`` finds a
   bad MAC.  With OpenSSL 3 this mod_ssl hands OpenSSL a pointer into a stack
   buffer of ssl_init_ticket_key() (``OSSL_PARAM_construct_octet_string(...,
@@ -20,8 +20,8 @@ tickets with the key file too):
   when that residue happens to match: it is not asserted here, because it is
   not true reliably.  If ``open_ticket`` ever succeeds, Apache was fixed:
   assert that instead, and add the two-instance test nginx and HAProxy have;
-* resumption does not re-issue the ticket, in TLS 1.3 either (mod_ssl's
-  callback answers 1, not 2; nginx #1892 class);
+* not asserted either: whether Apache resumes even its own tickets, since
+  that too depends on the residue at that stack address;
 * ``stek export --format apache`` refuses an 80-byte ring: one line, exit 2,
   nothing written.
 """
@@ -94,10 +94,6 @@ def test_apache_seals_tickets_with_the_exported_name_and_aes_key(
     with apache(tmp_path, certs, keyfile) as srv:
         first = get(srv.port, cctx)
         assert not first.reused and first.body.endswith(b"\r\n\r\napache")
-        again = get(srv.port, cctx, first.session)
-        assert again.reused, f"Apache must resume its own ticket:\n{srv.output()[-2000:]}"
-        # Resumption re-issues nothing, in TLS 1.3 either: the callback answers 1.
-        assert again.ticket == first.ticket
     assert first.name == enc.name, "Apache must seal under the exported key's name"
     info = decrypt_without_mac(first.ticket, enc)
     assert info.protocol == PROTOCOL[tls_version]

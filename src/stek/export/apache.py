@@ -16,7 +16,11 @@ Consequences, documented in docs/exporters.md:
 * the file holds the *encrypting* key; when it changes (once per
   ``rotate_every``) Apache must be reloaded, and tickets sealed under the
   previous key stop resuming on that server (a full handshake, then a new
-  ticket): Apache cannot hold a pre-published or a decrypt-only key.
+  ticket): Apache cannot hold a pre-published or a decrypt-only key;
+* Debian's mod_ssl 2.4.71 built against OpenSSL 3 does not use the file's
+  HMAC bytes (it passes OpenSSL a pointer into a stack buffer; see
+  docs/exporters.md and tests/test_export_apache.py): the layout is right,
+  the server is not.
 """
 
 from __future__ import annotations
