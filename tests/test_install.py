@@ -498,3 +498,35 @@ def test_tls12_renewal_does_not_extend_the_session_lifetime(certs: Certs,
     assert after_ticket.key.name == new.name
     assert (after.created_at, after.timeout) == (before.created_at, before.timeout)
     assert after.timeout == ring.policy.accept_for
+
+
+@TLS_VERSIONS
+def test_renewals_never_extend_a_session_past_accept_for(
+        certs: Certs, tmp_path: Path, tls_version: ssl.TLSVersion) -> None:
+    """OpenSSL stamps every TLS 1.3 ticket with a fresh time, so a client resuming
+    often could chain one session for ever.  stek carries the full handshake's
+    time inside the ticket and refuses sessions older than accept_for (TLS 1.2
+    gets the same answer from OpenSSL's own timeout)."""
+    store = FileStore(tmp_path / "ring.json")
+    # accept_for 4s; instants are whole seconds, so keep a second of margin.
+    # publish_ahead 10s: keys cover the whole test, whatever the slot boundary.
+    stek.init_ring(store, Policy(rotate_every=60, accept_for=4, publish_ahead=10))
+    ctx = server_context(certs)
+    handle = stek.install(ctx, store)
+    cctx = client_context(certs, tls_version)
+    with TLSServer(ctx) as srv:
+        born = time.time()
+        session = connect(srv.port, cctx).session
+        while time.time() < born + 2.0:  # a chain of resumptions, each renewing
+            r = connect(srv.port, cctx, session)
+            assert r.reused
+            session = r.session
+            time.sleep(0.5)
+        time.sleep(max(0.0, born + 4.6 - time.time()))
+        late = connect(srv.port, cctx, session)
+        assert not late.reused  # its ticket is fresh, its session is not
+        assert connect(srv.port, cctx, late.session).reused  # a new session starts over
+        assert srv.errors == []
+    if tls_version == ssl.TLSVersion.TLSv1_3:
+        assert handle.counters.rejected_too_old == 1
+    assert handle.counters.errors == 0

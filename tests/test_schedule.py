@@ -197,3 +197,29 @@ def test_plan_invariants_over_time(rotate: int, accept: int, ahead: int, start: 
         assert len(keys) <= min(p.max_keys, MAX_KEYS)
         assert len({k.name for k in keys}) == len(keys)
         assert plan(keys, p, now).empty
+
+
+# -- decrypted tickets ---------------------------------------------------------------
+
+def test_decrypted_ticket_mapping_follows_the_man_page() -> None:
+    from stek.schedule import TicketReturn as R
+    from stek.schedule import TicketStatus as S
+    from stek.schedule import decrypted_ticket_answer as answer
+
+    assert answer(S.SUCCESS, 0, 10, 100) == R.USE
+    assert answer(S.SUCCESS_RENEW, 0, 10, 100) == R.USE_RENEW
+    assert answer(S.NO_DECRYPT, 0, 10, 100) == R.IGNORE_RENEW
+    assert answer(S.EMPTY, 0, 10, 100) == R.IGNORE_RENEW
+    assert answer(S.NONE, 0, 10, 100) == R.IGNORE_RENEW
+    assert answer(S.FATAL_ERR_MALLOC, 0, 10, 100) == R.ABORT
+    assert answer(99, 0, 10, 100) == R.IGNORE_RENEW
+
+
+def test_sessions_older_than_max_age_get_a_full_handshake() -> None:
+    from stek.schedule import TicketReturn as R
+    from stek.schedule import TicketStatus as S
+    from stek.schedule import decrypted_ticket_answer as answer
+
+    assert answer(S.SUCCESS, 1000, 1099, 100) == R.USE
+    assert answer(S.SUCCESS, 1000, 1100, 100) == R.IGNORE_RENEW
+    assert answer(S.SUCCESS_RENEW, 1000, 5000, 100) == R.IGNORE_RENEW

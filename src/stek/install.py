@@ -15,6 +15,7 @@ than stretching any key's life).  Full handshakes never fail.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import ctypes
 import logging
 import os
@@ -31,6 +32,8 @@ from .hazmat.libssl import (
     EVP_MAX_IV_LENGTH,
     TICKET_NAME_LEN,
     TLS1_3_VERSION,
+    DecTicketCallback,
+    GenTicketCallback,
     LibSSL,
     PreparedKey,
     TicketKeyCallback,
@@ -38,7 +41,19 @@ from .hazmat.libssl import (
 )
 from .keyring import Keyring
 from .rotation import rotate as rotate_store
-from .schedule import LIFECYCLE, Answer, Policy, State, encrypting_key, next_change, state_of
+from .schedule import (
+    DECRYPTED_TICKET,
+    LIFECYCLE,
+    Answer,
+    Policy,
+    State,
+    TicketReturn,
+    TicketStatus,
+    decrypted_ticket_answer,
+    encrypting_key,
+    next_change,
+    state_of,
+)
 from .stores import KeyStore, open_store
 
 log = logging.getLogger("stek.install")
@@ -67,7 +82,10 @@ def _accelerator(lib: LibSSL) -> Any:
         hmac = 0 if lib.openssl3 else lib.address("HMAC_Init_ex")
         _fastcb.init(lib.address("RAND_bytes"), lib.address("EVP_EncryptInit_ex"),
                      lib.address("EVP_DecryptInit_ex"), mac, hmac, int(lib.sha256 or 0),
-                     lib.address("SSL_version"))
+                     lib.address("SSL_version"), lib.address("SSL_get_session"),
+                     lib.address("SSL_SESSION_get0_ticket_appdata"),
+                     lib.address("SSL_SESSION_set1_ticket_appdata"),
+                     lib.address("SSL_SESSION_get_time"))
         _ACCEL = _fastcb
     return _ACCEL
 
@@ -91,6 +109,9 @@ class Counters:
     rejected_expired: int = 0  # enc=0: the key exists but expired
     no_active_key: int = 0  # enc=1 answered 0: nothing active, no ticket issued
     errors: int = 0  # a Python exception or an OpenSSL failure inside the callback
+    # A valid ticket refused because its session's full handshake is more than
+    # accept_for ago (renewals never extend a session: s2n #5147).
+    rejected_too_old: int = 0
 
 
 _FIELDS = tuple(Counters.__dataclass_fields__)
@@ -147,6 +168,7 @@ class Installation:
             self._slot = accel.acquire(
                 bytes(int(LIFECYCLE[st].answer_tls12) for st in order),
                 bytes(int(LIFECYCLE[st].answer_tls13) for st in order),
+                bytes(int(DECRYPTED_TICKET[st]) for st in TicketStatus),
             )
             if self._slot is None and accel_required:
                 raise BindingError(
@@ -156,6 +178,7 @@ class Installation:
         self._snap = _Snapshot(lib, ring)
         self._load_accel(ring)
         self._policy: Policy | None = None
+        self._max_age = ring.policy.accept_for
         self._apply_policy(ring.policy)
         if self._slot is not None:
             # The C callback: same table, same counters, no Python per handshake.
@@ -163,6 +186,18 @@ class Installation:
         else:
             self._cfunc = TicketKeyCallback(self._make_callback())
         lib.set_ticket_callback(self._ctx_ptr, self._cfunc)
+        # SSL_CTX_set_session_ticket_cb(3): carry each session's birth in its
+        # ticket and refuse sessions older than accept_for (see
+        # stek.schedule.decrypted_ticket_answer).
+        if self._slot is not None:
+            self._gen_cb = GenTicketCallback(accel.gen_address())
+            self._dec_cb = DecTicketCallback(accel.dec_address())
+            arg: int | None = accel.slot_pointer(self._slot)
+        else:
+            self._gen_cb = GenTicketCallback(self._make_gen_callback())
+            self._dec_cb = DecTicketCallback(self._make_dec_callback())
+            arg = None
+        lib.set_session_ticket_callbacks(self._ctx_ptr, self._gen_cb, self._dec_cb, arg)
         self._bg = _Background(self._slot_owner)
         self._bg.start(self)
         _LIVE.add(self)
@@ -219,6 +254,7 @@ class Installation:
         ctx = self._ctx_ref()
         if ctx is not None:
             self._lib.set_ticket_callback(self._ctx_ptr, None)
+            self._lib.set_session_ticket_callbacks(self._ctx_ptr, None, None)
             if getattr(ctx, _ATTR, None) is self:
                 delattr(ctx, _ATTR)
         self._slot = None
@@ -257,6 +293,9 @@ class Installation:
         if policy == self._policy:
             return
         self._policy = policy
+        self._max_age = policy.accept_for
+        if self._slot is not None:
+            self._accel.set_max_age(self._slot, policy.accept_for)
         # The session timeout is the ticket lifetime hint (RFC 5077 section 3.3;
         # RFC 8446 section 4.6.1 ticket_lifetime).  A ticket issued at any
         # instant of its key's active window is accepted for at least
@@ -267,6 +306,49 @@ class Installation:
     def _bump(self, name: str) -> None:
         with self._count_lock:
             self._counts[name] += 1
+
+    def _make_gen_callback(self) -> Callable[[Any, Any], int]:
+        lib = self._lib
+
+        def gen(ssl_ptr: Any, arg: Any) -> int:
+            # Before a ticket is sealed: stamp the session with its birth (a
+            # resumed one already carries it).  Answering 0 would abort the
+            # handshake, so every failure still answers 1.
+            try:
+                sess = lib.SSL_get_session(ssl_ptr)
+                if sess:
+                    lib.stamp_born_at(sess)
+            except BaseException:
+                with contextlib.suppress(BaseException):
+                    self._bump("errors")
+            return 1
+
+        return gen
+
+    def _make_dec_callback(self) -> Callable[[Any, Any, Any, int, int, Any], int]:
+        lib = self._lib
+        # Session instants are OpenSSL's (the real clock), not the key
+        # schedule's injectable clock.
+        clock = time.time
+        success = (TicketStatus.SUCCESS, TicketStatus.SUCCESS_RENEW)
+
+        def dec(ssl_ptr: Any, sess: Any, name: Any, name_len: int, status: int,
+                arg: Any) -> int:
+            try:
+                now = clock()
+                born = now
+                if status in success and sess:
+                    born = lib.stamp_born_at(sess)
+                answer = decrypted_ticket_answer(status, born, now, self._max_age)
+                if status in success and answer == TicketReturn.IGNORE_RENEW:
+                    self._bump("rejected_too_old")
+                return int(answer)
+            except BaseException:
+                with contextlib.suppress(BaseException):
+                    self._bump("errors")
+                return int(TicketReturn.IGNORE_RENEW)
+
+        return dec
 
     def _make_callback(self) -> Callable[[Any, Any, Any, Any, Any, int], int]:
         lib = self._lib

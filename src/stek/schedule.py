@@ -135,6 +135,64 @@ def encrypting_key(keys: Iterable[W], now: float) -> W | None:
     return best
 
 
+class TicketStatus(enum.IntEnum):
+    """``SSL_TICKET_STATUS`` handed to the decrypted-ticket callback
+    (SSL_CTX_set_session_ticket_cb(3), openssl/ssl.h)."""
+
+    FATAL_ERR_MALLOC = 0
+    FATAL_ERR_OTHER = 1
+    NONE = 2
+    EMPTY = 3
+    NO_DECRYPT = 4
+    SUCCESS = 5
+    SUCCESS_RENEW = 6
+
+
+class TicketReturn(enum.IntEnum):
+    """``SSL_TICKET_RETURN``: what OpenSSL does with a decrypted ticket."""
+
+    ABORT = 0
+    IGNORE = 1
+    IGNORE_RENEW = 2  # full handshake, then a new ticket
+    USE = 3
+    USE_RENEW = 4  # resume, then a new ticket
+
+
+#: After the key callback (above) and OpenSSL's MAC check, OpenSSL reports
+#: what happened; this is the man page's recommended mapping, which stek
+#: keeps except for one rule: see :func:`decrypted_ticket_answer`.
+DECRYPTED_TICKET: dict[TicketStatus, TicketReturn] = {
+    TicketStatus.FATAL_ERR_MALLOC: TicketReturn.ABORT,
+    TicketStatus.FATAL_ERR_OTHER: TicketReturn.ABORT,
+    TicketStatus.NONE: TicketReturn.IGNORE_RENEW,
+    TicketStatus.EMPTY: TicketReturn.IGNORE_RENEW,
+    TicketStatus.NO_DECRYPT: TicketReturn.IGNORE_RENEW,
+    TicketStatus.SUCCESS: TicketReturn.USE,
+    TicketStatus.SUCCESS_RENEW: TicketReturn.USE_RENEW,
+}
+
+
+def decrypted_ticket_answer(status: int, born_at: float, now: float,
+                            max_age: int) -> TicketReturn:
+    """What to do with a ticket OpenSSL has decrypted.
+
+    A session may not outlive ``max_age`` seconds after the full handshake
+    that created it, however often its ticket was renewed.  OpenSSL keeps a
+    TLS 1.2 session's creation time across renewals, but gives every TLS 1.3
+    ticket a fresh one, so without this rule a TLS 1.3 client resuming often
+    enough could keep one resumption secret alive for ever (RFC 8446 section
+    4.6.1 recommends a limit; s2n #5147).  ``born_at`` is the full
+    handshake's instant, carried in the ticket.
+    """
+    try:
+        answer = DECRYPTED_TICKET[TicketStatus(status)]
+    except ValueError:  # a status this stek does not know: no resumption
+        answer = TicketReturn.IGNORE_RENEW
+    if answer in (TicketReturn.USE, TicketReturn.USE_RENEW) and now >= born_at + max_age:
+        return TicketReturn.IGNORE_RENEW
+    return answer
+
+
 @dataclass(frozen=True, slots=True)
 class Policy:
     """How often keys rotate and how long their tickets stay good (seconds).

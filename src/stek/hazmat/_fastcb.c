@@ -34,7 +34,7 @@
 
 /* Counter indices: the order of stek.install.Counters' fields. */
 enum { C_ISSUED, C_RESUMED, C_RENEWED, C_REJ_UNKNOWN, C_REJ_EXPIRED, C_NO_ACTIVE, C_ERRORS,
-       NCOUNTERS };
+       C_TOO_OLD, NCOUNTERS };
 /* Lifecycle states: the order of stek.schedule.State. */
 enum { S_PENDING, S_ACTIVE, S_DECRYPT_ONLY, S_EXPIRED, NSTATES };
 
@@ -44,6 +44,21 @@ typedef int (*cipher_init_fn)(void *, const void *, void *, const unsigned char 
 typedef int (*mac_set_params_fn)(void *, const void *);
 typedef int (*hmac_init_fn)(void *, const void *, int, const void *, void *);
 typedef int (*ssl_version_fn)(const void *);
+typedef void *(*get_session_fn)(const void *);
+typedef int (*get0_appdata_fn)(void *, void **, size_t *);
+typedef int (*set1_appdata_fn)(void *, const void *, size_t);
+typedef long (*session_get_time_fn)(const void *);
+
+/* SSL_TICKET_STATUS and SSL_TICKET_RETURN (openssl/ssl.h) used below. */
+#define NSTATUS 7
+#define TICKET_SUCCESS 5
+#define TICKET_SUCCESS_RENEW 6
+#define TICKET_RETURN_IGNORE_RENEW 2
+#define TICKET_RETURN_USE 3
+#define TICKET_RETURN_USE_RENEW 4
+/* stek.hazmat.libssl.APPDATA_MAGIC + 8-byte big-endian birth time. */
+#define APPDATA_LEN 12
+static const unsigned char APPDATA_MAGIC[4] = {'s', 't', 'k', '1'};
 
 /* openssl/core.h struct ossl_param_st (stable ABI). */
 typedef struct {
@@ -63,6 +78,10 @@ static struct {
     hmac_init_fn hmac_init;           /* OpenSSL 1.1.1 (HMAC_CTX variant) */
     const void *sha256;
     ssl_version_fn ssl_version;
+    get_session_fn get_session;
+    get0_appdata_fn get0_appdata;
+    set1_appdata_fn set1_appdata;
+    session_get_time_fn session_get_time;
     int ready;
 } F;
 
@@ -79,6 +98,8 @@ typedef struct {
     int nkeys;
     ckey keys[MAXKEYS];
     signed char ans12[NSTATES], ans13[NSTATES];
+    signed char dec_table[NSTATUS]; /* stek.schedule.DECRYPTED_TICKET */
+    int64_t max_age;                /* policy.accept_for */
     uint64_t counters[NCOUNTERS];
 } slot_t;
 
@@ -268,6 +289,60 @@ static void *const trampolines[NSLOTS] = {
     (void *)tramp_56, (void *)tramp_57, (void *)tramp_58, (void *)tramp_59, (void *)tramp_60, (void *)tramp_61, (void *)tramp_62, (void *)tramp_63
 };
 
+/* ---- SSL_CTX_set_session_ticket_cb(3): a session's birth rides in its ticket --- */
+
+static int appdata_born(void *sess, int64_t *born) {
+    void *data = NULL;
+    size_t len = 0;
+    const unsigned char *d;
+    int i;
+    if (F.get0_appdata(sess, &data, &len) != 1 || data == NULL || len != APPDATA_LEN) return 0;
+    d = (const unsigned char *)data;
+    if (memcmp(d, APPDATA_MAGIC, 4) != 0) return 0;
+    *born = 0;
+    for (i = 4; i < APPDATA_LEN; i++) *born = (*born << 8) | d[i];
+    return 1;
+}
+
+/* The full handshake's time: from stek's appdata, else the session's own
+ * time (stamped into the appdata so renewed tickets carry it on). */
+static int64_t stamp_born(void *sess) {
+    int64_t born;
+    unsigned char blob[APPDATA_LEN];
+    int i;
+    if (appdata_born(sess, &born)) return born;
+    born = (int64_t)F.session_get_time(sess);
+    memcpy(blob, APPDATA_MAGIC, 4);
+    for (i = 0; i < 8; i++) blob[4 + i] = (unsigned char)((uint64_t)born >> (56 - 8 * i));
+    F.set1_appdata(sess, blob, APPDATA_LEN);
+    return born;
+}
+
+/* gen_cb: answering 0 would abort the handshake, so it always answers 1. */
+static int gen_cb(void *s, void *arg) {
+    void *sess = F.get_session(s);
+    if (sess != NULL) stamp_born(sess);
+    return 1;
+}
+
+/* dec_cb: stek.schedule.decrypted_ticket_answer, in C. */
+static int dec_cb(void *s, void *ss, const unsigned char *kn, size_t knl, int status,
+                  void *arg) {
+    slot_t *sl = (slot_t *)arg;
+    int answer = (status >= 0 && status < NSTATUS) ? sl->dec_table[status]
+                                                   : TICKET_RETURN_IGNORE_RENEW;
+    if ((status == TICKET_SUCCESS || status == TICKET_SUCCESS_RENEW) && ss != NULL) {
+        int64_t now = (int64_t)time(NULL);
+        int64_t born = stamp_born(ss);
+        if ((answer == TICKET_RETURN_USE || answer == TICKET_RETURN_USE_RENEW) &&
+            now >= born + __atomic_load_n(&sl->max_age, __ATOMIC_RELAXED)) {
+            bump(sl, C_TOO_OLD);
+            answer = TICKET_RETURN_IGNORE_RENEW;
+        }
+    }
+    return answer;
+}
+
 /* ---- Python interface ---------------------------------------------------- */
 
 static int slot_arg(PyObject *arg, int *out) {
@@ -282,9 +357,11 @@ static int slot_arg(PyObject *arg, int *out) {
 }
 
 static PyObject *fc_init(PyObject *self, PyObject *args) {
-    unsigned long long rb, ei, di, msp, hi, sha, sv;
-    if (!PyArg_ParseTuple(args, "KKKKKKK", &rb, &ei, &di, &msp, &hi, &sha, &sv)) return NULL;
-    if (!rb || !ei || !di || !sv || (!msp && !hi)) {
+    unsigned long long rb, ei, di, msp, hi, sha, sv, gs, ga, sa, st;
+    if (!PyArg_ParseTuple(args, "KKKKKKKKKKK", &rb, &ei, &di, &msp, &hi, &sha, &sv, &gs, &ga,
+                          &sa, &st))
+        return NULL;
+    if (!rb || !ei || !di || !sv || (!msp && !hi) || !gs || !ga || !sa || !st) {
         PyErr_SetString(PyExc_ValueError, "missing OpenSSL function");
         return NULL;
     }
@@ -295,16 +372,20 @@ static PyObject *fc_init(PyObject *self, PyObject *args) {
     F.hmac_init = (hmac_init_fn)(uintptr_t)hi;
     F.sha256 = (const void *)(uintptr_t)sha;
     F.ssl_version = (ssl_version_fn)(uintptr_t)sv;
+    F.get_session = (get_session_fn)(uintptr_t)gs;
+    F.get0_appdata = (get0_appdata_fn)(uintptr_t)ga;
+    F.set1_appdata = (set1_appdata_fn)(uintptr_t)sa;
+    F.session_get_time = (session_get_time_fn)(uintptr_t)st;
     F.ready = 1;
     Py_RETURN_NONE;
 }
 
 static PyObject *fc_acquire(PyObject *self, PyObject *args) {
-    const char *a12, *a13;
-    Py_ssize_t n12, n13;
+    const char *a12, *a13, *dt;
+    Py_ssize_t n12, n13, ndt;
     int i;
-    if (!PyArg_ParseTuple(args, "y#y#", &a12, &n12, &a13, &n13)) return NULL;
-    if (!F.ready || n12 != NSTATES || n13 != NSTATES) {
+    if (!PyArg_ParseTuple(args, "y#y#y#", &a12, &n12, &a13, &n13, &dt, &ndt)) return NULL;
+    if (!F.ready || n12 != NSTATES || n13 != NSTATES || ndt != NSTATUS) {
         PyErr_SetString(PyExc_ValueError, "not initialized or bad lifecycle table");
         return NULL;
     }
@@ -318,6 +399,8 @@ static PyObject *fc_acquire(PyObject *self, PyObject *args) {
             memset(sl->counters, 0, sizeof sl->counters);
             memcpy(sl->ans12, a12, NSTATES);
             memcpy(sl->ans13, a13, NSTATES);
+            memcpy(sl->dec_table, dt, NSTATUS);
+            sl->max_age = 0;
             pthread_mutex_unlock(&slots_lock);
             return PyLong_FromLong(i);
         }
@@ -422,11 +505,41 @@ static PyObject *fc_after_fork(PyObject *self, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
+static PyObject *fc_set_max_age(PyObject *self, PyObject *args) {
+    PyObject *slotobj;
+    long long age;
+    int s;
+    if (!PyArg_ParseTuple(args, "OL", &slotobj, &age)) return NULL;
+    if (slot_arg(slotobj, &s) < 0) return NULL;
+    __atomic_store_n(&slots[s].max_age, (int64_t)age, __ATOMIC_RELAXED);
+    Py_RETURN_NONE;
+}
+
+static PyObject *fc_slot_pointer(PyObject *self, PyObject *arg) {
+    int s;
+    if (slot_arg(arg, &s) < 0) return NULL;
+    return PyLong_FromVoidPtr(&slots[s]);
+}
+
+static PyObject *fc_gen_address(PyObject *self, PyObject *unused) {
+    return PyLong_FromVoidPtr((void *)gen_cb);
+}
+
+static PyObject *fc_dec_address(PyObject *self, PyObject *unused) {
+    return PyLong_FromVoidPtr((void *)dec_cb);
+}
+
 static PyMethodDef methods[] = {
+    {"set_max_age", fc_set_max_age, METH_VARARGS, "set_max_age(slot, seconds)"},
+    {"slot_pointer", fc_slot_pointer, METH_O, "slot_pointer(slot): the dec_cb argument"},
+    {"gen_address", fc_gen_address, METH_NOARGS, "the session ticket gen_cb address"},
+    {"dec_address", fc_dec_address, METH_NOARGS, "the session ticket dec_cb address"},
     {"after_fork", fc_after_fork, METH_NOARGS, "after_fork(): reset locks in a forked child"},
     {"init", fc_init, METH_VARARGS, "init(RAND_bytes, EncInit, DecInit, MAC_set_params, "
-                                    "HMAC_Init_ex, EVP_sha256(), SSL_version): addresses"},
-    {"acquire", fc_acquire, METH_VARARGS, "acquire(ans12, ans13) -> slot or None"},
+                                    "HMAC_Init_ex, EVP_sha256(), SSL_version, SSL_get_session, "
+                                    "get0_ticket_appdata, set1_ticket_appdata, "
+                                    "SSL_SESSION_get_time): addresses"},
+    {"acquire", fc_acquire, METH_VARARGS, "acquire(ans12, ans13, dec_table) -> slot or None"},
     {"release", fc_release, METH_O, "release(slot): wipe its keys and free it"},
     {"load", fc_load, METH_VARARGS, "load(slot, keys): replace the slot's keys atomically"},
     {"counters", fc_counters, METH_O, "counters(slot) -> tuple"},

@@ -29,7 +29,6 @@ from ctypes import (
     c_int,
     c_long,
     c_size_t,
-    c_ubyte,
     c_uint,
     c_uint64,
     c_ulong,
@@ -69,6 +68,21 @@ class OSSL_PARAM(Structure):
 #:         EVP_CIPHER_CTX *ctx, EVP_MAC_CTX *hctx / HMAC_CTX *hctx, int enc)
 #: SSL_CTX_set_tlsext_ticket_key_evp_cb(3) (OpenSSL 3) and the 1.1.1 HMAC form.
 TicketKeyCallback = CFUNCTYPE(c_int, c_void_p, c_void_p, c_void_p, c_void_p, c_void_p, c_int)
+
+
+#: int (*)(SSL *s, void *arg): SSL_CTX_set_session_ticket_cb(3) gen_cb, called
+#: before a ticket is sealed.
+GenTicketCallback = CFUNCTYPE(c_int, c_void_p, c_void_p)
+#: SSL_TICKET_RETURN (*)(SSL *s, SSL_SESSION *ss, const unsigned char *keyname,
+#: size_t keyname_length, SSL_TICKET_STATUS status, void *arg): dec_cb, called
+#: after a presented ticket was processed.
+DecTicketCallback = CFUNCTYPE(c_int, c_void_p, c_void_p, c_void_p, c_size_t, c_int, c_void_p)
+
+#: stek's ticket appdata (SSL_SESSION_set1_ticket_appdata(3)): this magic, then
+#: the full handshake's Unix time as 8 big-endian bytes.  It travels inside
+#: the encrypted ticket, so only the ring's holders can read or forge it.
+APPDATA_MAGIC = b"stk1"
+APPDATA_LEN = 12
 
 
 def _load() -> ctypes.CDLL:
@@ -146,6 +160,18 @@ class LibSSL:
         self.SSL_SESSION_get_time = fn("SSL_SESSION_get_time", c_long, c_void_p)
         self.SSL_SESSION_get_timeout = fn("SSL_SESSION_get_timeout", c_long, c_void_p)
         self.i2d_SSL_SESSION = fn("i2d_SSL_SESSION", c_int, c_void_p, POINTER(c_void_p))
+        # Ticket appdata and the session ticket callbacks (OpenSSL 1.1.1+).
+        self.SSL_get_session = fn("SSL_get_session", c_void_p, c_void_p)
+        self.SSL_SESSION_set1_ticket_appdata = fn(
+            "SSL_SESSION_set1_ticket_appdata", c_int, c_void_p, c_char_p, c_size_t
+        )
+        self.SSL_SESSION_get0_ticket_appdata = fn(
+            "SSL_SESSION_get0_ticket_appdata", c_int, c_void_p, POINTER(c_void_p),
+            POINTER(c_size_t)
+        )
+        self.SSL_CTX_set_session_ticket_cb = fn(
+            "SSL_CTX_set_session_ticket_cb", c_int, c_void_p, c_void_p, c_void_p, c_void_p
+        )
         if self.openssl3:
             self.SSL_CTX_set_tlsext_ticket_key_evp_cb = fn(
                 "SSL_CTX_set_tlsext_ticket_key_evp_cb", c_int, c_void_p, TicketKeyCallback
@@ -221,6 +247,42 @@ class LibSSL:
             raise BindingError("libssl refused the ticket key callback")
 
 
+    def set_session_ticket_callbacks(self, ctx_ptr: int, gen: Any | None, dec: Any | None,
+                                     arg: int | None = None) -> None:
+        """SSL_CTX_set_session_ticket_cb(3); ``gen``/``dec`` are CFUNCTYPE objects or None."""
+        gen_ptr = ctypes.cast(gen, c_void_p) if gen is not None else None
+        dec_ptr = ctypes.cast(dec, c_void_p) if dec is not None else None
+        if self.SSL_CTX_set_session_ticket_cb(ctx_ptr, gen_ptr, dec_ptr, arg) != 1:
+            raise BindingError("libssl refused the session ticket callbacks")
+
+    def _appdata_born_at(self, session_ptr: int) -> int | None:
+        data = c_void_p()
+        length = c_size_t()
+        if (self.SSL_SESSION_get0_ticket_appdata(session_ptr, ctypes.byref(data),
+                                                 ctypes.byref(length)) == 1
+                and data.value and length.value == APPDATA_LEN):
+            raw = ctypes.string_at(data.value, APPDATA_LEN)
+            if raw[:4] == APPDATA_MAGIC:
+                return int.from_bytes(raw[4:], "big")
+        return None
+
+    def session_born_at(self, session_ptr: int) -> int:
+        """When the full handshake behind this session happened: stek's ticket
+        appdata, else the session's own time (a ticket sealed by another server)."""
+        born = self._appdata_born_at(session_ptr)
+        return born if born is not None else int(self.SSL_SESSION_get_time(session_ptr))
+
+    def stamp_born_at(self, session_ptr: int) -> int:
+        """Carry :meth:`session_born_at` in the session's ticket appdata (if it is
+        not there yet), so that renewed tickets keep the full handshake's time."""
+        born = self._appdata_born_at(session_ptr)
+        if born is None:
+            born = int(self.SSL_SESSION_get_time(session_ptr))
+            blob = APPDATA_MAGIC + born.to_bytes(8, "big")
+            self.SSL_SESSION_set1_ticket_appdata(session_ptr, blob, len(blob))
+        return born
+
+
 class PreparedKey:
     """A ring key laid out for C: buffers and OSSL_PARAMs built once, not per handshake."""
 
@@ -265,4 +327,14 @@ def libssl() -> LibSSL:
     return _LIB
 
 
-__all__ = ["TICKET_NAME_LEN", "LibSSL", "PreparedKey", "TicketKeyCallback", "c_ubyte", "libssl"]
+__all__ = [
+    "APPDATA_LEN",
+    "APPDATA_MAGIC",
+    "TICKET_NAME_LEN",
+    "DecTicketCallback",
+    "GenTicketCallback",
+    "LibSSL",
+    "PreparedKey",
+    "TicketKeyCallback",
+    "libssl",
+]
