@@ -128,6 +128,18 @@ def test_session_past_its_own_timeout_gives_full_handshake() -> None:
     assert result.reason.startswith("session timed out")
 
 
+def test_session_older_than_accept_for_gives_full_handshake() -> None:
+    """stek's appdata says the full handshake was too long ago, however fresh the ticket."""
+    key = key_in_state("active", NOW)
+    ring = ring_of(key)
+    parsed = sessions._load(state_at(NOW - 10))
+    parsed["ticket_appdata"] = sessions.encode_birth(NOW - ring.policy.accept_for)
+    result = inspect_ticket(seal(key, parsed.dump()), ring, NOW)
+    assert result.verdict is Verdict.FULL_HANDSHAKE
+    assert result.reason.startswith("session too old")
+    assert result.session is not None and result.session.born_at == NOW - ring.policy.accept_for
+
+
 def test_inspection_never_holds_key_bytes_in_its_dict() -> None:
     """to_dict (the --json output) names keys, never their material or the secret."""
     key = key_in_state("active", NOW)
@@ -194,7 +206,7 @@ def test_ticket_of_is_none_without_a_ticket(certs) -> None:  # type: ignore[no-u
 
 # -- the verdict matches what the real server does -------------------------------------------
 
-CASES = ["active", "decrypt-only", "dropped", "expired", "tampered", "timed-out"]
+CASES = ["active", "decrypt-only", "dropped", "expired", "tampered", "timed-out", "too-old"]
 
 
 @TLS_VERSIONS
@@ -218,6 +230,14 @@ def test_verdict_matches_the_real_server(certs, tmp_path, tls_version) -> None: 
             elif case == "timed-out":
                 parsed = sessions._load(opened.state)
                 parsed["time"] = t - parsed["timeout"].native - 60
+                ticket = seal(key, parsed.dump())
+            elif case == "too-old":
+                # A renewed TLS 1.3 ticket: fresh time, but its full handshake
+                # (stek's appdata) is more than accept_for ago.
+                parsed = sessions._load(opened.state)
+                parsed["time"] = t
+                parsed["ticket_appdata"] = sessions.encode_birth(
+                    t - ring.policy.accept_for - 60)
                 ticket = seal(key, parsed.dump())
             srv.set_ring(ring)
             verdict = inspect_ticket(ticket, ring, now())

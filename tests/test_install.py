@@ -530,3 +530,25 @@ def test_renewals_never_extend_a_session_past_accept_for(
     if tls_version == ssl.TLSVersion.TLSv1_3:
         assert handle.counters.rejected_too_old == 1
     assert handle.counters.errors == 0
+
+
+@TLS_VERSIONS
+def test_renewed_tickets_carry_the_full_handshakes_time(
+        certs: Certs, store: FileStore, tls_version: ssl.TLSVersion) -> None:
+    from stek.session import decode
+    from stek.ticket import open_ticket
+
+    ctx = server_context(certs)
+    handle = stek.install(ctx, store)
+    cctx = client_context(certs, tls_version)
+    with TLSServer(ctx) as srv:
+        first = connect(srv.port, cctx)
+        time.sleep(1.1)
+        second = connect(srv.port, cctx, first.session)
+    assert second.reused and first.session is not None and second.session is not None
+    a = decode(open_ticket(libssl().session_ticket(first.session), handle.ring).state)
+    b = decode(open_ticket(libssl().session_ticket(second.session), handle.ring).state)
+    assert a.born_at == a.created_at and a.ticket_appdata_len == 12
+    assert b.born_at == a.born_at
+    if tls_version == ssl.TLSVersion.TLSv1_3:
+        assert b.created_at > a.created_at  # OpenSSL's fresh time; stek's birth stays

@@ -11,7 +11,8 @@ callback decide:
    resume;
 4. length, MAC (constant time), padding: any failure -> full handshake;
 5. the decrypted state must be one ``SSL_SESSION`` (:mod:`stek.session`),
-   and the session must not have outlived its own timeout.
+   the session must not have outlived its own timeout, nor ``accept_for``
+   since the full handshake that created it (stek's ticket appdata).
 
 :func:`ticket_of` and :func:`session_of` read a Python ``ssl.SSLSession``
 through the libssl binding; they are the only part of this module that
@@ -149,6 +150,15 @@ def inspect_ticket(ticket: bytes, ring: Keyring, now: float, *,
         return verdict(Verdict.FULL_HANDSHAKE,
                        f"session timed out at {iso(info.expires_at)} (its own "
                        f"{info.timeout}s timeout), although key {name.hex()} is {st.value}",
+                       key=key, st=st, session=info)
+    max_age = ring.policy.accept_for
+    if now >= info.born_at + max_age:
+        # stek's dec_cb (stek.schedule.decrypted_ticket_answer): renewals
+        # never extend a session past accept_for after its full handshake.
+        return verdict(Verdict.FULL_HANDSHAKE,
+                       f"session too old: its full handshake was at {iso(info.born_at)}, "
+                       f"more than accept_for ({max_age}s) ago, although key "
+                       f"{name.hex()} is {st.value}",
                        key=key, st=st, session=info)
     answer = decrypt_answer(key, now, info.tls13 if tls13 is None else tls13)
     if LIFECYCLE[st].answer_tls12 is Answer.RENEW:

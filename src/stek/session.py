@@ -139,6 +139,26 @@ class _SessionASN1(core.Sequence):  # type: ignore[misc]
     ]
 
 
+#: stek's ticket appdata (SSL_SESSION_set1_ticket_appdata(3), ASN.1 tag [18]):
+#: this magic, then the Unix time of the full handshake that created the
+#: session, 8 bytes big-endian.  Renewed tickets carry it on, so a session
+#: never outlives accept_for (stek.schedule.decrypted_ticket_answer).  It is
+#: encrypted inside the ticket: only the ring's holders can read or forge it.
+BIRTH_MAGIC = b"stk1"
+BIRTH_LEN = len(BIRTH_MAGIC) + 8
+
+
+def encode_birth(born_at: int) -> bytes:
+    return BIRTH_MAGIC + int(born_at).to_bytes(8, "big")
+
+
+def decode_birth(appdata: bytes | None) -> int | None:
+    """The birth stek recorded in a session's ticket appdata, or None."""
+    if appdata is None or len(appdata) != BIRTH_LEN or not appdata.startswith(BIRTH_MAGIC):
+        return None
+    return int.from_bytes(appdata[len(BIRTH_MAGIC):], "big")
+
+
 @dataclass(frozen=True, slots=True)
 class SessionInfo:
     """What a session holds, minus its secrets (only their length is kept).
@@ -170,6 +190,8 @@ class SessionInfo:
     ticket_appdata_len: int
     kex_group: int | None
     psk_identity: bool
+    #: The full handshake's time: stek's ticket appdata, else ``created_at``.
+    born_at: int
 
     @property
     def tls13(self) -> bool:
@@ -214,6 +236,7 @@ class SessionInfo:
             "ticket_appdata_len": self.ticket_appdata_len,
             "kex_group": self.kex_group,
             "psk_identity": self.psk_identity,
+            "born_at": self.born_at,
         }
 
 
@@ -313,7 +336,13 @@ def _info(parsed: _SessionASN1) -> SessionInfo:
         ticket_appdata_len=len(_octets(parsed, "ticket_appdata") or b""),
         kex_group=_int(parsed, "kex_group", None),
         psk_identity=not isinstance(parsed["psk_identity"], core.Void),
+        born_at=_born(parsed),
     )
+
+
+def _born(parsed: _SessionASN1) -> int:
+    born = decode_birth(_octets(parsed, "ticket_appdata"))
+    return born if born is not None else (_int(parsed, "time") or 0)
 
 
 def ticket(der: bytes) -> bytes | None:

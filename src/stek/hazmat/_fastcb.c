@@ -56,7 +56,7 @@ typedef long (*session_get_time_fn)(const void *);
 #define TICKET_RETURN_IGNORE_RENEW 2
 #define TICKET_RETURN_USE 3
 #define TICKET_RETURN_USE_RENEW 4
-/* stek.hazmat.libssl.APPDATA_MAGIC + 8-byte big-endian birth time. */
+/* stek.session.BIRTH_MAGIC + 8-byte big-endian birth time (encode_birth). */
 #define APPDATA_LEN 12
 static const unsigned char APPDATA_MAGIC[4] = {'s', 't', 'k', '1'};
 

@@ -37,6 +37,7 @@ from ctypes import (
 from typing import Any
 
 from ..errors import BindingError
+from ..session import BIRTH_LEN, decode_birth, encode_birth
 
 #: openssl/evp.h: EVP_MAX_IV_LENGTH; the ``iv`` buffer handed to the callback.
 EVP_MAX_IV_LENGTH = 16
@@ -78,11 +79,6 @@ GenTicketCallback = CFUNCTYPE(c_int, c_void_p, c_void_p)
 #: after a presented ticket was processed.
 DecTicketCallback = CFUNCTYPE(c_int, c_void_p, c_void_p, c_void_p, c_size_t, c_int, c_void_p)
 
-#: stek's ticket appdata (SSL_SESSION_set1_ticket_appdata(3)): this magic, then
-#: the full handshake's Unix time as 8 big-endian bytes.  It travels inside
-#: the encrypted ticket, so only the ring's holders can read or forge it.
-APPDATA_MAGIC = b"stk1"
-APPDATA_LEN = 12
 
 
 def _load() -> ctypes.CDLL:
@@ -260,10 +256,8 @@ class LibSSL:
         length = c_size_t()
         if (self.SSL_SESSION_get0_ticket_appdata(session_ptr, ctypes.byref(data),
                                                  ctypes.byref(length)) == 1
-                and data.value and length.value == APPDATA_LEN):
-            raw = ctypes.string_at(data.value, APPDATA_LEN)
-            if raw[:4] == APPDATA_MAGIC:
-                return int.from_bytes(raw[4:], "big")
+                and data.value and length.value == BIRTH_LEN):
+            return decode_birth(ctypes.string_at(data.value, BIRTH_LEN))
         return None
 
     def session_born_at(self, session_ptr: int) -> int:
@@ -278,7 +272,7 @@ class LibSSL:
         born = self._appdata_born_at(session_ptr)
         if born is None:
             born = int(self.SSL_SESSION_get_time(session_ptr))
-            blob = APPDATA_MAGIC + born.to_bytes(8, "big")
+            blob = encode_birth(born)
             self.SSL_SESSION_set1_ticket_appdata(session_ptr, blob, len(blob))
         return born
 
@@ -328,8 +322,6 @@ def libssl() -> LibSSL:
 
 
 __all__ = [
-    "APPDATA_LEN",
-    "APPDATA_MAGIC",
     "TICKET_NAME_LEN",
     "DecTicketCallback",
     "GenTicketCallback",
