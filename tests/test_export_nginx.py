@@ -13,10 +13,7 @@ What these prove:
 
 from __future__ import annotations
 
-import json
 import ssl
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -34,7 +31,15 @@ from stek.session import decode
 from stek.stores import FileStore
 from stek.ticket import open_ticket
 from support import TLSServer, connect, s_client, s_client_reused
-from tlsservers import Hit, get, nginx, set_session_id_context, ticket_of
+from tlsservers import (
+    Hit,
+    get,
+    inspect_cli,
+    live_store,
+    nginx,
+    set_session_id_context,
+    ticket_of,
+)
 
 pytestmark = pytest.mark.servers
 
@@ -212,27 +217,6 @@ def test_rotation_with_reload_during_a_stream_of_reconnects(
         late = get(a.port, cctx, kept.session)
         assert late.reused and late.name == new.name
         assert "reconfiguring" in a.output() and "reconfiguring" in b.output()
-
-
-def live_store(tmp_path: Path) -> tuple[FileStore, float]:
-    """A ring made for the real clock (``stek inspect`` reads it), whose encrypting key
-    stays active for at least five more minutes."""
-    now = time.time()
-    for every in (3600, 3900, 4200):
-        store = FileStore(tmp_path / f"ring-{every}.json")
-        init_ring(store, Policy(rotate_every=every, accept_for=3600, publish_ahead=60), now=now)
-        key = store.read().encrypting_key(now)
-        if key is not None and key.retires_at - now >= 300:
-            return store, now
-    raise AssertionError("no policy gives an encrypting key for the next five minutes")
-
-
-def inspect_cli(pem: Path, store: FileStore) -> tuple[int, dict]:
-    """The real ``stek inspect --json`` on an s_client session file."""
-    proc = subprocess.run([sys.executable, "-m", "stek.cli", "inspect", str(pem),
-                           "--store", f"file:{store.path}", "--json"],
-                          capture_output=True, text=True, timeout=60)
-    return proc.returncode, json.loads(proc.stdout)
 
 
 @TLS_VERSIONS

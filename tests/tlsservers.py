@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import json
 import os
 import shutil
 import signal
 import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -22,6 +24,9 @@ from pathlib import Path
 
 from conftest import Certs, find_program, free_port
 from stek.hazmat.libssl import libssl
+from stek.rotation import init_ring
+from stek.schedule import Policy
+from stek.stores.file import FileStore
 
 
 @dataclass
@@ -301,3 +306,24 @@ def apache(workdir: Path, certs: Certs, keyfile: Path, label: str = "apache") ->
         yield server
     finally:
         server.stop()
+
+
+def live_store(tmp_path: Path) -> tuple[FileStore, float]:
+    """A ring made for the real clock (``stek inspect`` reads it), whose encrypting key
+    stays active for at least five more minutes."""
+    now = time.time()
+    for every in (3600, 3900, 4200):
+        store = FileStore(tmp_path / f"ring-{every}.json")
+        init_ring(store, Policy(rotate_every=every, accept_for=3600, publish_ahead=60), now=now)
+        key = store.read().encrypting_key(now)
+        if key is not None and key.retires_at - now >= 300:
+            return store, now
+    raise AssertionError("no policy gives an encrypting key for the next five minutes")
+
+
+def inspect_cli(pem: Path, store: FileStore) -> tuple[int, dict]:
+    """The real ``stek inspect --json`` on an s_client session file."""
+    proc = subprocess.run([sys.executable, "-m", "stek.cli", "inspect", str(pem),
+                           "--store", f"file:{store.path}", "--json"],
+                          capture_output=True, text=True, timeout=60)
+    return proc.returncode, json.loads(proc.stdout)
