@@ -331,3 +331,22 @@ def test_truncated_tickets_are_rejected(state: bytes, cut: int) -> None:
 def test_min_len_is_one_block_plus_overhead() -> None:
     """The smallest ticket (empty state) is name + IV + one padding block + MAC."""
     assert len(seal(random_key(), b"", IV)) == MIN_LEN == 80
+
+
+def test_a_keyring_prepares_its_keys_once_and_only_for_its_own_life() -> None:
+    """open_ticket(ticket, Keyring) keeps the prepared keys on that snapshot only."""
+    from stek.keyring import Keyring
+    from stek.keys import generate_key
+    from stek.schedule import Plan, Policy
+    from stek.ticket import open_ticket, seal
+
+    key = generate_key(size=80, activates_at=0, retires_at=1, expires_at=2)
+    ring = Keyring(Policy(), (key,))
+    ticket = seal(key, b"state")
+    assert open_ticket(ticket, ring).state == b"state"
+    opener = ring._derived["opener"]
+    assert open_ticket(ticket, ring).state == b"state"
+    assert ring._derived["opener"] is opener
+    newer = ring.apply(Plan(add=(generate_key(size=80, activates_at=0, retires_at=1,
+                                               expires_at=2),)))
+    assert newer._derived == {} and newer == Keyring.from_bytes(newer.to_bytes())

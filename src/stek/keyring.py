@@ -44,12 +44,16 @@ class Keyring:
     keys: tuple[TicketKey, ...] = ()
     generation: int = 0
     _by_name: Mapping[bytes, TicketKey] = field(init=False, compare=False)
+    #: Values derived from this snapshot by other modules (the codec's prepared
+    #: primitives): they live exactly as long as the ring they came from.
+    _derived: dict[str, Any] = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
         keys = tuple(sorted(self.keys, key=lambda k: (k.activates_at, k.name)))
         object.__setattr__(self, "keys", keys)
         validate_keys(keys, self.policy.key_size)
         object.__setattr__(self, "_by_name", {k.name: k for k in keys})
+        object.__setattr__(self, "_derived", {})
 
     def __repr__(self) -> str:
         return (

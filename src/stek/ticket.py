@@ -38,6 +38,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import cast
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, hmac
@@ -234,10 +235,17 @@ def open_ticket(ticket: bytes, keys: Keyring | Iterable[TicketKey] | Opener) -> 
     The key's schedule is not consulted here (the codec has no clock): use
     :func:`stek.inspect.inspect_ticket` for the server's verdict at an instant.
     Pass an :class:`Opener` to open many tickets without re-deriving each
-    key's primitives.  Raises :class:`InvalidTicket` for any bad ticket.
+    key's primitives (a :class:`~stek.keyring.Keyring` keeps one for as long
+    as it lives).  Raises :class:`InvalidTicket` for any bad ticket.
     """
     if isinstance(keys, Opener):
         return keys.open(ticket)
+    if isinstance(keys, Keyring):
+        # An immutable snapshot: prepare its keys once, for as long as it lives.
+        opener = keys._derived.get("opener")
+        if opener is None:
+            opener = keys._derived.setdefault("opener", Opener(keys))
+        return cast(Opener, opener).open(ticket)
     data = bytes(ticket)
     _check_length(data)
     key = _find(keys, data[:IV_OFFSET])
