@@ -121,3 +121,20 @@ def server_context(certs: Certs) -> ssl.SSLContext:
 TLS_VERSIONS = pytest.mark.parametrize(
     "tls_version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3], ids=["tls12", "tls13"]
 )
+
+
+@pytest.fixture
+def no_kek_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No key-encryption key or store from the environment: each test says its own."""
+    for var in ("STEK_KEK", "STEK_KEK_FILE", "STEK_INSECURE_PLAINTEXT", "STEK_STORE"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture
+def kek_file(tmp_path: Path) -> Path:
+    """A fresh key-encryption key file (mode 0600) for a sealed shared store."""
+    from stek.stores.sealing import write_kek_file
+
+    path = tmp_path / "fleet.kek"
+    write_kek_file(path)
+    return path

@@ -41,31 +41,20 @@ from stek.errors import InvalidTicket
 from stek.export import export
 from stek.keyring import Keyring
 from stek.keys import TicketKey
-from stek.rotation import init_ring
-from stek.schedule import Policy
 from stek.session import SessionInfo, decode
-from stek.stores import FileStore
 from stek.ticket import open_ticket, parse
-from tlsservers import apache, get
+from tlsservers import T0, apache, get, make_store
 
 pytestmark = pytest.mark.servers
 
-SLOT = 600
-T0 = (1_900_000_000 // SLOT) * SLOT + 1
 
 PROTOCOL = {ssl.TLSVersion.TLSv1_2: "TLSv1.2", ssl.TLSVersion.TLSv1_3: "TLSv1.3"}
 
 
-def make_store(tmp_path: Path, size: int = 48) -> FileStore:
-    store = FileStore(tmp_path / "ring.json")
-    init_ring(store, Policy(rotate_every=SLOT, accept_for=5 * SLOT, publish_ahead=60,
-                            key_size=size), now=T0)
-    return store
-
 
 def exported(tmp_path: Path) -> tuple[Keyring, TicketKey, Path]:
     """A 48-byte ring, its encrypting key, and that key exported for Apache."""
-    ring = make_store(tmp_path).read()
+    ring = make_store(tmp_path, 48).read()
     enc = ring.encrypting_key(T0)
     assert enc is not None and enc.size == 48
     keyfile = tmp_path / "apache.key"

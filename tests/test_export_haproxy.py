@@ -24,32 +24,24 @@ from conftest import TLS_VERSIONS, Certs, client_context, server_context
 from stek.agent import Agent, Target, TargetSpec
 from stek.export import export
 from stek.export.haproxy import Runtime
-from stek.rotation import init_ring
-from stek.schedule import Plan, Policy
+from stek.schedule import Plan
 from stek.session import decode
-from stek.stores import FileStore
 from stek.ticket import open_ticket
 from support import TLSServer, connect, s_client
 from tlsservers import (
+    T0,
     get,
     haproxy,
     inspect_cli,
     live_store,
+    make_store,
     set_session_id_context,
     ticket_of,
 )
 
 pytestmark = pytest.mark.servers
 
-SLOT = 600
-T0 = (1_900_000_000 // SLOT) * SLOT + 1
 
-
-def make_store(tmp_path: Path, size: int = 80) -> FileStore:
-    store = FileStore(tmp_path / "ring.json")
-    init_ring(store, Policy(rotate_every=SLOT, accept_for=5 * SLOT, publish_ahead=60,
-                            key_size=size), now=T0)
-    return store
 
 
 @TLS_VERSIONS

@@ -25,17 +25,17 @@ from conftest import TLS_VERSIONS, Certs, client_context, server_context
 from stek.agent import Agent, Target, TargetSpec
 from stek.export import export
 from stek.keyring import Keyring
-from stek.rotation import init_ring
-from stek.schedule import Plan, Policy
+from stek.schedule import Plan
 from stek.session import decode
-from stek.stores import FileStore
 from stek.ticket import open_ticket
 from support import TLSServer, connect, s_client, s_client_reused
 from tlsservers import (
+    T0,
     Hit,
     get,
     inspect_cli,
     live_store,
+    make_store,
     nginx,
     set_session_id_context,
     ticket_of,
@@ -43,16 +43,7 @@ from tlsservers import (
 
 pytestmark = pytest.mark.servers
 
-SLOT = 600
-#: A fixed instant one second into a rotation slot (the ring's clock, not nginx's).
-T0 = (1_900_000_000 // SLOT) * SLOT + 1
 
-
-def make_store(tmp_path: Path, size: int = 80) -> FileStore:
-    store = FileStore(tmp_path / "ring.json")
-    init_ring(store, Policy(rotate_every=SLOT, accept_for=5 * SLOT, publish_ahead=60,
-                            key_size=size), now=T0)
-    return store
 
 
 def encrypting_name(ring: Keyring, now: float) -> bytes:

@@ -14,16 +14,10 @@ from stek import Policy, init_ring, open_store, rotate
 from stek.cli import main
 from stek.stores.sealing import kek_id, read_kek_file
 
-pytestmark = pytest.mark.servers
+pytestmark = [pytest.mark.servers, pytest.mark.usefixtures("no_kek_env")]
 
 STEP = 60
 BASE = 28_333_334 * STEP
-
-
-@pytest.fixture(autouse=True)
-def _no_kek_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("STEK_KEK", "STEK_KEK_FILE", "STEK_INSECURE_PLAINTEXT", "STEK_STORE"):
-        monkeypatch.delenv(var, raising=False)
 
 
 @pytest.fixture(scope="module")

@@ -16,17 +16,10 @@ import pytest
 import fleet_cases as cases
 from conftest import TLS_VERSIONS, Certs
 from servers_fleet import EtcdServer, RedisServer
-from stek.stores.sealing import write_kek_file
 
-pytestmark = pytest.mark.servers
+pytestmark = [pytest.mark.servers, pytest.mark.usefixtures("no_kek_env")]
 
 FleetServer = RedisServer | EtcdServer
-
-
-@pytest.fixture(autouse=True)
-def _no_kek_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("STEK_KEK", "STEK_KEK_FILE", "STEK_INSECURE_PLAINTEXT", "STEK_STORE"):
-        monkeypatch.delenv(var, raising=False)
 
 
 @pytest.fixture(params=["redis", "etcd"])
@@ -38,13 +31,6 @@ def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FleetServ
         yield srv
     finally:
         srv.stop()
-
-
-@pytest.fixture
-def kek_file(tmp_path: Path) -> Path:
-    path = tmp_path / "fleet.kek"
-    write_kek_file(path)
-    return path
 
 
 @TLS_VERSIONS

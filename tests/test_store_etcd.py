@@ -10,15 +10,8 @@ import pytest
 from servers_fleet import EtcdServer
 from stek import ConfigError, StoreUnavailable, open_store
 from stek.stores.etcd import EtcdStore
-from stek.stores.sealing import write_kek_file
 
-pytestmark = pytest.mark.servers
-
-
-@pytest.fixture(autouse=True)
-def _no_kek_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    for var in ("STEK_KEK", "STEK_KEK_FILE", "STEK_INSECURE_PLAINTEXT", "STEK_STORE"):
-        monkeypatch.delenv(var, raising=False)
+pytestmark = [pytest.mark.servers, pytest.mark.usefixtures("no_kek_env")]
 
 
 @pytest.fixture
@@ -29,13 +22,6 @@ def server(tmp_path: Path) -> Iterator[EtcdServer]:
         yield srv
     finally:
         srv.stop()
-
-
-@pytest.fixture
-def kek_file(tmp_path: Path) -> Path:
-    path = tmp_path / "fleet.kek"
-    write_kek_file(path)
-    return path
 
 
 def test_url_and_key_layout(kek_file: Path) -> None:

@@ -327,3 +327,16 @@ def inspect_cli(pem: Path, store: FileStore) -> tuple[int, dict]:
                            "--store", f"file:{store.path}", "--json"],
                           capture_output=True, text=True, timeout=60)
     return proc.returncode, json.loads(proc.stdout)
+
+
+SLOT = 600
+#: A fixed instant one second into a rotation slot (the ring's clock, not the server's).
+T0 = (1_900_000_000 // SLOT) * SLOT + 1
+
+
+def make_store(tmp_path: Path, size: int = 80) -> FileStore:
+    """A ring of ``size``-byte keys made for ``T0``, in a file store under ``tmp_path``."""
+    store = FileStore(tmp_path / "ring.json")
+    init_ring(store, Policy(rotate_every=SLOT, accept_for=5 * SLOT, publish_ahead=60,
+                            key_size=size), now=T0)
+    return store
