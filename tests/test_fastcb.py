@@ -10,7 +10,7 @@ import pytest
 import stek
 from conftest import Certs, client_context, server_context
 from stek.errors import BindingError
-from stek.install import accelerated_available
+from stek.installation import accelerated_available
 from stek.schedule import Policy
 from stek.stores.memory import MemoryStore
 from support import TLSServer, reconnects

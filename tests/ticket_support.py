@@ -18,7 +18,7 @@ from pathlib import Path
 
 from conftest import Certs, server_context
 from stek import session as sessions
-from stek.install import Installation, install
+from stek.installation import Installation, install
 from stek.keyring import Keyring
 from stek.keys import TicketKey, generate_key
 from stek.schedule import Policy

@@ -24,7 +24,7 @@ from .errors import (
     StoreError,
     StoreUnavailable,
 )
-from .install import Counters, Installation, install
+from .installation import Counters, Installation, install
 from .keyring import Keyring
 from .keys import TicketKey
 from .rotation import Rotation, init_ring, rotate

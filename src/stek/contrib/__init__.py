@@ -14,7 +14,7 @@ as soon as the connection closes.  :class:`PerProcessContext` therefore
 builds exactly one context per process (keyed by ``os.getpid()``, so each
 forked worker builds its own, with its own callback and counters) and hands
 back that same object afterwards;
-it holds the :class:`~stek.install.Installation`, which keeps the callback
+it holds the :class:`~stek.installation.Installation`, which keeps the callback
 alive.  Neither gunicorn nor uvicorn is imported here.
 """
 
@@ -26,7 +26,7 @@ import ssl
 import threading
 from collections.abc import Callable
 
-from ..install import Installation, install
+from ..installation import Installation, install
 from ..stores import default_url
 
 __all__ = ["PerProcessContext"]

@@ -26,7 +26,7 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-from ..install import Installation
+from ..installation import Installation
 from . import PerProcessContext
 
 __all__ = ["installation", "ssl_context"]

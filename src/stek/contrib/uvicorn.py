@@ -26,7 +26,7 @@ import ssl
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..install import Installation
+from ..installation import Installation
 from . import PerProcessContext
 
 if TYPE_CHECKING:

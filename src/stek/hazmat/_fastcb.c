@@ -2,7 +2,7 @@
  * HAZMAT: stek's ticket-key callback in C, for the handshake hot path.
  *
  * Same contract, same decision table, same counters as the pure-Python
- * callback in stek/install.py (which remains the fallback when this module
+ * callback in stek/installation.py (which remains the fallback when this module
  * is not built).  It exists only because a Python callback costs several
  * microseconds per handshake (ctypes thunk, GIL, argument conversion).
  *
@@ -32,7 +32,7 @@
 #define IV_LEN 16            /* EVP_MAX_IV_LENGTH; AES-CBC IV */
 #define TLS1_3_VERSION 0x0304
 
-/* Counter indices: the order of stek.install.Counters' fields. */
+/* Counter indices: the order of stek.installation.Counters' fields. */
 enum { C_ISSUED, C_RESUMED, C_RENEWED, C_REJ_UNKNOWN, C_REJ_EXPIRED, C_NO_ACTIVE, C_ERRORS,
        C_TOO_OLD, NCOUNTERS };
 /* Lifecycle states: the order of stek.schedule.State. */
@@ -549,7 +549,7 @@ static PyMethodDef methods[] = {
 
 static struct PyModuleDef module = {
     PyModuleDef_HEAD_INIT, "stek.hazmat._fastcb",
-    "HAZMAT: stek's ticket-key callback in C (see stek.install).", -1, methods,
+    "HAZMAT: stek's ticket-key callback in C (see stek.installation).", -1, methods,
     NULL, NULL, NULL, NULL,
 };
 

@@ -51,7 +51,7 @@ def write_ring(store: FileStore, *keys: TicketKey) -> Keyring:
 @pytest.fixture(autouse=True, params=[True, False], ids=["c-callback", "python-callback"])
 def callback_impl(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> bool:
     """Run every test with the compiled callback and with the ctypes one."""
-    install_fn = sys.modules["stek.install"].install
+    install_fn = sys.modules["stek.installation"].install
     monkeypatch.setitem(install_fn.__kwdefaults__, "accelerate", request.param)
     return bool(request.param)
 
@@ -304,7 +304,7 @@ def test_corrupt_file_keeps_server_serving_and_file_untouched(
         before = store.path.read_bytes()
         with pytest.raises(StoreCorrupt):
             handle.refresh()
-        with caplog.at_level(logging.WARNING, logger="stek.install"):
+        with caplog.at_level(logging.WARNING, logger="stek.installation"):
             time.sleep(0.6)  # let the watcher notice and fail
         assert connect(srv.port, cctx, first.session).reused
         assert srv.errors == []
