@@ -406,8 +406,11 @@ class Agent:
         self.store_error = message
         self.store_error_permanent = is_permanent(exc)
         if self.ring is not None:
+            now = self.clock()
             with self._lock:
-                self._sync_targets(self.ring, self.clock())
+                self._sync_targets(self.ring, now)
+            # Back sooner if a key of the last ring activates or retires meanwhile.
+            retry_in = min(retry_in, max(0.05, next_boundary(self.ring, now) - now + 0.01))
         return retry_in
 
     def _warn(self, policy: Policy) -> None:
