@@ -85,7 +85,7 @@ def test_user_mistakes_exit_2_without_traceback(url: str, args: list[str],
 
 def test_status_of_missing_ring_says_run_init(url: str) -> None:
     r = stek("status", "--store", url)
-    assert r.returncode == 2
+    assert r.returncode == 1, "an operational error, not a usage mistake"
     assert "stek init" in r.stderr
 
 
@@ -94,7 +94,8 @@ def test_corrupt_ring_is_one_line_and_file_untouched(tmp_path: Path) -> None:
     path.write_text("definitely not json")
     for cmd in ("status", "rotate"):
         r = stek(cmd, "--store", f"file:{path}")
-        assert r.returncode == 2
+        assert r.returncode == 1
+        assert r.stderr.count("\n") == 1
         assert "not a stek keyring" in r.stderr and "Traceback" not in r.stderr
     assert path.read_text() == "definitely not json"
 
@@ -191,3 +192,82 @@ def test_agent_rotates_on_schedule(tmp_path: Path) -> None:
     assert names - first, out
     assert not first & names, "keys past expires_at must have been dropped"
     assert "added key" in out and "dropped expired key" in out
+
+
+def bad_invocations() -> list[list[str]]:
+    """Usage mistakes for every command, drawn from its own parameters (new commands and
+    options are walked too): an unknown option, an extra argument, each required parameter
+    left out, each duration, number and choice given garbage, each valued option given
+    no value."""
+    import click
+
+    from stek.cli import cli
+    from stek.cli._common import Duration
+
+    cases: list[list[str]] = [["frobnicate"], ["--no-such-option"]]
+    for name, cmd in sorted(cli.commands.items()):
+        required = [p for p in cmd.params if p.required]
+
+        def fill(skip: click.Parameter | None = None,
+                 _required: list[click.Parameter] = required) -> list[str]:
+            out: list[str] = []
+            for p in _required:
+                if p is skip:
+                    continue
+                value = "nginx" if isinstance(p.type, click.Choice) else "x"
+                out += [value] if isinstance(p, click.Argument) else [p.opts[0], value]
+            return out
+
+        cases.append([name, *fill(), "--no-such-option"])
+        cases.append([name, *fill(), "extra-argument", "another"])
+        for p in required:
+            cases.append([name, *fill(skip=p)])
+        for p in cmd.params:
+            if not isinstance(p, click.Option) or p.is_flag or p.count:
+                continue
+            if isinstance(p.type, (Duration, click.Choice, click.types._NumberParamTypeBase)):
+                cases.append([name, *fill(), p.opts[0], "not-a-value"])
+            cases.append([name, *fill(), p.opts[0]])  # the value is missing
+    cases += [
+        ["agent", "--export", "nginx"],
+        ["agent", "--export", "lighttpd:/x"],
+        ["agent", "--reload", "true", "--export", "nginx:/x"],
+        ["agent", "--export", "nginx:/x", "--haproxy-socket", "/s"],
+        ["agent", "--export", "nginx:/x", "--reload", "a", "--reload", "b"],
+        ["agent", "--metrics-addr", "nowhere", "--store", "ftp://x"],
+        ["agent", "--metrics-addr", "0.0.0.0:1", "--store", "ftp://x"],
+        ["init", "--rotate-every", "0"],
+        ["init", "--rotate-every", "7d", "--accept-for", "1d"],
+        ["status", "--store", "ftp://host/x"],
+    ]
+    return cases
+
+
+def test_every_usage_mistake_of_every_command_is_one_line_and_exits_2(
+        tmp_path: Path) -> None:
+    """stderr is exactly one 'stek: error: ...' line, no usage block, no traceback."""
+    cases = bad_invocations()
+    assert len({c[0] for c in cases}) >= 9, "every command is walked"
+    failures = []
+    env = {**os.environ, "STEK_STORE": f"file:{tmp_path / 'ring.json'}"}
+    for args in cases:
+        r = subprocess.run([sys.executable, "-m", "stek.cli", *args], capture_output=True,
+                           text=True, env=env, timeout=60, cwd=tmp_path)
+        lines = r.stderr.splitlines()
+        if r.returncode != 2 or len(lines) != 1 or not lines[0].startswith("stek: error: "):
+            failures.append((args, r.returncode, r.stderr))
+    assert not failures, "\n".join(map(repr, failures))
+
+
+def test_operational_errors_exit_1_in_one_line(tmp_path: Path) -> None:
+    """An export under a path whose parent is a file says so; a store that is not a ring
+    exits 1 (not 2: nothing was wrong with the command line)."""
+    url = f"file:{tmp_path / 'ring.json'}"
+    assert stek("init", "--store", url).returncode == 0
+    (tmp_path / "file").write_text("")
+    for fmt, out in (("haproxy", "file/keys"), ("nginx", "file"), ("nginx", "file/a/b")):
+        r = stek("export", "--store", url, "--format", fmt, "--out", str(tmp_path / out))
+        assert r.returncode == 1, r.stderr
+        assert r.stderr.count("\n") == 1
+        assert f"{tmp_path / 'file'} is not a directory" in r.stderr, r.stderr
+        assert "File exists" not in r.stderr

@@ -1,14 +1,35 @@
-"""The README's decision table says what stek.schedule.LIFECYCLE does."""
+"""The README and docs say what stek does: the decision table, the metrics table, the
+tests they cite, and every shell example marked runnable.
+
+Runnable examples: a line ``<!-- test -->`` right before a ```` ```sh ```` block in
+README.md or docs/*.md makes that block a test.  It runs under bash with
+``set -euo pipefail`` in a fresh temporary directory, with ``STEK_STORE`` pointing
+at a ring there, this Python's ``stek`` first on PATH and no KEK in the
+environment; it passes when it exits 0.  Mark every example that can run on
+one machine (no other host, no root, nothing outside its directory).
+"""
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
-from stek.schedule import LIFECYCLE, State
+import pytest
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+from stek.agent import Agent, AgentCollector, Target, TargetSpec
+from stek.rotation import init_ring
+from stek.schedule import LIFECYCLE, Policy, State
+from stek.stores import FileStore
+
+ROOT = Path(__file__).resolve().parent.parent
+README = ROOT / "README.md"
+DOCS = [README, *sorted((ROOT / "docs").glob("*.md"))]
 ROW = re.compile(r"^\| (pending|active|decrypt-only|expired or unknown) \|(.*)$", re.M)
+MARK = "<!-- test -->"
+FENCE = re.compile(r"^```(sh|bash)\s*$")
 
 
 def test_readme_table_matches_the_lifecycle() -> None:
@@ -21,3 +42,78 @@ def test_readme_table_matches_the_lifecycle() -> None:
         expected = (str(int(row.answer_tls12)) if row.answer_tls12 == row.answer_tls13
                     else f"{int(row.answer_tls12)} / {int(row.answer_tls13)}")
         assert enc0.startswith(expected), (state, enc0, expected)
+
+
+# -- runnable shell examples ----------------------------------------------------------------
+
+def runnable_blocks(doc: Path) -> list[tuple[str, str]]:
+    """(``file:line``, code) of each block marked runnable; a stray mark is an error."""
+    lines = doc.read_text().splitlines()
+    blocks = []
+    for i, line in enumerate(lines):
+        if line.strip() != MARK:
+            continue
+        where = f"{doc.relative_to(ROOT)}:{i + 1}"
+        if i + 1 >= len(lines) or not FENCE.match(lines[i + 1]):
+            raise AssertionError(f"{where}: {MARK} must be followed by a ```sh block")
+        end = next((j for j in range(i + 2, len(lines)) if lines[j].startswith("```")), None)
+        if end is None:
+            raise AssertionError(f"{where}: unterminated code block")
+        blocks.append((where, "\n".join(lines[i + 2:end]) + "\n"))
+    return blocks
+
+
+BLOCKS = [b for doc in DOCS for b in runnable_blocks(doc)]
+
+
+def test_docs_have_runnable_examples() -> None:
+    assert len(BLOCKS) >= 2, "the README's quickstart and the exporters' example at least"
+
+
+@pytest.mark.parametrize(("where", "code"), BLOCKS, ids=[w for w, _ in BLOCKS])
+def test_shell_example_runs(where: str, code: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STEK_")}
+    env["STEK_STORE"] = f"file:{tmp_path / 'ring.json'}"
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    r = subprocess.run(["bash", "-c", "set -euo pipefail\n" + code], cwd=tmp_path, env=env,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, f"{where} exited {r.returncode}:\n{r.stdout}\n{r.stderr}"
+    assert "Traceback" not in r.stderr, r.stderr
+
+
+# -- what the docs cite -----------------------------------------------------------------------
+
+def test_cited_tests_exist() -> None:
+    """Every ``tests/FILE.py``, ``tests/FILE.py::test_NAME`` and ``test_NAME`` the docs cite
+    is there (``test_NAME...`` stands for any test whose name starts so)."""
+    def defined(files: list[Path]) -> set[str]:
+        return {m for f in files for m in re.findall(r"^def (test_\w+)", f.read_text(), re.M)}
+
+    everywhere = defined(list((ROOT / "tests").glob("*.py")))
+    missing = []
+    for doc in DOCS:
+        text = doc.read_text()
+        for path in re.findall(r"\btests/[\w*]+\.py\b", text):
+            if not list(ROOT.glob(path)):
+                missing.append(f"{doc.name}: {path}")
+        for path, name, dots in re.findall(
+                r"`(?:(tests/[\w*]+\.py)::)?(test_\w+)(\.\.\.)?`", text):
+            names = defined(list(ROOT.glob(path))) if path else everywhere
+            if not any(n == name or (dots and n.startswith(name)) for n in names):
+                missing.append(f"{doc.name}: {path}::{name}{dots}")
+    assert not missing, missing
+
+
+def test_metrics_table_lists_every_metric(tmp_path: Path) -> None:
+    """docs/exporters.md's table names exactly the agent's metrics (counters as _total)."""
+    store = FileStore(tmp_path / "ring.json")
+    init_ring(store, Policy())
+    agent = Agent(store, targets=[Target(TargetSpec("openssl", tmp_path / "k", reload="true"))])
+    agent.step()
+    served = {f.name + ("_total" if f.type == "counter" else "")
+              for f in AgentCollector(agent).collect()}
+    table = (ROOT / "docs" / "exporters.md").read_text()
+    documented = {m for row in table.splitlines() if row.startswith("| `stek_")
+                  for m in re.findall(r"`(stek_\w+)", row.split(" | ")[0])}
+    assert served - documented == set(), "metrics served but not documented"
+    assert documented - served == set(), "metrics documented but not served"

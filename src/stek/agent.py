@@ -13,9 +13,19 @@ A reload runs once per change (several changes waiting for one reload are
 covered by it), its exit status is logged, and a failed reload stays owed:
 it is retried with backoff, counted in ``/metrics`` and shown by
 ``/healthz``, until it succeeds.  Reload commands are operator-supplied
-strings run by ``/bin/sh -c`` (``subprocess.run(..., shell=True)``), as a
-cron line or a systemd ``ExecReload=`` would be: the agent's configuration
-must be as trusted as those are.
+strings run by ``/bin/sh -c``, as a cron line or a systemd ``ExecReload=``
+would be: the agent's configuration must be as trusted as those are.  Each
+runs in its own process group, killed whole on ``--reload-timeout`` and when
+the agent stops, with the agent's secrets scrubbed from its environment
+(:mod:`stek._command`).
+
+**Store errors.**  A store that cannot be reached is retried with backoff.
+One that answers but cannot be used (a corrupt file, a wrong key-encryption
+key, permission denied) will not fix itself: that is said once, as an
+ERROR, ``/healthz`` keeps failing, and it is re-read every ``BACKOFF_MAX``
+seconds in case the operator fixes it.  Meanwhile the targets keep being
+exported from the last ring read, so servers keep the keys they have (and
+follow the keys' own activation and retirement).
 
 The pass sleeps until the next instant anything changes: a key is due
 (:func:`~stek.schedule.next_change`), a key activates or retires (servers
@@ -36,15 +46,13 @@ appear in logs, metrics, exceptions or reload commands.
 
 from __future__ import annotations
 
-import http.server
 import ipaddress
 import logging
 import math
 import signal
-import subprocess
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -55,7 +63,9 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from .errors import ConfigError, StekError
+from . import _httpd
+from ._command import RELOAD_TIMEOUT, CommandResult, reload_environment, run_command
+from .errors import ConfigError, SealingError, StekError, StoreCorrupt
 from .export import FORMATS, ExportError, Rendered, render, write
 from .export import haproxy as haproxy_export
 from .keyring import Keyring
@@ -72,42 +82,11 @@ MAX_SLEEP = 30.0
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
 #: Backoff bounds for a failed export, reload or runtime API update (seconds).
 RETRY_MIN, RETRY_MAX = 1.0, 30.0
-#: A reload command that runs longer than this is killed and counted as failed.
-RELOAD_TIMEOUT = 60.0
 #: Default address of /metrics and /healthz: loopback only.
 DEFAULT_METRICS_ADDR = "127.0.0.1:9477"
 
 RingHook = Callable[[Keyring], None]
 Clock = Callable[[], float]
-
-
-# -- reload commands ------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class CommandResult:
-    returncode: int | None  # None: it did not finish (timeout) or could not start
-    seconds: float
-    detail: str  # a short tail of stderr/stdout, or why it did not run
-
-
-def run_command(command: str, timeout: float = RELOAD_TIMEOUT) -> CommandResult:
-    """Run an operator's reload command with ``/bin/sh -c``; never raises.
-
-    The command string is the operator's own configuration (``--reload``),
-    run as cron or systemd would run it; nothing stek computes is added to it.
-    """
-    start = time.monotonic()
-    try:
-        proc = subprocess.run(  # noqa: S602 - an operator-given shell command, documented
-            command, shell=True, capture_output=True, timeout=timeout,
-            stdin=subprocess.DEVNULL, check=False,
-        )
-    except subprocess.TimeoutExpired:
-        return CommandResult(None, time.monotonic() - start, f"timed out after {timeout:g}s")
-    except OSError as exc:
-        return CommandResult(None, time.monotonic() - start, f"could not run: {exc.strerror}")
-    out = (proc.stderr or proc.stdout or b"").decode(errors="replace").strip()
-    return CommandResult(proc.returncode, time.monotonic() - start, out[-300:])
 
 
 # -- targets ------------------------------------------------------------------------------
@@ -151,11 +130,13 @@ class Target:
     """One export target: its files, its reload (or runtime API) and their health."""
 
     def __init__(self, spec: TargetSpec, *, reload_timeout: float = RELOAD_TIMEOUT,
-                 retry_max: float = RETRY_MAX) -> None:
+                 retry_max: float = RETRY_MAX, env: Mapping[str, str] | None = None) -> None:
         self.spec = spec
         self.name = spec.name
         self.reload_timeout = reload_timeout
         self.retry_max = retry_max
+        self.env = env  # the reload command's environment (None: the agent's own)
+        self.cancel: threading.Event | None = None  # set when the agent stops
         self.runtime = (haproxy_export.Runtime(spec.haproxy_socket)
                         if spec.haproxy_socket is not None else None)
         # Health, read by /metrics and /healthz (plain values: read without locks).
@@ -189,10 +170,11 @@ class Target:
     def last_error(self) -> str | None:
         return self.export_error or self.apply_error
 
-    def _failed(self, now: float, what: str, message: str) -> str:
+    def _failed(self, now: float, what: str, message: str, detail: str = "") -> str:
+        """Log a failure (with ``detail``, for the log only); the one-line status to show."""
         self._retry_at = now + self._delay
-        log.warning("target %s: %s failed: %s; retrying in %.1fs", self.name, what, message,
-                    self._delay)
+        log.warning("target %s: %s failed: %s%s; retrying in %.1fs", self.name, what, message,
+                    f" ({detail})" if detail else "", self._delay)
         self._delay = min(self.retry_max, self._delay * 2)
         return f"{what}: {message}"
 
@@ -233,7 +215,7 @@ class Target:
             self._delay = RETRY_MIN
 
     def _reload(self, command: str, now: float) -> None:
-        result = run_command(command, self.reload_timeout)
+        result = run_command(command, self.reload_timeout, env=self.env, cancel=self.cancel)
         self.last_reload_seconds = result.seconds
         if result.returncode == 0:
             self.applies += 1
@@ -243,10 +225,12 @@ class Target:
             log.info("target %s: reload exited 0 in %.2fs", self.name, result.seconds)
             return
         self.apply_failures += 1
-        status = "did not finish" if result.returncode is None else \
-            f"exited {result.returncode}"
-        detail = f" ({result.detail})" if result.detail else ""
-        self.apply_error = self._failed(now, "reload", f"{status}{detail}")
+        # /healthz shows the status only: the command's output is for the log.
+        if result.returncode is None:
+            self.apply_error = self._failed(now, "reload", f"did not finish: {result.detail}")
+        else:
+            self.apply_error = self._failed(now, "reload", f"exited {result.returncode}",
+                                            result.detail)
 
     def _push(self, rendered: Rendered, now: float) -> None:
         assert self.runtime is not None
@@ -345,9 +329,12 @@ class Agent:
         self.passes = 0
         self.last_pass_ok: float | None = None
         self.store_error: str | None = None
+        self.store_error_permanent = False
         self.started_at = clock()
         self._warned: set[str] = set()
         self._lock = threading.Lock()  # one pass at a time (run loop vs. tests)
+        for target in self.targets:
+            target.cancel = self.stop_event  # a reload still running at SIGTERM is killed
 
     def on_ring(self, hook: RingHook) -> None:
         """Call ``hook(ring)`` after every pass (changed or not); hooks must be idempotent."""
@@ -362,7 +349,10 @@ class Agent:
         now = self.clock()
         result = rotate(self.store, now=now, create=self.policy)
         self.passes += 1
+        if self.store_error is not None:
+            log.info("store %s: read again after the error", self.store.url)
         self.store_error = None
+        self.store_error_permanent = False
         if result.created:
             log.info("initialized keyring in %s", self.store.url)
         if result.changed:
@@ -371,13 +361,7 @@ class Agent:
                      len(result.added), len(result.dropped))
         ring = result.ring
         self.ring = ring
-        for target in self.targets:
-            try:
-                target.sync(ring, now)
-            except Exception:  # a bug in one target must not stop the others
-                target.export_failures += 1
-                target.export_error = "internal error (see log)"
-                log.exception("target %s failed", target.name)
+        self._sync_targets(ring, now)
         for hook in self.hooks:
             try:
                 hook(ring)
@@ -390,6 +374,44 @@ class Agent:
             if target.retry_at is not None:
                 due = min(due, target.retry_at)
         return max(0.05, min(self.interval, due - now + 0.01))
+
+    def _sync_targets(self, ring: Keyring, now: float) -> None:
+        for target in self.targets:
+            if self.stop_event.is_set():
+                return
+            try:
+                target.sync(ring, now)
+            except Exception:  # a bug in one target must not stop the others
+                target.export_failures += 1
+                target.export_error = "internal error (see log)"
+                log.exception("target %s failed", target.name)
+
+    def store_failed(self, exc: StekError, retry_in: float) -> float:
+        """Record a failed pass; keep the targets on the last ring; seconds until the next.
+
+        A transient error is logged at every retry; a permanent one (see
+        :func:`is_permanent`) once, as an ERROR, then re-read every BACKOFF_MAX.
+        """
+        self.store_failures += 1
+        message = str(exc)
+        if is_permanent(exc):
+            retry_in = BACKOFF_MAX
+            if not self.store_error_permanent or message != self.store_error:
+                log.error("store %s: %s: this is permanent (it will not fix itself); fix the "
+                          "store, its permissions or the key-encryption key. Until then the "
+                          "targets keep the last keys read, /healthz fails, and the store is "
+                          "re-read every %gs", self.store.url, message, retry_in)
+        else:
+            log.warning("store %s: %s; retrying in %.1fs", self.store.url, message, retry_in)
+        self.store_error = message
+        self.store_error_permanent = is_permanent(exc)
+        if self.ring is not None:
+            now = self.clock()
+            with self._lock:
+                self._sync_targets(self.ring, now)
+            # Back sooner if a key of the last ring activates or retires meanwhile.
+            retry_in = min(retry_in, max(0.05, next_boundary(self.ring, now) - now + 0.01))
+        return retry_in
 
     def _warn(self, policy: Policy) -> None:
         for note in publish_ahead_warnings(policy, self.interval, self.targets):
@@ -412,10 +434,8 @@ class Agent:
                     wait = self.step()
                     backoff = BACKOFF_MIN
                 except StekError as exc:
-                    self.store_failures += 1
-                    self.store_error = str(exc)
-                    log.warning("store %s: %s; retrying in %.1fs", self.store.url, exc, backoff)
-                    wait, backoff = backoff, min(BACKOFF_MAX, backoff * 2)
+                    wait = self.store_failed(exc, backoff)
+                    backoff = min(BACKOFF_MAX, backoff * 2)
                 self.wake_event.wait(wait)
                 self.wake_event.clear()
         finally:
@@ -439,7 +459,8 @@ class Agent:
         t = self.clock() if now is None else now
         problems = []
         if self.store_error is not None:
-            problems.append(f"store {self.store.url}: {self.store_error}")
+            kind = " (permanent)" if self.store_error_permanent else ""
+            problems.append(f"store {self.store.url}{kind}: {self.store_error}")
         stale_after = 3 * self.interval + 5
         last = self.last_pass_ok if self.last_pass_ok is not None else self.started_at
         if t - last > stale_after:
@@ -452,6 +473,17 @@ class Agent:
             elif target.apply_owed:
                 problems.append(f"target {target.name}: a change is waiting to be applied")
         return problems
+
+
+def is_permanent(exc: BaseException) -> bool:
+    """Whether a store error will not fix itself by waiting.
+
+    A corrupt ring, a wrong key-encryption key and a denied permission stay
+    so until someone acts; a refused connection or a held lock may not.
+    """
+    if isinstance(exc, (StoreCorrupt, SealingError)):
+        return True
+    return isinstance(exc.__cause__, PermissionError)
 
 
 def next_boundary(ring: Keyring, now: float) -> float:
@@ -579,73 +611,68 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-class MetricsServer:
-    """``/metrics`` (Prometheus text format) and ``/healthz`` for one agent, in a thread."""
+#: Limits of the /metrics server (see :mod:`stek._httpd`).
+METRICS_MAX_CONNECTIONS = _httpd.MAX_CONNECTIONS
+METRICS_TIMEOUT = _httpd.TIMEOUT
 
-    def __init__(self, agent: Agent, host: str = "127.0.0.1", port: int = 0) -> None:
+
+class MetricsServer:
+    """``/metrics`` (Prometheus text format) and ``/healthz`` for one agent, in one thread.
+
+    Bounded (:class:`stek._httpd.BoundedHTTPServer`): one thread whatever the
+    number of clients, at most ``max_connections`` open (a new one closes the
+    oldest), ``timeout`` seconds to send a request.  A non-loopback ``host``
+    is refused unless ``public``: the page names keys and targets.
+    """
+
+    def __init__(self, agent: Agent, host: str = "127.0.0.1", port: int = 0, *,
+                 public: bool = False, max_connections: int = METRICS_MAX_CONNECTIONS,
+                 timeout: float = METRICS_TIMEOUT) -> None:
+        check_metrics_host(host, public)
         self.agent = agent
         self.registry = CollectorRegistry(auto_describe=False)
         self.registry.register(AgentCollector(agent))
-        handler = _handler(self)
-        family = http.server.ThreadingHTTPServer
-        if ":" in host:
-            import socket
-
-            class V6Server(http.server.ThreadingHTTPServer):
-                address_family = socket.AF_INET6
-
-            family = V6Server
         try:
-            self.httpd = family((host, port), handler)
+            self.httpd = _httpd.BoundedHTTPServer(self.app, host, port,
+                                                  max_connections=max_connections,
+                                                  timeout=timeout)
         except OSError as exc:
-            raise ConfigError(f"cannot serve metrics on {host}:{port}: {exc.strerror}") from exc
-        self.httpd.daemon_threads = True
+            raise ConfigError(f"cannot serve metrics on {host}:{port}: "
+                              f"{exc.strerror or exc}") from exc
         self.host = host
-        self.port = int(self.httpd.server_address[1])
-        self._thread = threading.Thread(target=self.httpd.serve_forever, name="stek-metrics",
-                                        daemon=True)
+        self.port = int(self.httpd.address[1])
+
+    def app(self, path: str) -> _httpd.Response:
+        if path == "/metrics":
+            return 200, generate_latest(self.registry), CONTENT_TYPE_LATEST
+        if path == "/healthz":
+            problems = self.agent.health()
+            text = "ok\n" if not problems else "".join(f"{p}\n" for p in problems)
+            return (200 if not problems else 503), text.encode(), "text/plain; charset=utf-8"
+        return 404, b"not found: try /metrics or /healthz\n", "text/plain; charset=utf-8"
 
     def start(self) -> MetricsServer:
-        self._thread.start()
-        log.info("serving /metrics and /healthz on http://%s:%d", self.host, self.port)
+        self.httpd.start()
+        log.info("serving /metrics and /healthz on http://%s:%d (at most %d connections, "
+                 "%gs per request)", self.host, self.port, self.httpd.max_connections,
+                 self.httpd.timeout)
         return self
 
     def close(self) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.httpd.close()
 
 
-def _handler(server: MetricsServer) -> type[http.server.BaseHTTPRequestHandler]:
-    class Handler(http.server.BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            path = self.path.split("?", 1)[0]
-            if path == "/metrics":
-                body = generate_latest(server.registry)
-                self._send(200, body, CONTENT_TYPE_LATEST)
-            elif path == "/healthz":
-                problems = server.agent.health()
-                text = "ok\n" if not problems else "".join(f"{p}\n" for p in problems)
-                self._send(200 if not problems else 503, text.encode(),
-                           "text/plain; charset=utf-8")
-            else:
-                self._send(404, b"not found: try /metrics or /healthz\n",
-                           "text/plain; charset=utf-8")
-
-        def _send(self, code: int, body: bytes, ctype: str) -> None:
-            self.send_response(code)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, format: str, *args: Any) -> None:
-            log.debug("metrics: " + format, *args)
-
-    return Handler
+def check_metrics_host(host: str, public: bool) -> None:
+    """Refuse a non-loopback address unless the operator said so (``--metrics-public``)."""
+    if not public and not is_loopback(host):
+        raise ConfigError(f"--metrics-addr {host}: not a loopback address; /metrics and "
+                          f"/healthz name keys and targets: add --metrics-public to serve "
+                          f"them there")
 
 
 __all__ = [
     "DEFAULT_METRICS_ADDR",
+    "RELOAD_TIMEOUT",
     "Agent",
     "AgentCollector",
     "CommandResult",
@@ -653,8 +680,11 @@ __all__ = [
     "Target",
     "TargetSpec",
     "build_targets",
+    "check_metrics_host",
+    "is_permanent",
     "next_boundary",
     "parse_addr",
     "publish_ahead_warnings",
+    "reload_environment",
     "run_command",
 ]

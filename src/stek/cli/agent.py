@@ -3,21 +3,27 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import click
 
 from ..agent import (
     DEFAULT_METRICS_ADDR,
     MAX_SLEEP,
+    METRICS_MAX_CONNECTIONS,
+    METRICS_TIMEOUT,
     RELOAD_TIMEOUT,
     Agent,
     MetricsServer,
     TargetSpec,
     build_targets,
+    check_metrics_host,
     is_loopback,
     parse_addr,
+    reload_environment,
 )
 from ..errors import ConfigError
+from ..stores import default_url
 from ._common import DURATION, open_cli_store, setup_logging, store_option
 
 log = logging.getLogger("stek.agent")
@@ -81,17 +87,26 @@ class _AgentCommand(click.Command):
               help="After an --export haproxy:FILE: push new keys into the running HAProxy "
                    "through this runtime API socket (set ssl tls-key), no reload.")
 @click.option("--metrics-addr", default=DEFAULT_METRICS_ADDR, show_default=True,
-              metavar="HOST:PORT", help="Serve /metrics and /healthz here (keep it loopback).")
+              metavar="HOST:PORT",
+              help=f"Serve /metrics and /healthz here, from one thread: at most "
+                   f"{METRICS_MAX_CONNECTIONS} connections (a new one closes the oldest), "
+                   f"{METRICS_TIMEOUT:g}s to send a request.  Loopback only, unless "
+                   f"--metrics-public.")
+@click.option("--metrics-public", is_flag=True,
+              help="Allow a non-loopback --metrics-addr: whoever reaches it sees key names "
+                   "and target health.")
 @click.option("--no-metrics", is_flag=True, help="Do not serve /metrics and /healthz.")
 @click.option("--interval", type=DURATION, default=f"{int(MAX_SLEEP)}s", show_default=True,
               help="Longest sleep between passes: how soon a key added by another host is "
                    "exported here.  Keep it under the ring's publish_ahead.")
 @click.option("--reload-timeout", type=DURATION, default=f"{int(RELOAD_TIMEOUT)}s",
-              show_default=True, help="Kill a reload command running longer than this.")
+              show_default=True,
+              help="Kill a reload command running longer than this: its whole process "
+                   "group, as when the agent stops.")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 def agent(store_url: str | None, exports: tuple[str, ...], reloads: tuple[str, ...],
-          sockets: tuple[str, ...], metrics_addr: str, no_metrics: bool, interval: int,
-          reload_timeout: int, verbose: int) -> None:
+          sockets: tuple[str, ...], metrics_addr: str, metrics_public: bool, no_metrics: bool,
+          interval: int, reload_timeout: int, verbose: int) -> None:
     """Run the rotation daemon in the foreground.
 
     Creates the ring with the default policy if the store is empty, rotates
@@ -107,15 +122,23 @@ def agent(store_url: str | None, exports: tuple[str, ...], reloads: tuple[str, .
     publish_ahead (see 'stek init') must exceed the time the slowest target
     takes to pick a new key up: the agent warns when --interval, the reload
     retry or the reload itself breaks that rule.  See docs/exporters.md.
+
+    Reload commands run without the agent's secrets in their environment
+    (STEK_KEK, STEK_KEK_FILE, the store URL's credentials).
     """
-    setup_logging(verbose)
     ctx = click.get_current_context()
     specs: list[TargetSpec] = ctx.meta.get(_META_TARGETS, [])
     if len(specs) != len(exports):  # defensive: the ordered scan must agree with click
         raise click.UsageError("could not pair --reload/--haproxy-socket with --export")
-    targets = build_targets(specs, reload_timeout=float(reload_timeout))
-    a = Agent(open_cli_store(store_url), targets=targets, interval=float(interval))
-    server = _metrics(a, metrics_addr, no_metrics, ctx)
+    addr = None if no_metrics else parse_addr(metrics_addr)
+    if addr is not None:
+        check_metrics_host(addr[0], metrics_public)  # before anything binds
+    setup_logging(verbose)
+    url = store_url or default_url()
+    env = reload_environment(os.environ, [url])
+    targets = build_targets(specs, reload_timeout=float(reload_timeout), env=env)
+    a = Agent(open_cli_store(url), targets=targets, interval=float(interval))
+    server = _metrics(a, addr, metrics_public, ctx)
     a.install_signal_handlers()
     try:
         a.run()
@@ -124,17 +147,18 @@ def agent(store_url: str | None, exports: tuple[str, ...], reloads: tuple[str, .
             server.close()
 
 
-def _metrics(a: Agent, addr: str, off: bool, ctx: click.Context) -> MetricsServer | None:
-    if off:
+def _metrics(a: Agent, addr: tuple[str, int] | None, public: bool,
+             ctx: click.Context) -> MetricsServer | None:
+    if addr is None:
         return None
-    host, port = parse_addr(addr)
+    host, port = addr
     explicit = ctx.get_parameter_source("metrics_addr") is not \
         click.core.ParameterSource.DEFAULT
-    if not is_loopback(host):
-        log.warning("serving /metrics on non-loopback %s: anyone who can reach it sees key "
-                    "names and target health", addr)
+    if public and not is_loopback(host):
+        log.warning("serving /metrics on %s:%d (--metrics-public): anyone who can reach it "
+                    "sees key names and target health", host, port)
     try:
-        return MetricsServer(a, host, port).start()
+        return MetricsServer(a, host, port, public=public).start()
     except ConfigError as exc:
         if explicit:
             raise

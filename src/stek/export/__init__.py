@@ -155,9 +155,19 @@ def write(rendered: Rendered, out: str | os.PathLike[str]) -> WriteResult:
             else:
                 unchanged.append(path)
     except OSError as exc:
+        reason = _not_a_directory(path if rendered.directory else path.parent) or \
+            exc.strerror or str(exc)
         raise ExportError(f"cannot write {rendered.format} keys under {path}: "
-                          f"{exc.strerror or exc}") from exc
+                          f"{reason}") from exc
     return WriteResult(path, tuple(written), tuple(removed), tuple(unchanged))
+
+
+def _not_a_directory(directory: Path) -> str | None:
+    """Which part of ``directory`` exists but is not a directory (mkdir's EEXIST/ENOTDIR)."""
+    for p in (directory, *directory.parents):
+        if p.exists() or p.is_symlink():
+            return None if p.is_dir() else f"{p} is not a directory"
+    return None
 
 
 Renderer = Callable[[Keyring, float, Path], Rendered]
