@@ -196,6 +196,12 @@ class Installation:
             self._dec_cb = DecTicketCallback(self._make_dec_callback())
             arg = None
         lib.set_session_ticket_callbacks(self._ctx_ptr, self._gen_cb, self._dec_cb, arg)
+        # Store health, for metrics (stek.contrib.prometheus).  Minimal version:
+        # the availability work owns the store-reading path and reconciles these.
+        #: time.time() of the last successful store read (the install's own read here).
+        self.last_refresh: float | None = time.time()
+        #: False while the last store read failed (the last snapshot keeps serving).
+        self.store_ok = True
         self._bg = _Background(self._slot_owner)
         self._bg.start(self)
         _LIVE.add(self)
@@ -236,10 +242,16 @@ class Installation:
         """Re-read the store now (rotating first if ``rotate`` and due)."""
         now = self._clock()
         ring = self._snap.ring
-        if self.rotate and next_change(ring.keys, ring.policy, now) <= now:
-            ring = rotate_store(self.store, now=now, create=ring.policy).ring
-        else:
-            ring = self.store.read()
+        try:
+            if self.rotate and next_change(ring.keys, ring.policy, now) <= now:
+                ring = rotate_store(self.store, now=now, create=ring.policy).ring
+            else:
+                ring = self.store.read()
+        except BaseException:
+            self.store_ok = False
+            raise
+        self.last_refresh = time.time()
+        self.store_ok = True
         self._swap(ring)
         return ring
 

@@ -29,6 +29,7 @@ _COMMAND_MODULES = (
     "stek.cli.fleet",
     "stek.cli.export",
     "stek.cli.inspect",
+    "stek.cli.probe",
 )
 
 

@@ -1,0 +1,38 @@
+"""Shared checks for multi-worker Python servers (hypercorn, tornado): with stek,
+reconnects resume across workers; without it, a reconnect that changes worker
+never does (the baseline, measured in the same test)."""
+
+from __future__ import annotations
+
+from procs import Run
+
+RECONNECTS = 40
+WORKERS = 4
+
+
+def moved(run: Run) -> list[bool]:
+    return [r.reused for r, m in zip(run.replies, run.moves) if m]
+
+
+def assert_resumes_across_workers(run: Run, label: str) -> None:
+    cross = moved(run)
+    print(f"{label}+stek: {run.resumed}/{RECONNECTS} resumed, {len(cross)} cross-worker, "
+          f"workers {sorted(set(run.pids))}")
+    assert run.resumed >= RECONNECTS - 1, run.pids
+    assert len(cross) >= 2 and sum(cross) >= len(cross) - 1
+    # The callback ran in several workers: they resumed tickets themselves.
+    assert all(r.body["counters"] is not None for r in run.replies)
+    resumers = [pid for pid, c in run.counters.items() if c["resumed"] > 0]
+    assert len(resumers) >= 2, run.counters
+    assert all(c["errors"] == 0 for c in run.counters.values())
+    assert len({r.body["generation"] for r in run.replies}) == 1  # one shared ring
+
+
+def assert_baseline(run: Run, label: str) -> None:
+    cross = moved(run)
+    print(f"{label} plain: {run.resumed}/{RECONNECTS} resumed, {len(cross)} cross-worker, "
+          f"workers {sorted(set(run.pids))}")
+    assert all(r.body["counters"] is None for r in run.replies)  # stek was not there
+    assert len(cross) >= 2
+    assert not any(cross)
+    assert run.resumed < RECONNECTS - 1

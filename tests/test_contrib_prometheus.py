@@ -1,0 +1,154 @@
+"""stek.contrib.prometheus: a server's real handshakes, as Prometheus sees them.
+
+In-process: N resumed reconnects show as N in stek_tickets_resumed_total,
+a ticket under an unknown key as a rejection by reason, a store failure as
+stek_server_store_ok 0.  Under a real gunicorn with 4 workers (multiprocess
+mode), /metrics is the sum of every worker's counters.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import socket
+import ssl
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+import stek
+from conftest import TLS_VERSIONS, Certs, client_context, free_port, server_context
+from procs import APPS, env_with, reconnect_run, running, wait_https
+from stek.contrib import prometheus as stek_prometheus
+from stek.installation import Counters
+from support import connect, reconnects, serving
+from tlsservers import live_store
+
+N = 10
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+def scrape(registry: CollectorRegistry) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return samples(generate_latest(registry).decode())
+
+
+@TLS_VERSIONS
+def test_resumed_reconnects_are_counted(tmp_path: Path, certs: Certs,
+                                        tls_version: ssl.TLSVersion) -> None:
+    store, _ = live_store(tmp_path)
+    ctx = server_context(certs)
+    handle = stek.install(ctx, store)
+    registry = CollectorRegistry()
+    stek_prometheus.register(handle, registry=registry)
+    with serving(ctx) as srv:
+        seen = reconnects(srv.port, client_context(certs, tls_version), N)
+    m = scrape(registry)
+    handle.uninstall()
+    assert seen == N
+    assert m[("stek_tickets_resumed_total", ())] == N
+    assert m[("stek_tickets_issued_total", ())] >= 1
+    assert m[("stek_ticket_callback_errors_total", ())] == 0
+    assert m[("stek_server_ring_generation", ())] == store.read().generation
+    assert 0 <= m[("stek_server_snapshot_age_seconds", ())] < 60
+    assert m[("stek_server_store_ok", ())] == 1
+
+
+def test_every_counter_field_is_exposed(tmp_path: Path, certs: Certs) -> None:
+    """Whatever fields Counters has, each one has a sample; rejections carry a reason."""
+    store, _ = live_store(tmp_path)
+    other, _ = live_store(tmp_path / "other")
+    ctx, foreign = server_context(certs), server_context(certs)
+    handle = stek.install(ctx, store)
+    elsewhere = stek.install(foreign, other)
+    registry = CollectorRegistry()
+    stek_prometheus.register(handle, registry=registry)
+    cctx = client_context(certs, ssl.TLSVersion.TLSv1_2)
+    with serving(foreign) as f, serving(ctx) as srv:
+        unknown = connect(f.port, cctx).session
+        assert not connect(srv.port, cctx, unknown).reused
+    m = scrape(registry)
+    handle.uninstall()
+    elsewhere.uninstall()
+    assert m[("stek_tickets_rejected_total", (("reason", "unknown"),))] == 1
+    for field in dataclasses.fields(Counters):
+        name, labels = stek_prometheus.metric_for(field.name)
+        assert (f"{name}_total", tuple(sorted(labels.items()))) in m, field.name
+
+
+def test_store_failure_shows(tmp_path: Path, certs: Certs) -> None:
+    store, _ = live_store(tmp_path)
+    handle = stek.install(server_context(certs), store)
+    registry = CollectorRegistry()
+    stek_prometheus.register(handle, registry=registry)
+    Path(store.path).write_text("not a keyring")
+    with pytest.raises(stek.StekError):
+        handle.refresh()
+    m = scrape(registry)
+    handle.uninstall()
+    assert m[("stek_server_store_ok", ())] == 0
+
+
+# -- gunicorn, 4 workers, prometheus-client multiprocess mode ----------------------------
+
+WORKERS = 4
+RECONNECTS = 40
+
+
+def fetch(port: int, cctx: ssl.SSLContext, path: str) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            cctx.wrap_socket(raw, server_hostname="localhost") as tls:
+        tls.sendall(f"GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+                    .encode())
+        data = b""
+        with contextlib.suppress(ssl.SSLEOFError, ssl.SSLZeroReturnError):
+            while chunk := tls.recv(65536):
+                data += chunk
+    return data.partition(b"\r\n\r\n")[2].decode()
+
+
+@TLS_VERSIONS
+def test_gunicorn_four_workers_sum(certs: Certs, tmp_path: Path,
+                                   tls_version: ssl.TLSVersion) -> None:
+    mpdir = tmp_path / "prom"
+    mpdir.mkdir()
+    port = free_port()
+    cmd = [sys.executable, "-m", "gunicorn", "--workers", str(WORKERS),
+           "--bind", f"127.0.0.1:{port}", "--certfile", str(certs.cert),
+           "--keyfile", str(certs.key), "--chdir", str(APPS),
+           "-c", str(APPS / "gunicorn_prometheus.conf.py"), "wsgi_metrics_app:app"]
+    env = env_with(STEK_STORE=f"file:{tmp_path}/ring.json",
+                   PROMETHEUS_MULTIPROC_DIR=str(mpdir))
+    cctx = client_context(certs, tls_version)
+    with running(cmd, tmp_path / "gunicorn.log", env=env) as proc:
+        proc.wait_output(r"Booting worker with pid: (\d+)", WORKERS)
+        wait_https(port, client_context(certs, ssl.TLSVersion.TLSv1_3), proc)
+        run = reconnect_run(port, cctx, RECONNECTS)
+        # Every worker's own view, then the sum that /metrics must show.
+        deadline = time.monotonic() + 30
+        while True:
+            m = samples(fetch(port, cctx, "/metrics"))
+            total = m.get(("stek_tickets_resumed_total", ()), 0)
+            if total >= run.resumed or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        files = os.listdir(mpdir)
+    print(f"gunicorn {tls_version.name}: {run.resumed}/{RECONNECTS} resumed; "
+          f"per worker {[c['resumed'] for c in run.counters.values()]}; /metrics {total}")
+    assert run.resumed >= RECONNECTS - 1
+    # No other client resumed anything: the sum over workers is what the client saw.
+    assert total == run.resumed
+    resumers = [pid for pid, c in run.counters.items() if c["resumed"] > 0]
+    assert len(resumers) >= 2, run.counters  # the sum spans several workers
+    assert sum(c["resumed"] for c in run.counters.values()) <= total
+    assert m[("stek_tickets_issued_total", ())] >= 1
+    assert m[("stek_server_store_ok", ())] == 1
+    assert len([f for f in files if f.startswith("counter_")]) >= 2
