@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import ssl
+import sys
 from ctypes import (
     CFUNCTYPE,
     POINTER,
@@ -36,7 +37,6 @@ from ctypes import (
     c_ulong,
     c_void_p,
 )
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -411,12 +411,12 @@ __all__ = [
     "TICKET_NAME_LEN",
     "CPythonSSL",
     "ClientHelloCallback",
-    "ExFreeCallback",
-    "cpython_ssl",
     "DecTicketCallback",
+    "ExFreeCallback",
     "GenTicketCallback",
     "LibSSL",
     "PreparedKey",
     "TicketKeyCallback",
+    "cpython_ssl",
     "libssl",
 ]
