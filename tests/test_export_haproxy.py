@@ -22,6 +22,7 @@ import pytest
 import stek
 from conftest import TLS_VERSIONS, Certs, client_context, server_context
 from stek.agent import Agent, Target, TargetSpec
+from stek.compat import HAPROXY_SESSION_ID_CONTEXT
 from stek.export import export
 from stek.export.haproxy import Runtime
 from stek.schedule import Plan
@@ -35,7 +36,6 @@ from tlsservers import (
     inspect_cli,
     live_store,
     make_store,
-    set_session_id_context,
     ticket_of,
 )
 
@@ -71,12 +71,14 @@ def test_haproxy_and_stek_callback_resume_each_others_tickets(
     export("haproxy", ring, T0, keys)
     cctx = client_context(certs, tls_version)
     sctx = server_context(certs)
-    handle = stek.install(sctx, store, clock=lambda: T0)
+    # OpenSSL resumes only within one session id context: take HAProxy's.
+    handle = stek.install(sctx, store, clock=lambda: T0,
+                          session_id_context=HAPROXY_SESSION_ID_CONTEXT)
     with haproxy(tmp_path, certs, keys) as hap, TLSServer(sctx) as py:
         from_haproxy = get(hap.port, cctx)
         opened = open_ticket(from_haproxy.ticket, ring)
         assert opened.key.size == size
-        set_session_id_context(sctx, decode(opened.state).sid_ctx)
+        assert decode(opened.state).sid_ctx == HAPROXY_SESSION_ID_CONTEXT
         assert connect(py.port, cctx, from_haproxy.session).reused
         assert handle.counters.resumed >= 1
         from_stek = connect(py.port, cctx)
@@ -104,7 +106,8 @@ def test_runtime_api_rotation_without_reload(
         assert old is not None
         kept = get(hap.port, cctx)
         assert kept.name == old.name
-        sid_ctx = decode(open_ticket(kept.ticket, store.read()).state).sid_ctx
+        assert decode(open_ticket(kept.ticket, store.read()).state).sid_ctx == \
+            HAPROXY_SESSION_ID_CONTEXT
 
         clock[0] = old.retires_at - 30  # publish_ahead: the next key is pushed as "last"
         agent.step()
@@ -114,8 +117,8 @@ def test_runtime_api_rotation_without_reload(
         assert get(hap.port, cctx).name == old.name  # the old key still encrypts
         # A host that already switched seals under the new key: HAProxy opens it.
         sctx = server_context(certs)
-        set_session_id_context(sctx, sid_ctx)
-        handle = stek.install(sctx, store, clock=lambda: old.retires_at + 1)
+        handle = stek.install(sctx, store, clock=lambda: old.retires_at + 1,
+                              session_id_context=HAPROXY_SESSION_ID_CONTEXT)
         with TLSServer(sctx) as py:
             early = connect(py.port, cctx)
         handle.uninstall()

@@ -23,6 +23,7 @@ import pytest
 import stek
 from conftest import TLS_VERSIONS, Certs, client_context, server_context
 from stek.agent import Agent, Target, TargetSpec
+from stek.compat import nginx_session_id_context
 from stek.export import export
 from stek.keyring import Keyring
 from stek.schedule import Plan
@@ -37,7 +38,6 @@ from tlsservers import (
     live_store,
     make_store,
     nginx,
-    set_session_id_context,
     ticket_of,
 )
 
@@ -98,15 +98,15 @@ def test_nginx_and_stek_callback_resume_each_others_tickets(
     export("nginx", ring, T0, out)
     cctx = client_context(certs, tls_version)
     sctx = server_context(certs)
-    handle = stek.install(sctx, store, clock=lambda: T0)
+    # OpenSSL resumes only within one session id context: take nginx's.
+    sid = nginx_session_id_context(certs.cert)
+    handle = stek.install(sctx, store, clock=lambda: T0, session_id_context=sid)
     with nginx(tmp_path, certs, out / "tickets.conf") as ngx, TLSServer(sctx) as py:
         from_nginx = get(ngx.port, cctx)
         assert from_nginx.name == encrypting_name(ring, T0)
         opened = open_ticket(from_nginx.ticket, ring)
         assert opened.key.size == size
-        # OpenSSL resumes only within one session id context: take nginx's, which the
-        # ring just decrypted out of nginx's own ticket.
-        set_session_id_context(sctx, decode(opened.state).sid_ctx)
+        assert decode(opened.state).sid_ctx == sid
         r = connect(py.port, cctx, from_nginx.session)
         assert r.reused, "stek's callback must open nginx's ticket"
         assert handle.counters.resumed >= 1

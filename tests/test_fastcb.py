@@ -6,6 +6,8 @@ import gc
 import ssl
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import stek
 from conftest import Certs, client_context, server_context
@@ -65,3 +67,37 @@ def test_exhausted_slots_fall_back_to_python_or_raise(certs: Certs,
     finally:
         for h in held:
             h.uninstall()
+
+
+# Invariant: whatever birth a ticket carries (any 8 bytes, read unsigned), and
+# whatever the clock and accept_for, the compiled dec_cb and the Python one
+# (stek.schedule.decrypted_ticket_answer over stek.session.decode_birth) give
+# the same answer.  Before, C read births >= 2^63 as negative and overflowed
+# ``born + max_age``.
+@settings(max_examples=2000, deadline=None)
+@given(
+    status=st.integers(-2, 9),
+    birth=st.one_of(st.none(), st.integers(0, 2**64 - 1),
+                    st.sampled_from([2**63 - 1, 2**63, 2**64 - 1])),
+    raw=st.one_of(st.none(), st.binary(min_size=0, max_size=16)),
+    session_time=st.integers(0, 2**62),
+    now=st.one_of(st.integers(0, 2**63 - 1), st.integers(1_700_000_000, 1_800_000_000)),
+    max_age=st.integers(0, 2**40),
+)
+def test_compiled_and_python_decisions_agree(status: int, birth: int | None, raw: bytes | None,
+                                             session_time: int, now: int,
+                                             max_age: int) -> None:
+    from stek.hazmat import _fastcb  # type: ignore[attr-defined]
+    from stek.schedule import DECRYPTED_TICKET, TicketStatus, decrypted_ticket_answer
+    from stek.session import decode_birth, encode_birth
+
+    assert accelerated_available()
+    appdata = encode_birth(birth) if birth is not None else raw
+    table = bytes(int(DECRYPTED_TICKET[s]) for s in TicketStatus)
+    decoded = decode_birth(appdata)
+    born = decoded if decoded is not None else session_time
+    expected = decrypted_ticket_answer(status, born, now, max_age)
+    answer, refused = _fastcb.decide(table, status, appdata, session_time, now, max_age)
+    assert answer == int(expected)
+    assert refused == (status in (5, 6) and int(expected) != int(DECRYPTED_TICKET[
+        TicketStatus(status)]))

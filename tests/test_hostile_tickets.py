@@ -84,9 +84,10 @@ CASES: dict[str, tuple[Callable[[Hostile], bytes], str | None]] = {
     **{f"random-{n}": ((lambda n: lambda h: os.urandom(n))(n),
                        "rejected_unknown" if n >= 32 else None) for n in LENGTHS},
     "random-real-length": (lambda h: os.urandom(len(h.real_ticket)), "rejected_unknown"),
-    # The callback finds the active key (answers 1/2), then OpenSSL's MAC check fails.
-    "flipped-mac": (lambda h: _flip(h.real_ticket, len(h.real_ticket) - 1), "resumed"),
-    "flipped-iv": (lambda h: _flip(h.real_ticket, 16 + 3), "resumed"),
+    # The key callback finds the active key (answers 1/2), then OpenSSL's MAC
+    # check fails: accepted by name, never counted as resumed.
+    "flipped-mac": (lambda h: _flip(h.real_ticket, len(h.real_ticket) - 1), "accepted_by_name"),
+    "flipped-iv": (lambda h: _flip(h.real_ticket, 16 + 3), "accepted_by_name"),
     "unknown-name": (lambda h: os.urandom(16) + h.real_ticket[16:], "rejected_unknown"),
     # A genuine ticket (valid MAC) under the just-expired key: only expiry rejects it.
     "just-expired-key": (lambda h: seal(_expired_key(h), h.state), "rejected_expired"),
@@ -119,6 +120,7 @@ def test_hostile_ticket_gets_a_full_handshake(hostile: Hostile, case: str,
             (before.rejected_unknown, before.rejected_expired, before.resumed)
     else:
         assert getattr(after, counter) == getattr(before, counter) + 1, (before, after)
+    assert after.resumed == before.resumed  # no hostile ticket ever counts as resumed
     # The server keeps serving: the genuine session still resumes right after.
     genuine = h.srv.workdir / f"real-{h.version.name}.pem"
     again = s_client(h.srv.port, h.version, h.srv.workdir, sess_in=genuine, ca=h.srv.certs.ca)

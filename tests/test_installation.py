@@ -7,6 +7,8 @@ that stek's callback (not OpenSSL's built-in key) handled the ticket.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import gc
 import logging
 import os
@@ -14,6 +16,7 @@ import ssl
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -552,3 +555,266 @@ def test_renewed_tickets_carry_the_full_handshakes_time(
     assert b.born_at == a.born_at
     if tls_version == ssl.TLSVersion.TLSv1_3:
         assert b.created_at > a.created_at  # OpenSSL's fresh time; stek's birth stays
+
+
+# -- OpenSSL failures inside the callback: no ticket or a full handshake, never an abort --
+
+_RAND = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int)
+_INIT = ctypes.CFUNCTYPE(ctypes.c_int, *([ctypes.c_void_p] * 5))
+#: libssl function -> (C prototype, position in UNSAFE_TESTING_ONLY_swap_crypto).
+_FAILABLE = {"RAND_bytes": (_RAND, 0), "EVP_EncryptInit_ex": (_INIT, 1),
+             "EVP_DecryptInit_ex": (_INIT, 2)}
+
+
+@contextlib.contextmanager
+def openssl_failing(name: str, accelerated: bool,
+                    monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Make one OpenSSL function fail (return 0) inside stek's callbacks.
+
+    The compiled callback's functions are swapped through its loud test-only
+    hook; the Python callback takes them from the LibSSL object when it is
+    installed, so install inside this block."""
+    proto, pos = _FAILABLE[name]
+    failing = proto(lambda *args: 0)
+    if not accelerated:
+        monkeypatch.setattr(libssl(), name, failing)
+        yield
+        return
+    from stek.hazmat import _fastcb  # type: ignore[attr-defined]
+    from stek.installation import accelerated_available
+
+    assert accelerated_available()  # initialized first, so init() does not undo the swap
+    swap = [0, 0, 0, 0]
+    swap[pos] = int(ctypes.cast(failing, ctypes.c_void_p).value or 0)
+    old = _fastcb.UNSAFE_TESTING_ONLY_swap_crypto(*swap)
+    try:
+        yield
+    finally:
+        _fastcb.UNSAFE_TESTING_ONLY_swap_crypto(*old)
+
+
+@TLS_VERSIONS
+@pytest.mark.parametrize("broken", ["RAND_bytes", "EVP_EncryptInit_ex"])
+def test_openssl_failure_sealing_a_ticket_still_handshakes_without_one(
+        certs: Certs, store: FileStore, tls_version: ssl.TLSVersion, broken: str,
+        callback_impl: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Before: the callback answered -1 and OpenSSL aborted the handshake."""
+    ctx = server_context(certs)
+    with openssl_failing(broken, callback_impl, monkeypatch):
+        handle = stek.install(ctx, store)
+        with TLSServer(ctx) as srv:
+            r = connect(srv.port, client_context(certs, tls_version))
+            assert srv.errors == [] and srv.handshakes == 1
+    assert r.version is not None
+    c = handle.counters
+    assert c.issued == 0 and c.errors >= 1, c
+    assert r.session is None or libssl().session_ticket(r.session) == b""
+
+
+@TLS_VERSIONS
+def test_openssl_failure_opening_a_ticket_gives_a_full_handshake(
+        certs: Certs, store: FileStore, tls_version: ssl.TLSVersion, callback_impl: bool,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    ctx = server_context(certs)
+    cctx = client_context(certs, tls_version)
+    with openssl_failing("EVP_DecryptInit_ex", callback_impl, monkeypatch):
+        handle = stek.install(ctx, store)
+        with TLSServer(ctx) as srv:
+            first = connect(srv.port, cctx)
+            assert ticket_name(first.session) == handle.ring.encrypting_key(time.time()).name
+            second = connect(srv.port, cctx, first.session)
+            assert srv.errors == [] and srv.handshakes == 2
+    assert not second.reused and second.version is not None
+    c = handle.counters
+    assert c.errors == 1 and c.resumed == 0 and c.accepted_by_name == 0
+    assert c.issued >= 2  # the full handshake ended with a fresh ticket
+
+
+# -- the session's birth: unsigned 64 bits, the same answer in both callbacks ---------
+
+@pytest.mark.parametrize("born", [2**63, 2**63 + 5, 2**64 - 1, 2**63 - 1],
+                         ids=["2^63", "2^63+5", "2^64-1", "2^63-1"])
+def test_ticket_born_in_the_far_future_gets_the_python_rules_answer(
+        certs: Certs, store: FileStore, tmp_path: Path, born: int) -> None:
+    """A birth at or past 2^63 used to read as negative in C (a refusal) and to
+    overflow ``born + max_age``, while the Python callback read it unsigned and
+    resumed.  Both now give stek.schedule.decrypted_ticket_answer's answer:
+    a birth in the future is not too old, so the session resumes."""
+    from stek import session as sessions
+    from stek.session import _SessionASN1, encode_birth
+    from stek.ticket import open_ticket, seal
+
+    ctx = server_context(certs)
+    handle = stek.install(ctx, store)
+    v = ssl.TLSVersion.TLSv1_2
+    with TLSServer(ctx) as srv:
+        sess = tmp_path / "real.pem"
+        s_client(srv.port, v, tmp_path, sess_out=sess, ca=certs.ca)
+        der = sessions.from_pem(sess.read_text())
+        opened = open_ticket(sessions.ticket(der) or b"", handle.ring)
+        state = _SessionASN1.load(opened.state)
+        state["ticket_appdata"] = encode_birth(born)
+        ticket = seal(opened.key, bytes(state.dump(force=True)))
+        crafted = tmp_path / "crafted.pem"
+        crafted.write_text(sessions.to_pem(sessions.replace(der, ticket=ticket,
+                                                            session_id=os.urandom(32))))
+        out = s_client(srv.port, v, tmp_path, sess_in=crafted, ca=certs.ca)
+        assert srv.errors == []
+    assert s_client_reused(out), out
+    c = handle.counters
+    assert c.resumed == 1 and c.rejected_too_old == 0 and c.errors == 0
+
+
+# -- counters: only real resumptions ------------------------------------------------
+
+@TLS_VERSIONS
+def test_forged_ticket_under_a_live_key_name_is_not_counted_as_resumed(
+        certs: Certs, store: FileStore, tls_version: ssl.TLSVersion, tmp_path: Path) -> None:
+    from stek import session as sessions
+
+    ctx = server_context(certs)
+    handle = stek.install(ctx, store)
+    with TLSServer(ctx) as srv:
+        sess = tmp_path / "real.pem"
+        s_client(srv.port, tls_version, tmp_path, sess_out=sess, ca=certs.ca)
+        der = sessions.from_pem(sess.read_text())
+        real = sessions.ticket(der) or b""
+        forged = real[:-1] + bytes([real[-1] ^ 1])  # the MAC no longer matches
+        crafted = tmp_path / "forged.pem"
+        crafted.write_text(sessions.to_pem(sessions.replace(der, ticket=forged,
+                                                            session_id=os.urandom(32))))
+        out = s_client(srv.port, tls_version, tmp_path, sess_in=crafted, ca=certs.ca)
+        again = s_client(srv.port, tls_version, tmp_path, sess_in=sess, ca=certs.ca)
+    assert not s_client_reused(out) and s_client_reused(again)
+    c = handle.counters
+    assert c.accepted_by_name == 2 and c.resumed == 1
+
+
+# -- lifetime: the callback lives as long as OpenSSL's SSL_CTX ----------------------
+
+_SNI_CHILD = r"""
+import gc, json, ssl, sys
+import stek
+from stek.hazmat.libssl import libssl
+from stek.installation import _PINNED, accelerated_available
+from stek.stores import FileStore
+
+cert, key, ca, ring_a, ring_b, accelerate, version = sys.argv[1:]
+accelerate = accelerate == "1"
+version = ssl.TLSVersion[version]
+
+def server_ctx():
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+ctx1 = server_ctx()
+stek.install(ctx1, FileStore(ring_a), accelerate=accelerate)  # the handle is dropped
+ctx1_ptr = libssl().ssl_ctx_pointer(ctx1)
+ctx2 = server_ctx()  # what the SNI callback switches to: no stek on it
+
+def switch(sslobj, name, ctx):
+    sslobj.context = ctx2
+
+ctx1.sni_callback = switch
+cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+cctx.load_verify_locations(ca)
+cctx.minimum_version = cctx.maximum_version = version
+s_in, s_out, c_in, c_out = (ssl.MemoryBIO() for _ in range(4))
+server = ctx1.wrap_bio(s_in, s_out, server_side=True)
+client = cctx.wrap_bio(c_in, c_out, server_hostname="localhost")
+
+def step(obj):
+    try:
+        obj.do_handshake()
+        return True
+    except ssl.SSLWantReadError:
+        return False
+
+def pump():
+    s_in.write(c_out.read())
+    done_s = step(server)
+    c_in.write(s_out.read())
+    return done_s
+
+step(client)          # ClientHello
+pump()                # the server: SNI switches to ctx2; ServerHello... (no ticket yet)
+assert server.context is ctx2
+# Mid-handshake: the first SSLContext goes away, another installation takes its place.
+del ctx1
+gc.collect()
+ctx3 = server_ctx()
+h3 = stek.install(ctx3, FileStore(ring_b), accelerate=accelerate)
+for _ in range(4):    # the client's Finished; the server seals the ticket now
+    done_c = step(client)
+    if pump() and done_c:
+        break
+try:
+    client.read(1)    # TLS 1.3: process the NewSessionTicket
+except (ssl.SSLWantReadError, ssl.SSLZeroReturnError):
+    pass
+name = libssl().session_ticket(client.session)[:16].hex()
+pinned_during = ctx1_ptr in _PINNED
+from stek.hazmat import _fastcb
+in_use_during = _fastcb.in_use()
+del server, client
+gc.collect()
+print(json.dumps({"name": name, "accel": h3.accelerated, "pinned_during": pinned_during,
+                  "pinned_after": ctx1_ptr in _PINNED, "in_use_during": in_use_during,
+                  "in_use_after": _fastcb.in_use()}))
+"""
+
+
+@TLS_VERSIONS
+def test_first_context_collected_mid_handshake_after_sni_switch(
+        certs: Certs, tmp_path: Path, callback_impl: bool, tls_version: ssl.TLSVersion) -> None:
+    """OpenSSL seals the ticket with the first SSL_CTX's callback even after an SNI
+    callback switched contexts and the first SSLContext was collected.  Before:
+    the compiled callback sealed it with the ring of whichever installation
+    reused its slot; the Python one called a freed ctypes thunk (SIGSEGV).  Run
+    in a subprocess, so a crash fails this test and not the suite."""
+    import json
+    import subprocess
+
+    stores = []
+    for name in ("a", "b"):
+        st = FileStore(tmp_path / f"{name}.json")
+        stek.init_ring(st, Policy())
+        stores.append(st)
+    proc = subprocess.run(
+        [sys.executable, "-c", _SNI_CHILD, str(certs.cert), str(certs.key), str(certs.ca),
+         str(stores[0].path), str(stores[1].path), "1" if callback_impl else "0",
+         tls_version.name],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, f"child died ({proc.returncode}): {proc.stderr[-3000:]}"
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["accel"] is callback_impl
+    ring_a = {k.name.hex() for k in stores[0].read()}
+    ring_b = {k.name.hex() for k in stores[1].read()}
+    assert out["name"] in ring_a, "the ticket must be sealed under the first context's ring"
+    assert out["name"] not in ring_b
+    if callback_impl:
+        # The first context's slot stayed taken while OpenSSL held its SSL_CTX,
+        # and was freed with it.
+        assert out["in_use_during"] == out["in_use_after"] + 1
+    else:
+        assert out["pinned_during"] and not out["pinned_after"]
+
+
+# -- which Pythons the binding understands --------------------------------------------
+
+def test_unchecked_python_is_refused_with_a_clear_error(
+        certs: Certs, store: FileStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    from stek.hazmat import libssl as hz
+
+    assert hz.cpython_ssl((3, 13)).applied_to == "SSL"
+    assert hz.cpython_ssl((3, 12)).applied_to == "SSL_CTX"
+    with pytest.raises(BindingError, match=r"not checked against cpython 3\.14"):
+        hz.cpython_ssl((3, 14))
+    with pytest.raises(BindingError, match="pypy"):
+        hz.cpython_ssl((3, 11), "pypy")
+    monkeypatch.delitem(hz.CPYTHON_SSL, tuple(sys.version_info[:2]))
+    ctx = server_context(certs)
+    with pytest.raises(BindingError, match="not checked against"):
+        stek.install(ctx, store)
+    assert getattr(ctx, "_stek_installation", None) is None

@@ -7,7 +7,6 @@ process group, and is stopped (group-wide, by its own pid) at the end.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import shutil
@@ -51,17 +50,6 @@ class Hit:
 
 def ticket_of(session: ssl.SSLSession | None) -> bytes:
     return libssl().session_ticket(session) if session is not None else b""
-
-
-def set_session_id_context(ctx: ssl.SSLContext, sid_ctx: bytes) -> None:
-    """``SSL_CTX_set_session_id_context``: OpenSSL resumes a session only in the context
-    it was made in, so a Python server can resume another server's tickets only under
-    that server's session id context (Python's own is b"Python")."""
-    lib = libssl()
-    fn = lib.lib.SSL_CTX_set_session_id_context
-    fn.restype = ctypes.c_int
-    fn.argtypes = (ctypes.c_void_p, ctypes.c_char_p, ctypes.c_uint)
-    assert fn(lib.ssl_ctx_pointer(ctx), sid_ctx, len(sid_ctx)) == 1
 
 
 def get(port: int, cctx: ssl.SSLContext, session: ssl.SSLSession | None = None) -> Hit:

@@ -27,16 +27,22 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._refresh import _LIVE, _Background, _Slot
-from .errors import BindingError, NotInitialized
+from .errors import BindingError, ConfigError, NotInitialized
 from .hazmat.libssl import (
+    CRYPTO_EX_INDEX_SSL_CTX,
     EVP_MAX_IV_LENGTH,
+    SSL_CLIENT_HELLO_SUCCESS,
+    SSL_MAX_SID_CTX_LENGTH,
     TICKET_NAME_LEN,
     TLS1_3_VERSION,
+    ClientHelloCallback,
     DecTicketCallback,
+    ExFreeCallback,
     GenTicketCallback,
     LibSSL,
     PreparedKey,
     TicketKeyCallback,
+    cpython_ssl,
     libssl,
 )
 from .keyring import Keyring
@@ -83,7 +89,10 @@ def _accelerator(lib: LibSSL) -> Any:
                      lib.address("SSL_version"), lib.address("SSL_get_session"),
                      lib.address("SSL_SESSION_get0_ticket_appdata"),
                      lib.address("SSL_SESSION_set1_ticket_appdata"),
-                     lib.address("SSL_SESSION_get_time"))
+                     lib.address("SSL_SESSION_get_time"), lib.address("CRYPTO_get_ex_new_index"),
+                     lib.address("SSL_CTX_set_ex_data"), lib.address("SSL_CTX_get_ex_data"),
+                     lib.address("SSL_set_session_id_context"),
+                     lib.address("SSL_SESSION_get0_id_context"))
         _ACCEL = _fastcb
     return _ACCEL
 
@@ -98,11 +107,12 @@ class Counters:
     """What the callback did since install (a consistent copy)."""
 
     issued: int = 0  # enc=1 answered 1: a ticket was sealed under the active key
-    # enc=0 answered 1 or 2: the ticket names a key inside its window.  The
-    # callback runs before OpenSSL checks the ticket's MAC, so a forged ticket
-    # under a live key's name counts here, then gets a full handshake.
+    # A presented ticket resumed the session: OpenSSL checked its MAC and
+    # decrypted it (SSL_CTX_set_session_ticket_cb(3) dec_cb, SSL_TICKET_SUCCESS*),
+    # the session is younger than accept_for, and it was made in this
+    # connection's session id context (else OpenSSL refuses it right after).
     resumed: int = 0
-    renewed: int = 0  # enc=0 answered 2: accepted, and a new ticket follows
+    renewed: int = 0  # resumed, and a new ticket follows (TLS 1.3; decrypt-only keys)
     rejected_unknown: int = 0  # enc=0: no key has that name
     rejected_expired: int = 0  # enc=0: the key exists but expired
     no_active_key: int = 0  # enc=1 answered 0: nothing active, no ticket issued
@@ -110,9 +120,70 @@ class Counters:
     # A valid ticket refused because its session's full handshake is more than
     # accept_for ago (renewals never extend a session: s2n #5147).
     rejected_too_old: int = 0
+    # enc=0 answered 1 or 2: the ticket names a key inside its window.  The key
+    # callback runs before OpenSSL checks the MAC, so a forged ticket under a
+    # live key's name counts here (and not in ``resumed``).
+    accepted_by_name: int = 0
 
 
 _FIELDS = tuple(Counters.__dataclass_fields__)
+
+
+# -- lifetime: OpenSSL's SSL_CTX, not the Python SSLContext ------------------------
+# OpenSSL keeps an SSL_CTX alive while an SSL made from it lives, and calls
+# that SSL_CTX's ticket callbacks (its session_ctx) for the whole handshake,
+# even after an SNI callback switched the connection to another context and
+# the first SSLContext was collected.  So the ctypes thunks (and, through their
+# closures, the Installation) are pinned here per SSL_CTX address and dropped
+# only by an SSL_CTX ex_data free callback (CRYPTO_get_ex_new_index(3)).  The
+# compiled callback does the same in C (its slots hold a reference per SSL_CTX).
+_PINNED: dict[int, list[Any]] = {}
+_PIN_LOCK = threading.Lock()
+_PIN_INDEX: list[int] = []
+
+
+def _pin_index(lib: LibSSL) -> int:
+    if _PIN_INDEX:
+        return _PIN_INDEX[0]
+    pinned = _PINNED
+
+    def free(parent: Any, ptr: Any, ad: Any, idx: int, argl: int, argp: Any) -> None:
+        # OpenSSL calls this for every SSL_CTX it frees (ptr None for the ones
+        # stek never touched).  Nothing may raise into C.
+        if ptr:
+            with contextlib.suppress(BaseException):
+                pinned.pop(ptr, None)
+
+    thunk = ExFreeCallback(free)
+    index = int(lib.CRYPTO_get_ex_new_index(CRYPTO_EX_INDEX_SSL_CTX, 0, None, None, None,
+                                            ctypes.cast(thunk, ctypes.c_void_p)))
+    if index < 0:
+        raise BindingError("CRYPTO_get_ex_new_index failed: cannot follow SSL_CTX lifetimes")
+    # OpenSSL keeps calling it until the process ends: it is never freed.
+    ctypes.pythonapi.Py_IncRef(ctypes.py_object(thunk))
+    _PIN_INDEX.append(index)
+    return index
+
+
+def _pin(lib: LibSSL, ctx_ptr: int, objects: tuple[Any, ...]) -> None:
+    """Keep ``objects`` alive until OpenSSL frees the SSL_CTX at ``ctx_ptr``."""
+    with _PIN_LOCK:
+        index = _pin_index(lib)
+        _PINNED.setdefault(ctx_ptr, []).append(objects)
+        if lib.SSL_CTX_set_ex_data(ctx_ptr, index, ctx_ptr) != 1:
+            raise BindingError("SSL_CTX_set_ex_data failed: cannot follow the SSL_CTX's lifetime")
+
+
+def _check_sid_ctx(value: bytes | None) -> bytes | None:
+    if value is None:
+        return None
+    if not isinstance(value, (bytes, bytearray)) or not 1 <= len(value) <= \
+            SSL_MAX_SID_CTX_LENGTH:
+        raise ConfigError(
+            f"session_id_context must be 1 to {SSL_MAX_SID_CTX_LENGTH} bytes "
+            f"(SSL_MAX_SID_CTX_LENGTH), e.g. stek.compat.HAPROXY_SESSION_ID_CONTEXT"
+        )
+    return bytes(value)
 
 
 class _Snapshot:
@@ -149,7 +220,13 @@ class Installation:
 
     def __init__(self, context: ssl.SSLContext, store: KeyStore, ring: Keyring, *,
                  rotate: bool, clock: Callable[[], float], lib: LibSSL,
-                 accel: Any = None, accel_required: bool = False) -> None:
+                 accel: Any = None, accel_required: bool = False,
+                 session_id_context: bytes | None = None) -> None:
+        facts = cpython_ssl()  # BindingError on a Python whose _ssl was not checked
+        sid = _check_sid_ctx(session_id_context)
+        #: The session id context connections resume in (SSL_CTX_set_session_id_context(3)):
+        #: the one given, else the one CPython's _ssl sets.
+        self.session_id_context = sid if sid is not None else facts.session_id_context
         self.store = store
         self.rotate = rotate
         self._clock = clock
@@ -167,6 +244,7 @@ class Installation:
                 bytes(int(LIFECYCLE[st].answer_tls12) for st in order),
                 bytes(int(LIFECYCLE[st].answer_tls13) for st in order),
                 bytes(int(DECRYPTED_TICKET[st]) for st in TicketStatus),
+                self.session_id_context, sid is not None,
             )
             if self._slot is None and accel_required:
                 raise BindingError(
@@ -180,6 +258,8 @@ class Installation:
         self._apply_policy(ring.policy)
         if self._slot is not None:
             # The C callback: same table, same counters, no Python per handshake.
+            # The SSL_CTX holds the slot until OpenSSL frees it.
+            accel.attach(self._slot, self._ctx_ptr)
             self._cfunc = TicketKeyCallback(accel.address(self._slot))
         else:
             self._cfunc = TicketKeyCallback(self._make_callback())
@@ -196,6 +276,17 @@ class Installation:
             self._dec_cb = DecTicketCallback(self._make_dec_callback())
             arg = None
         lib.set_session_ticket_callbacks(self._ctx_ptr, self._gen_cb, self._dec_cb, arg)
+        # A chosen session id context is set on each connection from the
+        # ClientHello callback (see stek.hazmat.libssl.CPythonSSL.applied_to).
+        self._hello_cb: Any = None
+        if sid is not None:
+            if self._slot is not None:
+                self._hello_cb = ClientHelloCallback(accel.client_hello_address())
+            else:
+                self._hello_cb = ClientHelloCallback(self._make_hello_callback(sid))
+            lib.set_client_hello_callback(self._ctx_ptr, self._hello_cb, arg)
+        if self._slot is None:
+            _pin(lib, self._ctx_ptr, (self._cfunc, self._gen_cb, self._dec_cb, self._hello_cb))
         # Store health, for metrics (stek.contrib.prometheus).  Minimal version:
         # the availability work owns the store-reading path and reconciles these.
         #: time.time() of the last successful store read (the install's own read here).
@@ -265,6 +356,8 @@ class Installation:
         if ctx is not None:
             self._lib.set_ticket_callback(self._ctx_ptr, None)
             self._lib.set_session_ticket_callbacks(self._ctx_ptr, None, None)
+            if self._hello_cb is not None:
+                self._lib.set_client_hello_callback(self._ctx_ptr, None)
             if getattr(ctx, _ATTR, None) is self:
                 delattr(ctx, _ATTR)
         self._slot = None
@@ -341,17 +434,28 @@ class Installation:
         # schedule's injectable clock.
         clock = time.time
         success = (TicketStatus.SUCCESS, TicketStatus.SUCCESS_RENEW)
+        use = (TicketReturn.USE, TicketReturn.USE_RENEW)
+        sid_ctx = self.session_id_context
 
         def dec(ssl_ptr: Any, sess: Any, name: Any, name_len: int, status: int,
                 arg: Any) -> int:
+            # OpenSSL's verdict on a presented ticket (MAC checked, state
+            # decrypted): where a resumption is counted.
             try:
-                now = clock()
+                now = int(clock())  # whole seconds, as the C callback's time(NULL)
                 born = now
                 if status in success and sess:
                     born = lib.stamp_born_at(sess)
                 answer = decrypted_ticket_answer(status, born, now, self._max_age)
-                if status in success and answer == TicketReturn.IGNORE_RENEW:
-                    self._bump("rejected_too_old")
+                if status in success and sess:
+                    if answer not in use:
+                        self._bump("rejected_too_old")
+                    # OpenSSL refuses a session from another session id
+                    # context right after this callback (ssl_get_prev_session).
+                    elif lib.session_id_context(sess) == sid_ctx:
+                        self._bump("resumed")
+                        if answer == TicketReturn.USE_RENEW:
+                            self._bump("renewed")
                 return int(answer)
             except BaseException:
                 with contextlib.suppress(BaseException):
@@ -359,6 +463,17 @@ class Installation:
                 return int(TicketReturn.IGNORE_RENEW)
 
         return dec
+
+    def _make_hello_callback(self, sid: bytes) -> Callable[[Any, Any, Any], int]:
+        set_sid = self._lib.SSL_set_session_id_context
+
+        def hello(ssl_ptr: Any, al: Any, arg: Any) -> int:
+            # SSL_CTX_set_client_hello_cb(3): before OpenSSL looks at any session.
+            with contextlib.suppress(BaseException):
+                set_sid(ssl_ptr, sid, len(sid))
+            return SSL_CLIENT_HELLO_SUCCESS
+
+        return hello
 
     def _make_callback(self) -> Callable[[Any, Any, Any, Any, Any, int], int]:
         lib = self._lib
@@ -398,15 +513,16 @@ class Installation:
                         return Answer.NO_TICKET  # no ticket; the handshake goes on
                     # "The initialization vector iv should be a random value."
                     # RAND_bytes returns 1 on success (the man page's example
-                    # tests it the wrong way round).
+                    # tests it the wrong way round).  Any OpenSSL failure
+                    # answers 0, no ticket: -1 would abort the handshake.
                     if rand_bytes(iv_ptr, EVP_MAX_IV_LENGTH) != 1:
                         bump("errors")
-                        return Answer.ERROR
+                        return Answer.NO_TICKET
                     memmove(name_ptr, key.name, TICKET_NAME_LEN)
                     if enc_init(cctx, key.cipher, None, key.aes, iv_ptr) != 1 or \
                             mac_init(mctx, key) != 1:
                         bump("errors")
-                        return Answer.ERROR
+                        return Answer.NO_TICKET
                     bump("issued")
                     return Answer.OK
                 # enc=0: name and IV come from the ticket: attacker-controlled.
@@ -422,13 +538,13 @@ class Installation:
                 answer = row.answer_tls12
                 if row.answer_tls13 != answer and ssl_version(ssl_ptr) == TLS1_3_VERSION:
                     answer = row.answer_tls13
+                # A failed init answers 0, a full handshake, never -1 (an abort).
                 if mac_init(mctx, key) != 1 or \
                         dec_init(cctx, key.cipher, None, key.aes, iv_ptr) != 1:
                     bump("errors")
-                    return Answer.ERROR
-                bump("resumed")
-                if answer == Answer.RENEW:
-                    bump("renewed")
+                    return Answer.NO_TICKET
+                # Resumptions are counted in dec, once OpenSSL checked the MAC.
+                bump("accepted_by_name")
                 return int(answer)
             except BaseException:
                 try:
@@ -449,6 +565,7 @@ def install(
     policy: Policy | None = None,
     clock: Callable[[], float] = time.time,
     accelerate: bool | None = None,
+    session_id_context: bytes | None = None,
 ) -> Installation:
     """Serve session tickets on ``context`` with the keys of ``store``.
 
@@ -464,6 +581,12 @@ def install(
     ``accelerate``: None (default) uses the compiled callback when it is built
     and ``clock`` is the real clock, else the pure-Python ctypes callback;
     True requires the compiled one; False forces the Python one.
+
+    ``session_id_context``: the context sessions resume in (1-32 bytes,
+    SSL_CTX_set_session_id_context(3)); None keeps Python's (``b"Python\\0"``).
+    OpenSSL resumes a session only in the context it was made in, so a
+    Python server joins an nginx or HAProxy fleet on the same ring with
+    theirs: see :mod:`stek.compat`.
     """
     if not isinstance(context, ssl.SSLContext):
         raise BindingError(f"install() needs an ssl.SSLContext, got {type(context).__name__}")
@@ -498,6 +621,6 @@ def install(
                 "or a custom clock was given)"
             )
     inst = Installation(context, st, ring, rotate=rotate, clock=clock, lib=lib, accel=accel,
-                        accel_required=bool(accelerate))
+                        accel_required=bool(accelerate), session_id_context=session_id_context)
     setattr(context, _ATTR, inst)
     return inst

@@ -17,7 +17,19 @@
  * never leave this file except into OpenSSL's cipher and MAC contexts.
  *
  * Answers: SSL_CTX_set_tlsext_ticket_key_cb(3): 1 = ctx/hctx set, 2 = set
- * and renew, 0 = no ticket / full handshake, -1 = OpenSSL failure.
+ * and renew, 0 = no ticket / full handshake, -1 = abort the handshake.  stek
+ * never answers -1: when RAND_bytes or a cipher/MAC init fails it answers 0
+ * (no ticket, or a full handshake), because a handshake without resumption
+ * beats no handshake at all.
+ *
+ * Lifetime: a slot lives as long as the SSL_CTX it serves, not as long as
+ * the Python SSLContext.  OpenSSL keeps an SSL_CTX alive while any SSL made
+ * from it lives (its session_ctx, whose ticket callbacks every handshake
+ * uses, even after an SNI callback switched the SSL to another SSL_CTX).  So
+ * each slot holds one reference for the Python Installation and one for the
+ * SSL_CTX, dropped by an SSL_CTX ex_data free callback
+ * (CRYPTO_get_ex_new_index(3)) when OpenSSL frees it; the slot is wiped and
+ * reused only when both are gone.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
@@ -31,10 +43,12 @@
 #define NAME_LEN 16          /* RFC 5077 section 4: key_name[16] */
 #define IV_LEN 16            /* EVP_MAX_IV_LENGTH; AES-CBC IV */
 #define TLS1_3_VERSION 0x0304
+#define MAX_SID_CTX 32       /* SSL_MAX_SID_CTX_LENGTH (openssl/ssl.h) */
+#define CRYPTO_EX_INDEX_SSL_CTX 1 /* openssl/crypto.h */
 
 /* Counter indices: the order of stek.installation.Counters' fields. */
 enum { C_ISSUED, C_RESUMED, C_RENEWED, C_REJ_UNKNOWN, C_REJ_EXPIRED, C_NO_ACTIVE, C_ERRORS,
-       C_TOO_OLD, NCOUNTERS };
+       C_TOO_OLD, C_ACCEPTED, NCOUNTERS };
 /* Lifecycle states: the order of stek.schedule.State. */
 enum { S_PENDING, S_ACTIVE, S_DECRYPT_ONLY, S_EXPIRED, NSTATES };
 
@@ -48,6 +62,12 @@ typedef void *(*get_session_fn)(const void *);
 typedef int (*get0_appdata_fn)(void *, void **, size_t *);
 typedef int (*set1_appdata_fn)(void *, const void *, size_t);
 typedef long (*session_get_time_fn)(const void *);
+typedef void (*ex_free_fn)(void *, void *, void *, int, long, void *);
+typedef int (*ex_new_index_fn)(int, long, void *, void *, void *, ex_free_fn);
+typedef int (*ctx_set_ex_data_fn)(void *, int, void *);
+typedef void *(*ctx_get_ex_data_fn)(const void *, int);
+typedef int (*set_sid_ctx_fn)(void *, const unsigned char *, unsigned int);
+typedef const unsigned char *(*sess_get0_id_ctx_fn)(const void *, unsigned int *);
 
 /* SSL_TICKET_STATUS and SSL_TICKET_RETURN (openssl/ssl.h) used below. */
 #define NSTATUS 7
@@ -82,6 +102,11 @@ static struct {
     get0_appdata_fn get0_appdata;
     set1_appdata_fn set1_appdata;
     session_get_time_fn session_get_time;
+    ctx_set_ex_data_fn ctx_set_ex_data;
+    ctx_get_ex_data_fn ctx_get_ex_data;
+    set_sid_ctx_fn set_sid_ctx;
+    sess_get0_id_ctx_fn sess_get0_id_ctx;
+    int ex_index; /* the SSL_CTX ex_data index holding a chain of slots */
     int ready;
 } F;
 
@@ -92,9 +117,17 @@ typedef struct {
     int64_t activates, retires, expires;
 } ckey;
 
-typedef struct {
+typedef struct slot_s {
     pthread_mutex_t lock;
     int used;
+    int refs;                 /* Python Installation + SSL_CTX; under slots_lock */
+    struct slot_s *next_on_ctx; /* the SSL_CTX's chain (ex_data), under slots_lock */
+    /* The connection's session id context: SSL_set_session_id_context(3) from
+     * the ClientHello callback when set_sid is 1; the context resumptions are
+     * counted in either way.  Written before the callbacks are installed. */
+    unsigned char sid[MAX_SID_CTX];
+    unsigned int sid_len;
+    int set_sid;
     int nkeys;
     ckey keys[MAXKEYS];
     signed char ans12[NSTATES], ans13[NSTATES];
@@ -170,13 +203,14 @@ static int ticket_cb(slot_t *sl, void *s, unsigned char *name, unsigned char *iv
             bump(sl, C_NO_ACTIVE);
             return 0; /* no ticket; the handshake goes on */
         }
-        /* RAND_bytes returns 1 on success (the man page example tests it backwards). */
+        /* RAND_bytes returns 1 on success (the man page example tests it backwards).
+         * A failure answers 0: no ticket, the handshake goes on (-1 would abort it). */
         if (F.rand_bytes(iv, IV_LEN) != 1) {
-            ret = -1;
+            ret = 0;
         } else {
             memcpy(name, k.name, NAME_LEN);
             ret = (F.enc_init(cctx, k.cipher, NULL, k.aes, iv) == 1 && mac_init(mctx, &k) == 1)
-                      ? 1 : -1;
+                      ? 1 : 0;
         }
         bump(sl, ret == 1 ? C_ISSUED : C_ERRORS);
         wipe(&k, sizeof k);
@@ -200,13 +234,13 @@ static int ticket_cb(slot_t *sl, void *s, unsigned char *name, unsigned char *iv
         answer = sl->ans12[state];
         if (sl->ans13[state] != answer && F.ssl_version(s) == TLS1_3_VERSION)
             answer = sl->ans13[state];
+        /* A failed init answers 0 (a full handshake), never -1 (an abort).
+         * Resumptions are counted later, in dec_cb, once OpenSSL checked the MAC. */
         if (mac_init(mctx, &k) != 1 || F.dec_init(cctx, k.cipher, NULL, k.aes, iv) != 1) {
             bump(sl, C_ERRORS);
-            answer = -1;
+            answer = 0;
         } else {
-            bump(sl, C_RESUMED);
-            if (answer == 2)
-                bump(sl, C_RENEWED);
+            bump(sl, C_ACCEPTED);
         }
         wipe(&k, sizeof k);
         return answer;
@@ -291,7 +325,9 @@ static void *const trampolines[NSLOTS] = {
 
 /* ---- SSL_CTX_set_session_ticket_cb(3): a session's birth rides in its ticket --- */
 
-static int appdata_born(void *sess, int64_t *born) {
+/* The birth is 8 big-endian bytes: decoded unsigned, as stek.session.decode_birth
+ * does, so both callbacks read the same number from the same ticket. */
+static int appdata_born(void *sess, uint64_t *born) {
     void *data = NULL;
     size_t len = 0;
     const unsigned char *d;
@@ -300,22 +336,47 @@ static int appdata_born(void *sess, int64_t *born) {
     d = (const unsigned char *)data;
     if (memcmp(d, APPDATA_MAGIC, 4) != 0) return 0;
     *born = 0;
-    for (i = 4; i < APPDATA_LEN; i++) *born = (*born << 8) | d[i];
+    for (i = 4; i < APPDATA_LEN; i++) *born = (*born << 8) | (uint64_t)d[i];
     return 1;
+}
+
+static uint64_t session_time(void *sess) {
+    long t = F.session_get_time(sess);
+    return t > 0 ? (uint64_t)t : 0;
 }
 
 /* The full handshake's time: from stek's appdata, else the session's own
  * time (stamped into the appdata so renewed tickets carry it on). */
-static int64_t stamp_born(void *sess) {
-    int64_t born;
+static uint64_t stamp_born(void *sess) {
+    uint64_t born;
     unsigned char blob[APPDATA_LEN];
     int i;
     if (appdata_born(sess, &born)) return born;
-    born = (int64_t)F.session_get_time(sess);
+    born = session_time(sess);
     memcpy(blob, APPDATA_MAGIC, 4);
-    for (i = 0; i < 8; i++) blob[4 + i] = (unsigned char)((uint64_t)born >> (56 - 8 * i));
+    for (i = 0; i < 8; i++) blob[4 + i] = (unsigned char)(born >> (56 - 8 * i));
     F.set1_appdata(sess, blob, APPDATA_LEN);
     return born;
+}
+
+/* stek.schedule.decrypted_ticket_answer: `now >= born + max_age`, computed
+ * without overflow for any unsigned 64-bit birth (max_age >= 0). */
+static int too_old(uint64_t born, int64_t now, int64_t max_age) {
+    if (now < 0) return 0;
+    return born <= (uint64_t)now && (uint64_t)now - born >= (uint64_t)max_age;
+}
+
+static int decide(const signed char *table, int status, int have_session, uint64_t born,
+                  int64_t now, int64_t max_age, int *refused_old) {
+    int answer = (status >= 0 && status < NSTATUS) ? table[status] : TICKET_RETURN_IGNORE_RENEW;
+    *refused_old = 0;
+    if ((status == TICKET_SUCCESS || status == TICKET_SUCCESS_RENEW) && have_session &&
+        (answer == TICKET_RETURN_USE || answer == TICKET_RETURN_USE_RENEW) &&
+        too_old(born, now, max_age)) {
+        *refused_old = 1;
+        answer = TICKET_RETURN_IGNORE_RENEW;
+    }
+    return answer;
 }
 
 /* gen_cb: answering 0 would abort the handshake, so it always answers 1. */
@@ -325,22 +386,69 @@ static int gen_cb(void *s, void *arg) {
     return 1;
 }
 
-/* dec_cb: stek.schedule.decrypted_ticket_answer, in C. */
+/* OpenSSL refuses a session made in another session id context
+ * (ssl_get_prev_session, tls_parse_ctos_psk) after this callback ran. */
+static int same_sid_ctx(const slot_t *sl, const void *ss) {
+    unsigned int len = 0;
+    const unsigned char *sid = F.sess_get0_id_ctx(ss, &len);
+    return len == sl->sid_len && (len == 0 || memcmp(sid, sl->sid, len) == 0);
+}
+
+/* dec_cb: OpenSSL's verdict on a presented ticket (its MAC checked, its state
+ * decrypted): stek.schedule.decrypted_ticket_answer, in C.  This is where a
+ * resumption is counted, not in the key callback, which runs before the MAC. */
 static int dec_cb(void *s, void *ss, const unsigned char *kn, size_t knl, int status,
                   void *arg) {
     slot_t *sl = (slot_t *)arg;
-    int answer = (status >= 0 && status < NSTATUS) ? sl->dec_table[status]
-                                                   : TICKET_RETURN_IGNORE_RENEW;
-    if ((status == TICKET_SUCCESS || status == TICKET_SUCCESS_RENEW) && ss != NULL) {
-        int64_t now = (int64_t)time(NULL);
-        int64_t born = stamp_born(ss);
-        if ((answer == TICKET_RETURN_USE || answer == TICKET_RETURN_USE_RENEW) &&
-            now >= born + __atomic_load_n(&sl->max_age, __ATOMIC_RELAXED)) {
-            bump(sl, C_TOO_OLD);
-            answer = TICKET_RETURN_IGNORE_RENEW;
-        }
+    int ok = (status == TICKET_SUCCESS || status == TICKET_SUCCESS_RENEW) && ss != NULL;
+    int refused_old, answer;
+    uint64_t born = ok ? stamp_born(ss) : 0;
+    answer = decide(sl->dec_table, status, ok, born, (int64_t)time(NULL),
+                    __atomic_load_n(&sl->max_age, __ATOMIC_RELAXED), &refused_old);
+    if (refused_old) bump(sl, C_TOO_OLD);
+    if (ok && (answer == TICKET_RETURN_USE || answer == TICKET_RETURN_USE_RENEW) &&
+        same_sid_ctx(sl, ss)) {
+        bump(sl, C_RESUMED);
+        if (answer == TICKET_RETURN_USE_RENEW) bump(sl, C_RENEWED);
     }
     return answer;
+}
+
+/* SSL_CTX_set_client_hello_cb(3): the earliest per-connection hook, before
+ * OpenSSL looks at any session.  CPython 3.13 sets "Python\0" on each server
+ * SSL (SSL_set_session_id_context, gh-105293) instead of on the SSL_CTX, so a
+ * context chosen for the ring must be set here, per connection. */
+static int client_hello_cb(void *s, int *al, void *arg) {
+    slot_t *sl = (slot_t *)arg;
+    if (sl->set_sid) F.set_sid_ctx(s, sl->sid, sl->sid_len);
+    return 1; /* SSL_CLIENT_HELLO_SUCCESS */
+}
+
+/* ---- slot lifetime -------------------------------------------------------- */
+
+/* Under slots_lock. */
+static void unref_locked(slot_t *sl) {
+    if (--sl->refs > 0) return;
+    pthread_mutex_lock(&sl->lock);
+    wipe(sl->keys, sizeof sl->keys);
+    sl->nkeys = 0;
+    pthread_mutex_unlock(&sl->lock);
+    sl->next_on_ctx = NULL;
+    sl->used = 0;
+}
+
+/* CRYPTO_EX_free: OpenSSL is freeing an SSL_CTX; ptr is the head of the chain
+ * of slots attached to it (NULL for every SSL_CTX stek never touched). */
+static void ctx_free_cb(void *parent, void *ptr, void *ad, int idx, long argl, void *argp) {
+    slot_t *sl = (slot_t *)ptr, *next;
+    if (sl == NULL) return;
+    pthread_mutex_lock(&slots_lock);
+    for (; sl != NULL; sl = next) {
+        next = sl->next_on_ctx;
+        sl->next_on_ctx = NULL;
+        unref_locked(sl);
+    }
+    pthread_mutex_unlock(&slots_lock);
 }
 
 /* ---- Python interface ---------------------------------------------------- */
@@ -357,14 +465,17 @@ static int slot_arg(PyObject *arg, int *out) {
 }
 
 static PyObject *fc_init(PyObject *self, PyObject *args) {
-    unsigned long long rb, ei, di, msp, hi, sha, sv, gs, ga, sa, st;
-    if (!PyArg_ParseTuple(args, "KKKKKKKKKKK", &rb, &ei, &di, &msp, &hi, &sha, &sv, &gs, &ga,
-                          &sa, &st))
+    unsigned long long rb, ei, di, msp, hi, sha, sv, gs, ga, sa, st, eni, sed, ged, ssc, sgi;
+    int index;
+    if (!PyArg_ParseTuple(args, "KKKKKKKKKKKKKKKK", &rb, &ei, &di, &msp, &hi, &sha, &sv, &gs,
+                          &ga, &sa, &st, &eni, &sed, &ged, &ssc, &sgi))
         return NULL;
-    if (!rb || !ei || !di || !sv || (!msp && !hi) || !gs || !ga || !sa || !st) {
+    if (!rb || !ei || !di || !sv || (!msp && !hi) || !gs || !ga || !sa || !st || !eni || !sed ||
+        !ged || !ssc || !sgi) {
         PyErr_SetString(PyExc_ValueError, "missing OpenSSL function");
         return NULL;
     }
+    if (F.ready) Py_RETURN_NONE; /* the ex_data index is allocated once per process */
     F.rand_bytes = (rand_bytes_fn)(uintptr_t)rb;
     F.enc_init = (cipher_init_fn)(uintptr_t)ei;
     F.dec_init = (cipher_init_fn)(uintptr_t)di;
@@ -376,16 +487,30 @@ static PyObject *fc_init(PyObject *self, PyObject *args) {
     F.get0_appdata = (get0_appdata_fn)(uintptr_t)ga;
     F.set1_appdata = (set1_appdata_fn)(uintptr_t)sa;
     F.session_get_time = (session_get_time_fn)(uintptr_t)st;
+    F.ctx_set_ex_data = (ctx_set_ex_data_fn)(uintptr_t)sed;
+    F.ctx_get_ex_data = (ctx_get_ex_data_fn)(uintptr_t)ged;
+    F.set_sid_ctx = (set_sid_ctx_fn)(uintptr_t)ssc;
+    F.sess_get0_id_ctx = (sess_get0_id_ctx_fn)(uintptr_t)sgi;
+    /* SSL_CTX_get_ex_new_index(3) is this macro: */
+    index = ((ex_new_index_fn)(uintptr_t)eni)(CRYPTO_EX_INDEX_SSL_CTX, 0, NULL, NULL, NULL,
+                                              ctx_free_cb);
+    if (index < 0) {
+        PyErr_SetString(PyExc_RuntimeError, "CRYPTO_get_ex_new_index failed");
+        return NULL;
+    }
+    F.ex_index = index;
     F.ready = 1;
     Py_RETURN_NONE;
 }
 
 static PyObject *fc_acquire(PyObject *self, PyObject *args) {
-    const char *a12, *a13, *dt;
-    Py_ssize_t n12, n13, ndt;
-    int i;
-    if (!PyArg_ParseTuple(args, "y#y#y#", &a12, &n12, &a13, &n13, &dt, &ndt)) return NULL;
-    if (!F.ready || n12 != NSTATES || n13 != NSTATES || ndt != NSTATUS) {
+    const char *a12, *a13, *dt, *sid;
+    Py_ssize_t n12, n13, ndt, nsid;
+    int i, set_sid;
+    if (!PyArg_ParseTuple(args, "y#y#y#y#p", &a12, &n12, &a13, &n13, &dt, &ndt, &sid, &nsid,
+                          &set_sid))
+        return NULL;
+    if (!F.ready || n12 != NSTATES || n13 != NSTATES || ndt != NSTATUS || nsid > MAX_SID_CTX) {
         PyErr_SetString(PyExc_ValueError, "not initialized or bad lifecycle table");
         return NULL;
     }
@@ -395,11 +520,17 @@ static PyObject *fc_acquire(PyObject *self, PyObject *args) {
             slot_t *sl = &slots[i];
             pthread_mutex_init(&sl->lock, NULL);
             sl->used = 1;
+            sl->refs = 1; /* the Python Installation's */
+            sl->next_on_ctx = NULL;
             sl->nkeys = 0;
             memset(sl->counters, 0, sizeof sl->counters);
             memcpy(sl->ans12, a12, NSTATES);
             memcpy(sl->ans13, a13, NSTATES);
             memcpy(sl->dec_table, dt, NSTATUS);
+            memset(sl->sid, 0, sizeof sl->sid);
+            memcpy(sl->sid, sid, (size_t)nsid);
+            sl->sid_len = (unsigned int)nsid;
+            sl->set_sid = set_sid;
             sl->max_age = 0;
             pthread_mutex_unlock(&slots_lock);
             return PyLong_FromLong(i);
@@ -409,17 +540,103 @@ static PyObject *fc_acquire(PyObject *self, PyObject *args) {
     Py_RETURN_NONE; /* all slots taken: the caller falls back to Python */
 }
 
+/* release(slot): the Python Installation lets go; the slot is wiped and freed
+ * once the SSL_CTX it serves is freed too. */
 static PyObject *fc_release(PyObject *self, PyObject *arg) {
     int n;
     if (slot_arg(arg, &n) < 0) return NULL;
-    pthread_mutex_lock(&slots[n].lock);
-    wipe(slots[n].keys, sizeof slots[n].keys);
-    slots[n].nkeys = 0;
-    pthread_mutex_unlock(&slots[n].lock);
     pthread_mutex_lock(&slots_lock);
-    slots[n].used = 0;
+    unref_locked(&slots[n]);
     pthread_mutex_unlock(&slots_lock);
     Py_RETURN_NONE;
+}
+
+/* attach(slot, ssl_ctx): the SSL_CTX holds the slot until OpenSSL frees it. */
+static PyObject *fc_attach(PyObject *self, PyObject *args) {
+    PyObject *slotobj;
+    unsigned long long ctx;
+    int n, ok;
+    if (!PyArg_ParseTuple(args, "OK", &slotobj, &ctx)) return NULL;
+    if (slot_arg(slotobj, &n) < 0) return NULL;
+    if (!ctx) {
+        PyErr_SetString(PyExc_ValueError, "NULL SSL_CTX");
+        return NULL;
+    }
+    pthread_mutex_lock(&slots_lock);
+    slots[n].next_on_ctx = (slot_t *)F.ctx_get_ex_data((void *)(uintptr_t)ctx, F.ex_index);
+    ok = F.ctx_set_ex_data((void *)(uintptr_t)ctx, F.ex_index, &slots[n]);
+    if (ok == 1) slots[n].refs++;
+    else slots[n].next_on_ctx = NULL;
+    pthread_mutex_unlock(&slots_lock);
+    if (ok != 1) {
+        PyErr_SetString(PyExc_RuntimeError, "SSL_CTX_set_ex_data failed");
+        return NULL;
+    }
+    Py_RETURN_NONE;
+}
+
+static PyObject *fc_in_use(PyObject *self, PyObject *unused) {
+    int i, n = 0;
+    pthread_mutex_lock(&slots_lock);
+    for (i = 0; i < NSLOTS; i++) n += slots[i].used;
+    pthread_mutex_unlock(&slots_lock);
+    return PyLong_FromLong(n);
+}
+
+/* decide(dec_table, status, appdata or None, session_time, now, max_age)
+ *   -> (answer, refused_as_too_old): dec_cb's decision, for tests that hold
+ * it against stek.schedule.decrypted_ticket_answer. */
+static PyObject *fc_decide(PyObject *self, PyObject *args) {
+    const char *dt;
+    Py_ssize_t ndt;
+    int status, refused, answer, i;
+    PyObject *appdata;
+    long long stime, now, max_age;
+    uint64_t born;
+    if (!PyArg_ParseTuple(args, "y#iOLLL", &dt, &ndt, &status, &appdata, &stime, &now,
+                          &max_age))
+        return NULL;
+    if (ndt != NSTATUS || max_age < 0) {
+        PyErr_SetString(PyExc_ValueError, "bad table or max_age");
+        return NULL;
+    }
+    born = stime > 0 ? (uint64_t)stime : 0;
+    if (appdata != Py_None) {
+        char *d;
+        Py_ssize_t n;
+        if (PyBytes_AsStringAndSize(appdata, &d, &n) < 0) return NULL;
+        if (n == APPDATA_LEN && memcmp(d, APPDATA_MAGIC, 4) == 0) {
+            born = 0;
+            for (i = 4; i < APPDATA_LEN; i++) born = (born << 8) | (unsigned char)d[i];
+        }
+    }
+    answer = decide((const signed char *)dt, status, 1, born, (int64_t)now, (int64_t)max_age,
+                    &refused);
+    return Py_BuildValue("(iO)", answer, refused ? Py_True : Py_False);
+}
+
+/* UNSAFE_TESTING_ONLY_swap_crypto(RAND_bytes, EncryptInit, DecryptInit, MAC init):
+ * replace the OpenSSL functions the callbacks call (0 keeps one), returning the
+ * previous addresses.  Exists only so tests can make them fail in a real
+ * handshake; never call it anywhere else. */
+static PyObject *fc_testing_swap(PyObject *self, PyObject *args) {
+    unsigned long long rb, ei, di, mac;
+    PyObject *old;
+    if (!PyArg_ParseTuple(args, "KKKK", &rb, &ei, &di, &mac)) return NULL;
+    old = Py_BuildValue("(KKKK)", (unsigned long long)(uintptr_t)F.rand_bytes,
+                        (unsigned long long)(uintptr_t)F.enc_init,
+                        (unsigned long long)(uintptr_t)F.dec_init,
+                        (unsigned long long)(uintptr_t)(F.mac_set_params != NULL
+                                                            ? (void *)F.mac_set_params
+                                                            : (void *)F.hmac_init));
+    if (rb) F.rand_bytes = (rand_bytes_fn)(uintptr_t)rb;
+    if (ei) F.enc_init = (cipher_init_fn)(uintptr_t)ei;
+    if (di) F.dec_init = (cipher_init_fn)(uintptr_t)di;
+    if (mac) {
+        if (F.mac_set_params != NULL) F.mac_set_params = (mac_set_params_fn)(uintptr_t)mac;
+        else F.hmac_init = (hmac_init_fn)(uintptr_t)mac;
+    }
+    return old;
 }
 
 /* load(slot, [(name, aes, hmac, activates, retires, expires, cipher_ptr), ...]) */
@@ -511,6 +728,7 @@ static PyObject *fc_set_max_age(PyObject *self, PyObject *args) {
     int s;
     if (!PyArg_ParseTuple(args, "OL", &slotobj, &age)) return NULL;
     if (slot_arg(slotobj, &s) < 0) return NULL;
+    if (age < 0) age = 0;
     __atomic_store_n(&slots[s].max_age, (int64_t)age, __ATOMIC_RELAXED);
     Py_RETURN_NONE;
 }
@@ -529,18 +747,33 @@ static PyObject *fc_dec_address(PyObject *self, PyObject *unused) {
     return PyLong_FromVoidPtr((void *)dec_cb);
 }
 
+static PyObject *fc_client_hello_address(PyObject *self, PyObject *unused) {
+    return PyLong_FromVoidPtr((void *)client_hello_cb);
+}
+
 static PyMethodDef methods[] = {
     {"set_max_age", fc_set_max_age, METH_VARARGS, "set_max_age(slot, seconds)"},
     {"slot_pointer", fc_slot_pointer, METH_O, "slot_pointer(slot): the dec_cb argument"},
     {"gen_address", fc_gen_address, METH_NOARGS, "the session ticket gen_cb address"},
     {"dec_address", fc_dec_address, METH_NOARGS, "the session ticket dec_cb address"},
     {"after_fork", fc_after_fork, METH_NOARGS, "after_fork(): reset locks in a forked child"},
+    {"client_hello_address", fc_client_hello_address, METH_NOARGS,
+     "the ClientHello callback address (sets the session id context)"},
     {"init", fc_init, METH_VARARGS, "init(RAND_bytes, EncInit, DecInit, MAC_set_params, "
                                     "HMAC_Init_ex, EVP_sha256(), SSL_version, SSL_get_session, "
                                     "get0_ticket_appdata, set1_ticket_appdata, "
-                                    "SSL_SESSION_get_time): addresses"},
-    {"acquire", fc_acquire, METH_VARARGS, "acquire(ans12, ans13, dec_table) -> slot or None"},
-    {"release", fc_release, METH_O, "release(slot): wipe its keys and free it"},
+                                    "SSL_SESSION_get_time, CRYPTO_get_ex_new_index, "
+                                    "SSL_CTX_set_ex_data, SSL_CTX_get_ex_data, "
+                                    "SSL_set_session_id_context, SSL_SESSION_get0_id_context): "
+                                    "addresses"},
+    {"acquire", fc_acquire, METH_VARARGS,
+     "acquire(ans12, ans13, dec_table, sid_ctx, set_sid) -> slot or None"},
+    {"release", fc_release, METH_O, "release(slot): the Installation's reference"},
+    {"attach", fc_attach, METH_VARARGS, "attach(slot, ssl_ctx): held until OpenSSL frees it"},
+    {"in_use", fc_in_use, METH_NOARGS, "in_use() -> number of slots in use"},
+    {"decide", fc_decide, METH_VARARGS, "decide(table, status, appdata, stime, now, max_age)"},
+    {"UNSAFE_TESTING_ONLY_swap_crypto", fc_testing_swap, METH_VARARGS,
+     "TESTS ONLY: swap the RAND/cipher/MAC functions; returns the previous ones"},
     {"load", fc_load, METH_VARARGS, "load(slot, keys): replace the slot's keys atomically"},
     {"counters", fc_counters, METH_O, "counters(slot) -> tuple"},
     {"address", fc_address, METH_O, "address(slot) -> the slot's callback address"},

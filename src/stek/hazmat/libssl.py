@@ -14,13 +14,16 @@ that can be checked is checked before anything is written:
 Layouts relied on (CPython 3.10-3.13 ``Modules/_ssl.c``):
 ``PySSLContext { PyObject_HEAD; SSL_CTX *ctx; ... }`` and
 ``PySSLSession { PyObject_HEAD; SSL_SESSION *session; ... }``: the C pointer
-is the first field after the object header.
+is the first field after the object header.  How each version applies the
+session id context is in :data:`CPYTHON_SSL`; :func:`cpython_ssl` refuses a
+Python that is not in it.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ssl
+import sys
 from ctypes import (
     CFUNCTYPE,
     POINTER,
@@ -34,6 +37,7 @@ from ctypes import (
     c_ulong,
     c_void_p,
 )
+from dataclasses import dataclass
 from typing import Any
 
 from ..errors import BindingError
@@ -78,6 +82,57 @@ GenTicketCallback = CFUNCTYPE(c_int, c_void_p, c_void_p)
 #: size_t keyname_length, SSL_TICKET_STATUS status, void *arg): dec_cb, called
 #: after a presented ticket was processed.
 DecTicketCallback = CFUNCTYPE(c_int, c_void_p, c_void_p, c_void_p, c_size_t, c_int, c_void_p)
+#: int (*)(SSL *s, int *al, void *arg): SSL_CTX_set_client_hello_cb(3).
+ClientHelloCallback = CFUNCTYPE(c_int, c_void_p, c_void_p, c_void_p)
+#: void (*)(void *parent, void *ptr, CRYPTO_EX_DATA *ad, int idx, long argl,
+#: void *argp): CRYPTO_EX_free, CRYPTO_get_ex_new_index(3).
+ExFreeCallback = CFUNCTYPE(None, c_void_p, c_void_p, c_void_p, c_int, c_long, c_void_p)
+#: openssl/crypto.h: CRYPTO_EX_INDEX_SSL_CTX.
+CRYPTO_EX_INDEX_SSL_CTX = 1
+#: openssl/ssl.h: SSL_MAX_SID_CTX_LENGTH.
+SSL_MAX_SID_CTX_LENGTH = 32
+#: openssl/ssl.h: SSL_CLIENT_HELLO_SUCCESS.
+SSL_CLIENT_HELLO_SUCCESS = 1
+
+
+@dataclass(frozen=True)
+class CPythonSSL:
+    """What stek relies on in one CPython version's ``Modules/_ssl.c``."""
+
+    #: The session id context ``_ssl`` gives server connections: ``"Python"``
+    #: with its NUL (``sizeof(SID_CTX)``), 7 bytes.
+    session_id_context: bytes
+    #: Where ``_ssl`` sets it: on the SSL_CTX when the context is made
+    #: (``SSL_CTX_set_session_id_context``, up to 3.12), or on each server SSL
+    #: when a socket is wrapped (``SSL_set_session_id_context`` in
+    #: ``newPySSLSocket``, 3.13: gh-105293).  Either way it is set before the
+    #: handshake, so stek's ClientHello callback, which runs later, wins.
+    applied_to: str
+
+
+#: The CPython versions whose ``_ssl`` stek's binding was checked against.
+CPYTHON_SSL: dict[tuple[int, int], CPythonSSL] = {
+    (3, 10): CPythonSSL(b"Python\x00", "SSL_CTX"),
+    (3, 11): CPythonSSL(b"Python\x00", "SSL_CTX"),
+    (3, 12): CPythonSSL(b"Python\x00", "SSL_CTX"),
+    (3, 13): CPythonSSL(b"Python\x00", "SSL"),
+}
+
+
+def cpython_ssl(version: tuple[int, ...] | None = None,
+                implementation: str | None = None) -> CPythonSSL:
+    """This Python's :class:`CPythonSSL`, or :class:`~stek.errors.BindingError`."""
+    impl = implementation if implementation is not None else sys.implementation.name
+    ver = tuple(version if version is not None else sys.version_info[:2])[:2]
+    facts = CPYTHON_SSL.get((int(ver[0]), int(ver[1]))) if impl == "cpython" else None
+    if facts is None:
+        checked = ", ".join(f"{a}.{b}" for a, b in CPYTHON_SSL)
+        raise BindingError(
+            f"stek's binding was not checked against {impl} {'.'.join(map(str, ver))}'s ssl "
+            f"module (checked: CPython {checked}); it will not guess where that Python keeps "
+            f"its SSL_CTX or how it sets session id contexts"
+        )
+    return facts
 
 
 
@@ -168,6 +223,24 @@ class LibSSL:
         self.SSL_CTX_set_session_ticket_cb = fn(
             "SSL_CTX_set_session_ticket_cb", c_int, c_void_p, c_void_p, c_void_p, c_void_p
         )
+        # Session id contexts (SSL_CTX_set_session_id_context(3)), the
+        # ClientHello callback that sets one per connection, and SSL_CTX
+        # ex_data (CRYPTO_get_ex_new_index(3)) to learn when OpenSSL frees it.
+        self.SSL_set_session_id_context = fn(
+            "SSL_set_session_id_context", c_int, c_void_p, c_char_p, c_uint
+        )
+        self.SSL_SESSION_get0_id_context = fn(
+            "SSL_SESSION_get0_id_context", c_void_p, c_void_p, POINTER(c_uint)
+        )
+        self.SSL_CTX_set_client_hello_cb = fn(
+            "SSL_CTX_set_client_hello_cb", None, c_void_p, c_void_p, c_void_p
+        )
+        self.CRYPTO_get_ex_new_index = fn(
+            "CRYPTO_get_ex_new_index", c_int, c_int, c_long, c_void_p, c_void_p, c_void_p,
+            c_void_p
+        )
+        self.SSL_CTX_set_ex_data = fn("SSL_CTX_set_ex_data", c_int, c_void_p, c_int, c_void_p)
+        self.SSL_CTX_get_ex_data = fn("SSL_CTX_get_ex_data", c_void_p, c_void_p, c_int)
         if self.openssl3:
             self.SSL_CTX_set_tlsext_ticket_key_evp_cb = fn(
                 "SSL_CTX_set_tlsext_ticket_key_evp_cb", c_int, c_void_p, TicketKeyCallback
@@ -251,6 +324,18 @@ class LibSSL:
         if self.SSL_CTX_set_session_ticket_cb(ctx_ptr, gen_ptr, dec_ptr, arg) != 1:
             raise BindingError("libssl refused the session ticket callbacks")
 
+    def set_client_hello_callback(self, ctx_ptr: int, callback: Any | None,
+                                  arg: int | None = None) -> None:
+        """SSL_CTX_set_client_hello_cb(3); ``callback`` is a CFUNCTYPE object or None."""
+        ptr = ctypes.cast(callback, c_void_p) if callback is not None else None
+        self.SSL_CTX_set_client_hello_cb(ctx_ptr, ptr, arg)
+
+    def session_id_context(self, session_ptr: int) -> bytes:
+        """``SSL_SESSION_get0_id_context``: the context a session was made in."""
+        length = c_uint()
+        data = self.SSL_SESSION_get0_id_context(session_ptr, ctypes.byref(length))
+        return ctypes.string_at(data, length.value) if data and length.value else b""
+
     def _appdata_born_at(self, session_ptr: int) -> int | None:
         data = c_void_p()
         length = c_size_t()
@@ -322,11 +407,16 @@ def libssl() -> LibSSL:
 
 
 __all__ = [
+    "CPYTHON_SSL",
     "TICKET_NAME_LEN",
+    "CPythonSSL",
+    "ClientHelloCallback",
     "DecTicketCallback",
+    "ExFreeCallback",
     "GenTicketCallback",
     "LibSSL",
     "PreparedKey",
     "TicketKeyCallback",
+    "cpython_ssl",
     "libssl",
 ]

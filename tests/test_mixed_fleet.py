@@ -1,0 +1,140 @@
+"""Mixed fleets: a Python server on the same ring as real nginx 1.22 or HAProxy 2.6.
+
+OpenSSL resumes a session only in the session id context it was made in.
+With ``install(..., session_id_context=...)`` set to the other server's
+(stek.compat), the Python server and nginx (HAProxy) resume each other's
+tickets in both directions, under TLS 1.2 and 1.3, with the compiled and
+the Python callback; with Python's own context, neither does, and the
+refused tickets never count as resumed.  The contexts stek.compat computes
+are checked against the ones nginx and HAProxy seal inside their tickets.
+"""
+
+from __future__ import annotations
+
+import ssl
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from pathlib import Path
+
+import pytest
+
+import stek
+from conftest import TLS_VERSIONS, Certs, client_context, server_context
+from stek.compat import (
+    HAPROXY_SESSION_ID_CONTEXT,
+    PYTHON_SESSION_ID_CONTEXT,
+    nginx_session_id_context,
+)
+from stek.export import export
+from stek.session import decode
+from stek.ticket import open_ticket
+from support import TLSServer, connect
+from tlsservers import Server, get, haproxy, live_store, nginx, ticket_of
+
+pytestmark = pytest.mark.servers
+
+
+@pytest.fixture(params=[True, False], ids=["c-callback", "python-callback"])
+def accelerate(request: pytest.FixtureRequest) -> bool:
+    return bool(request.param)
+
+
+def _nginx(tmp_path: Path, certs: Certs, ring, now: float) -> AbstractContextManager[Server]:  # type: ignore[no-untyped-def]
+    out = tmp_path / "nginx-keys"
+    export("nginx", ring, now, out)
+    return nginx(tmp_path, certs, out / "tickets.conf")
+
+
+def _haproxy(tmp_path: Path, certs: Certs, ring, now: float) -> AbstractContextManager[Server]:  # type: ignore[no-untyped-def]
+    keys = tmp_path / "haproxy.keys"
+    export("haproxy", ring, now, keys)
+    return haproxy(tmp_path, certs, keys)
+
+
+Start = Callable[..., AbstractContextManager[Server]]
+FLEETS: dict[str, tuple[Start, Callable[[Certs], bytes]]] = {
+    "nginx": (_nginx, lambda certs: nginx_session_id_context(certs.cert)),
+    "haproxy": (_haproxy, lambda certs: HAPROXY_SESSION_ID_CONTEXT),
+}
+
+
+@pytest.mark.parametrize("peer", list(FLEETS))
+@pytest.mark.parametrize("adopt", [True, False], ids=["their-context", "python-context"])
+@TLS_VERSIONS
+def test_python_server_and_peer_resume_each_others_tickets(
+        tmp_path: Path, certs: Certs, tls_version: ssl.TLSVersion, accelerate: bool,
+        peer: str, adopt: bool) -> None:
+    start, context_of = FLEETS[peer]
+    store, now = live_store(tmp_path)
+    ring = store.read()
+    sid = context_of(certs)
+    sctx = server_context(certs)
+    handle = stek.install(sctx, store, accelerate=accelerate,
+                          session_id_context=sid if adopt else None)
+    assert handle.accelerated is accelerate
+    assert handle.session_id_context == (sid if adopt else PYTHON_SESSION_ID_CONTEXT)
+    cctx = client_context(certs, tls_version)
+    with start(tmp_path, certs, ring, now) as srv, TLSServer(sctx) as py:
+        theirs = get(srv.port, cctx)
+        # The context stek.compat gives is the one the peer seals in its tickets.
+        assert decode(open_ticket(theirs.ticket, ring).state).sid_ctx == sid
+        on_python = connect(py.port, cctx, theirs.session)
+        ours = connect(py.port, cctx)
+        assert ticket_of(ours.session)[:16] == theirs.name  # the same ring, the same key
+        assert decode(open_ticket(ticket_of(ours.session), ring).state).sid_ctx == \
+            handle.session_id_context
+        on_peer = get(srv.port, cctx, ours.session)
+        assert not py.errors
+    c = handle.counters
+    if adopt:
+        assert on_python.reused, f"the Python server must resume {peer}'s ticket"
+        assert on_peer.reused, f"{peer} must resume the Python server's ticket"
+        assert c.resumed == 1 and c.accepted_by_name == 1
+    else:
+        assert not on_python.reused and not on_peer.reused
+        # The key callback knew the key; OpenSSL then refused the session
+        # (another session id context): not a resumption.
+        assert c.resumed == 0 and c.accepted_by_name == 1
+    assert c.errors == 0
+    handle.uninstall()
+
+
+def test_python_servers_keep_pythons_context(certs: Certs, tmp_path: Path,
+                                             accelerate: bool) -> None:
+    """Given explicitly, Python's own context changes nothing between Python servers."""
+    store, _ = live_store(tmp_path)
+    a, b = server_context(certs), server_context(certs)
+    ha = stek.install(a, store, accelerate=accelerate)
+    hb = stek.install(b, store, accelerate=accelerate,
+                      session_id_context=PYTHON_SESSION_ID_CONTEXT)
+    cctx = client_context(certs, ssl.TLSVersion.TLSv1_3)
+    with TLSServer(a) as sa, TLSServer(b) as sb:
+        first = connect(sa.port, cctx)
+        assert connect(sb.port, cctx, first.session).reused
+    assert ha.counters.issued >= 1 and hb.counters.resumed == 1
+
+
+@pytest.mark.parametrize("bad", [b"", b"x" * 33, "HAProxy"])
+def test_bad_session_id_context_is_a_clear_error(certs: Certs, tmp_path: Path,
+                                                 bad: object) -> None:
+    store, _ = live_store(tmp_path)
+    with pytest.raises(stek.StekError, match="1 to 32 bytes"):
+        stek.install(server_context(certs), store, session_id_context=bad)  # type: ignore[arg-type]
+
+
+def test_nginx_context_with_client_ca_list(certs: Certs, tmp_path: Path) -> None:
+    """With ssl_verify_client, nginx hashes each client CA's name too (once each)."""
+    with_ca = nginx_session_id_context(certs.cert, certs.ca)
+    doubled = tmp_path / "ca-twice.pem"
+    doubled.write_bytes(certs.ca.read_bytes() * 2)
+    assert nginx_session_id_context(certs.cert, doubled) == with_ca
+    assert with_ca != nginx_session_id_context(certs.cert)
+    assert len(with_ca) == 20
+
+
+def test_nginx_context_of_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(stek.StekError, match="cannot read the certificate chain"):
+        nginx_session_id_context(tmp_path / "none.pem")
+    (tmp_path / "junk.pem").write_text("not a certificate")
+    with pytest.raises(stek.StekError, match="no PEM certificate"):
+        nginx_session_id_context(tmp_path / "junk.pem")
