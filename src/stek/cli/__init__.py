@@ -45,7 +45,7 @@ class CommandFailed(click.ClickException):
 
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
-        self.exit_code = exit_code  # type: ignore[misc]  # click's is a class default
+        self.exit_code = exit_code  # type: ignore[misc, unused-ignore]  # click's is a class default
 
 
 def exit_status(exc: StekError, command: str | None) -> int:
