@@ -133,15 +133,16 @@ def _base64(text: str) -> Recognized:
     # spaces or punctuation is prose, not a ticket.
     lines = text.splitlines()
     compact = "".join(line.strip() for line in lines)
+    if len(lines) > 1 and all(len(line.strip()) == 108 and line.strip().endswith("=")
+                              and set(line.strip()) <= _B64 for line in lines):
+        # One base64 80-byte key per line: HAProxy's tls-ticket-keys file.
+        raise _refuse(f"{len(lines)} lines of 80-byte base64 keys: a HAProxy "
+                      f"tls-ticket-keys file (keep it secret), not a ticket")
     alphabet = _B64URL if ("-" in compact or "_" in compact) else _B64
     body = compact.rstrip("=")
     if (not set(compact) <= alphabet or "=" in body or len(compact) - len(body) > 2
             or len(body) % 4 == 1):
         raise _refuse("text that is not a session PEM, nor a ticket in hex or base64")
-    if len(lines) > 1 and all(len(line.strip()) == 108 for line in lines):
-        # base64 of 80 bytes per line: HAProxy's tls-ticket-keys file format.
-        raise _refuse(f"{len(lines)} lines of 80-byte base64 keys: a HAProxy "
-                      f"tls-ticket-keys file (keep it secret), not a ticket")
     padded = body + "=" * (-len(body) % 4)
     try:
         raw = (base64.urlsafe_b64decode(padded) if alphabet is _B64URL
