@@ -1,15 +1,16 @@
+#!/usr/bin/env python3
 """atheris fuzz target for the ticket codec, the SSL_SESSION decoder and INPUT parsing.
 
 Invariant (h11's, applied to tickets): whatever bytes a peer or a user
 supplies, stek either decodes them or raises InvalidTicket, never any other
 exception; and whatever state is sealed opens back to exactly that state.
 
-The first byte selects what is fuzzed (mod 5), the rest is the input.
+The first byte selects what is fuzzed (mod 6), the rest is the input.
 Seeds (a real-shaped SSL_SESSION, tickets sealed under the fixed keys) are
 in fuzz/seeds/; make_seeds() regenerates them.
 
 Short run (the test suite does this, on a copy of the seeds):
-    python fuzz/fuzz_ticket.py -runs=20000 CORPUS_DIR fuzz/seeds
+    fuzz/fuzz_ticket.py -runs=20000 CORPUS_DIR fuzz/seeds
 Long run:
     mkdir -p /tmp/stek-corpus
     python fuzz/fuzz_ticket.py -max_total_time=3600 -jobs=4 -workers=4 /tmp/stek-corpus fuzz/seeds
@@ -27,6 +28,7 @@ with atheris.instrument_imports(include=["stek", "asn1crypto"]):
     from stek.inspect import inspect_ticket, read_ticket
     from stek.keyring import Keyring
     from stek.keys import TicketKey
+    from stek.recognize import recognize
     from stek.schedule import Policy
     from stek.ticket import open_ticket, seal
 
@@ -41,7 +43,7 @@ NOW = 1_800_000_000
 def test_one_input(data: bytes) -> None:
     if not data:
         return
-    mode, rest = data[0] % 5, data[1:]
+    mode, rest = data[0] % 6, data[1:]
     try:
         if mode == 0:  # arbitrary ticket bytes against both key sizes
             opened = open_ticket(rest, [KEY80, KEY48])
@@ -54,6 +56,10 @@ def test_one_input(data: bytes) -> None:
             inspect_ticket(KEY80.name + rest, RING, NOW)
         elif mode == 3:  # stek inspect's INPUT parsing
             read_ticket(rest.decode("utf-8", "replace"))
+        elif mode == 5:  # input recognition on raw bytes (binary, PEM, hex, base64...)
+            found = recognize(rest)
+            if found.kind.is_session:
+                sessions.decode(found.payload)
         else:  # round trip: any state seals and opens back to itself
             if len(rest) < 16:
                 return
@@ -86,6 +92,8 @@ def make_seeds(directory: str) -> None:
                                                                                iv))).encode(),
         "hex": b"\x03" + seal(KEY80, state, iv).hex().encode(),
         "roundtrip": b"\x04" + iv + state,
+        "recognize-der": b"\x05" + sessions.replace(state, ticket=seal(KEY80, state, iv)),
+        "recognize-key": b"\x05-----BEGIN PRIVATE KEY-----\nMC4CAQA=\n-----END PRIVATE KEY-----\n",
     }
     os.makedirs(directory, exist_ok=True)
     for name, seed in seeds.items():

@@ -8,6 +8,7 @@ and writes a crash-* file on the first violation.
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -17,10 +18,10 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 TARGET = ROOT / "fuzz" / "fuzz_ticket.py"
 SEEDS = ROOT / "fuzz" / "seeds"
+README = ROOT / "README.md"
 
 
-def test_short_fuzz_run_finds_nothing(tmp_path: Path) -> None:
-    """20000 runs from the seeds: exit 0, no crash file."""
+def need_atheris() -> None:
     try:
         import atheris  # noqa: F401
     except ImportError:
@@ -29,6 +30,11 @@ def test_short_fuzz_run_finds_nothing(tmp_path: Path) -> None:
         if os.environ.get("STEK_REQUIRE_FUZZ") == "1":
             pytest.fail("atheris is not installed (pip install -e '.[fuzz]')")
         pytest.skip("atheris is not installed (the [fuzz] extra)")
+
+
+def test_short_fuzz_run_finds_nothing(tmp_path: Path) -> None:
+    """20000 runs from the seeds: exit 0, no crash file."""
+    need_atheris()
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     proc = subprocess.run(
@@ -44,6 +50,34 @@ def test_short_fuzz_run_finds_nothing(tmp_path: Path) -> None:
 
 
 def test_seeds_exercise_every_mode() -> None:
-    """One seed per mode byte (0-4), so the short run starts past the length checks."""
-    modes = {p.read_bytes()[0] % 5 for p in SEEDS.iterdir()}
-    assert modes == {0, 1, 2, 3, 4}
+    """One seed per mode byte (0-5), so the short run starts past the length checks."""
+    modes = {p.read_bytes()[0] % 6 for p in SEEDS.iterdir()}
+    assert modes == {0, 1, 2, 3, 4, 5}
+
+
+def readme_fuzz_commands() -> list[list[str]]:
+    return [shlex.split(line) for line in README.read_text().splitlines()
+            if "fuzz/fuzz_ticket.py -" in line and not line.startswith(("#", "`"))]
+
+
+def test_fuzz_target_runs_the_readme_way(tmp_path: Path) -> None:
+    """The README's long-run command, shortened to 2000 runs, executes the target itself
+    (shebang and executable bit) from the repository root: exit 0, no crash."""
+    need_atheris()
+    commands = readme_fuzz_commands()
+    assert commands, "the README shows how to run the fuzz target"
+    for argv in commands:
+        assert argv[0] == "fuzz/fuzz_ticket.py", argv
+    argv = commands[0]
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    args = [a for a in argv[1:] if not a.startswith(("-max_total_time", "-jobs", "-workers"))]
+    args = [str(corpus) if a == "/tmp/stek-corpus" else a for a in args]
+    # The reader's shell: the venv's python3 first on PATH, the command run as written.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    proc = subprocess.run([argv[0], *args, "-runs=2000", "-seed=2",
+                           f"-artifact_prefix={tmp_path}/"],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT, env=env)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "Done 2000 runs" in proc.stderr, proc.stderr[-2000:]
+    assert not list(tmp_path.glob("crash-*"))

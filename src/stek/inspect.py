@@ -12,7 +12,11 @@ callback decide:
 4. length, MAC (constant time), padding: any failure -> full handshake;
 5. the decrypted state must be one ``SSL_SESSION`` (:mod:`stek.session`),
    the session must not have outlived its own timeout, nor ``accept_for``
-   since the full handshake that created it (stek's ticket appdata).
+   since the full handshake that created it (stek's ticket appdata);
+6. when the server's session id context is given: the session's must be the
+   same, or OpenSSL treats it as a cache miss (``ssl_get_prev_session`` in
+   ssl/ssl_sess.c for TLS 1.2, ``tls_parse_ctos_psk`` for TLS 1.3; checked
+   before the timeout, and measured against nginx, HAProxy and Python).
 
 :func:`ticket_of` and :func:`session_of` read a Python ``ssl.SSLSession``
 through the libssl binding; they are the only part of this module that
@@ -21,17 +25,17 @@ touches the binding, and they import it lazily.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import enum
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from . import session as sessions
+from .compat import HAPROXY_SESSION_ID_CONTEXT, PYTHON_SESSION_ID_CONTEXT
 from .errors import InvalidTicket
 from .keyring import Keyring
 from .keys import NAME_LEN, TicketKey
+from .recognize import Kind, recognize
 from .schedule import LIFECYCLE, Answer, State, decrypt_answer, state_of
 from .session import SessionInfo
 from .ticket import STATE_OFFSET, open_parts, parse
@@ -73,6 +77,8 @@ class Inspection:
     session: SessionInfo | None = None
     #: The client's own session, when the input was a client session file.
     client_session: SessionInfo | None = None
+    #: The session id context of the server asked about (None: not checked).
+    server_sid_ctx: bytes | None = None
 
     @property
     def resumes(self) -> bool:
@@ -100,14 +106,46 @@ class Inspection:
             "callback_answer": int(self.answer),
             "session": self.session.to_dict() if self.session else None,
             "client_session": self.client_session.to_dict() if self.client_session else None,
+            "session_id_context": (describe_sid_ctx(self.session.sid_ctx)
+                                   if self.session else None),
+            "server_session_id_context": (describe_sid_ctx(self.server_sid_ctx)
+                                          if self.server_sid_ctx is not None else None),
         }
+
+
+#: OpenSSL's SSL_MAX_SID_CTX_LENGTH (include/openssl/ssl.h).
+MAX_SID_CTX_LEN = 32
+_KNOWN_SID_CTX = {
+    PYTHON_SESSION_ID_CONTEXT: "Python's ssl",
+    HAPROXY_SESSION_ID_CONTEXT: "HAProxy",
+}
+
+
+def describe_sid_ctx(sid_ctx: bytes) -> dict[str, Any]:
+    """A session id context as hex, with whose it is when stek knows it."""
+    server = _KNOWN_SID_CTX.get(sid_ctx)
+    if server is None and len(sid_ctx) == 20:
+        # ngx_ssl_session_id_context (src/event/ngx_event_openssl.c): SHA-1.
+        server = "SHA-1 sized: nginx's is a SHA-1 over its certificates"
+    return {"hex": sid_ctx.hex(), "len": len(sid_ctx), "server": server}
+
+
+def sid_ctx_label(sid_ctx: bytes) -> str:
+    """One line for humans: ``50797468...00 (7 bytes, Python's ssl)``."""
+    d = describe_sid_ctx(sid_ctx)
+    if not sid_ctx:
+        return "none (empty)"
+    return f"{d['hex']} ({d['len']} bytes{', ' + d['server'] if d['server'] else ''})"
 
 
 def inspect_ticket(ticket: bytes, ring: Keyring, now: float, *,
                    client_session: SessionInfo | None = None,
-                   tls13: bool | None = None) -> Inspection:
+                   tls13: bool | None = None,
+                   sid_ctx: bytes | None = None) -> Inspection:
     """The server's verdict on ``ticket`` at ``now`` with the keys of ``ring``.
 
+    ``sid_ctx`` is the session id context of the server asked about
+    (:mod:`stek.compat`): a session made under another never resumes there.
     ``tls13`` selects the callback answer when the protocol cannot be read
     from the ticket itself (it is otherwise taken from the decrypted session,
     or from ``client_session``).
@@ -120,7 +158,7 @@ def inspect_ticket(ticket: bytes, ring: Keyring, now: float, *,
                 st: State | None = None, answer: Answer = Answer.NO_TICKET,
                 session: SessionInfo | None = None) -> Inspection:
         return Inspection(now, len(data), name, key, st, v, reason, answer, session,
-                          client_session)
+                          client_session, sid_ctx)
 
     # tls_decrypt_ticket: "Need at least keyname + iv" before the callback runs.
     name = data[:NAME_LEN] if len(data) >= NAME_LEN else None
@@ -144,6 +182,15 @@ def inspect_ticket(ticket: bytes, ring: Keyring, now: float, *,
         info = sessions.decode(state)
     except InvalidTicket as exc:
         return verdict(Verdict.FULL_HANDSHAKE, exc.reason, key=key, st=st)
+    if sid_ctx is not None and info.sid_ctx != sid_ctx:
+        # ssl_get_prev_session: "we don't want to use it in this context",
+        # treated as a cache miss although the key opened the ticket.
+        return verdict(Verdict.FULL_HANDSHAKE,
+                       f"session id context: the session was made under "
+                       f"{sid_ctx_label(info.sid_ctx)}, this server's is "
+                       f"{sid_ctx_label(sid_ctx)}; OpenSSL resumes a session only in "
+                       f"the context it was made in, although key {name.hex()} is "
+                       f"{st.value}", key=key, st=st, session=info)
     if info.timeout and now >= info.expires_at:
         # ssl_get_prev_session (ssl/ssl_sess.c) refuses a session whose own
         # time + timeout has passed, whatever the ticket key says.
@@ -179,41 +226,31 @@ class TicketInput:
 
     ticket: bytes
     client_session: SessionInfo | None
-    form: str  # "session PEM", "hex", "base64"
+    form: str  # a stek.recognize.Kind value: "session PEM", "session DER", "hex", "base64"
+
+
+def read_input(data: bytes) -> TicketInput:
+    """Parse ``stek inspect``'s INPUT (:func:`stek.recognize.recognize`).
+
+    Raises :class:`InvalidTicket` saying what the input is not, or that a
+    session holds no ticket.
+    """
+    found = recognize(data)
+    if not found.kind.is_session:
+        return TicketInput(found.payload, None, found.kind.value)
+    info = sessions.decode(found.payload)
+    tick = sessions.ticket(found.payload)
+    if not tick:
+        raise InvalidTicket(
+            "this session holds no ticket (the server issued none, or it was a "
+            "session-ID resumption)"
+        )
+    return TicketInput(tick, info, found.kind.value)
 
 
 def read_ticket(text: str) -> TicketInput:
-    """Parse ``stek inspect``'s INPUT: an s_client ``-sess_out`` PEM, hex or base64.
-
-    Raises :class:`InvalidTicket` when the text is none of these, or a
-    session file without a ticket.
-    """
-    if sessions.is_pem(text):
-        der = sessions.from_pem(text)
-        info = sessions.decode(der)
-        tick = sessions.ticket(der)
-        if not tick:
-            raise InvalidTicket(
-                "this session holds no ticket (the server issued none, or it was a "
-                "session-ID resumption)"
-            )
-        return TicketInput(tick, info, "session PEM")
-    compact = "".join(text.split())
-    if not compact:
-        raise InvalidTicket("empty input: expected a session PEM, hex or base64")
-    if len(compact) % 2 == 0 and all(c in "0123456789abcdefABCDEF" for c in compact):
-        return TicketInput(bytes.fromhex(compact), None, "hex")
-    try:
-        padded = compact + "=" * (-len(compact) % 4)
-        if "-" in compact or "_" in compact:
-            raw = base64.urlsafe_b64decode(padded)
-        else:
-            raw = base64.b64decode(padded, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidTicket(
-            "input is neither an 'SSL SESSION PARAMETERS' PEM block, nor hex, nor base64"
-        ) from None
-    return TicketInput(raw, None, "base64")
+    """:func:`read_input` for text: an s_client ``-sess_out`` PEM, hex or base64."""
+    return read_input(text.encode("utf-8", "surrogateescape"))
 
 
 # -- Python ssl.SSLSession: through the libssl binding (adapter, not core) -------
@@ -249,11 +286,15 @@ def inspect_session(session: ssl.SSLSession, ring: Keyring,
 
 __all__ = [
     "Inspection",
+    "Kind",
     "TicketInput",
     "Verdict",
+    "describe_sid_ctx",
     "inspect_session",
     "inspect_ticket",
+    "read_input",
     "read_ticket",
     "session_of",
+    "sid_ctx_label",
     "ticket_of",
 ]

@@ -38,13 +38,20 @@ only its length.  Anything that is not such a structure raises
 :class:`~stek.errors.InvalidTicket`, as ``d2i_SSL_SESSION`` failing makes
 OpenSSL fall back to a full handshake (``tls_decrypt_ticket``), and so do
 bytes left over after the structure (its ``slen != 0`` check).
+
+Bounded for untrusted input: before asn1crypto builds anything, a linear
+scan of the DER (:func:`check_der`) refuses blobs over :data:`MAX_SESSION_LEN`,
+nesting deeper than OpenSSL's own ``ASN1_MAX_CONSTRUCTED_NEST`` (30,
+crypto/asn1/tasn_dec.c) and more than :data:`MAX_ELEMENTS` ASN.1 elements,
+so what the decoder builds stays within a few megabytes.  PEM is read with
+plain string searches (linear time), never a backtracking regex.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import re
+import contextlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -56,6 +63,17 @@ from .errors import InvalidTicket
 ASN1_VERSION = 1
 #: The PEM label of ``PEM_write_SSL_SESSION`` (``openssl s_client -sess_out``).
 PEM_LABEL = "SSL SESSION PARAMETERS"
+
+#: The largest SSL_SESSION stek decodes.  A session holds at most a ticket
+#: (RFC 5077 section 3.3: < 64 KiB) and the peer's certificate, which an
+#: OpenSSL client takes only within its 100 KiB certificate-list limit
+#: (SSL_CTX_set_max_cert_list(3)); 256 KiB leaves room for both.
+MAX_SESSION_LEN = 256 * 1024
+#: At most this many ASN.1 elements (a certificate has a few hundred; each
+#: element costs asn1crypto about 0.5 KiB, so the decoder builds < 10 MB).
+MAX_ELEMENTS = 10_000
+#: crypto/asn1/tasn_dec.c ASN1_MAX_CONSTRUCTED_NEST: OpenSSL's d2i refuses deeper.
+MAX_DEPTH = 30
 
 #: Protocol versions (ssl_version), from openssl/prov_ssl.h and the RFCs.
 PROTOCOLS = {
@@ -244,9 +262,97 @@ class SessionInfo:
 _ASN1_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError, UnicodeError)
 
 
+def _header(data: bytes, pos: int, end: int) -> tuple[bool, int, int]:
+    """One DER header at ``pos``: (constructed, contents start, contents end).
+
+    X.690 section 8.1: identifier octets (high tag numbers in base 128), then
+    definite length octets (DER, X.690 section 10.1, has no indefinite form).
+    """
+    if pos >= end:
+        raise ValueError("truncated")
+    ident = data[pos]
+    pos += 1
+    if ident & 0x1F == 0x1F:  # high tag number form (X.690 8.1.2.4)
+        for _ in range(4):
+            if pos >= end:
+                raise ValueError("truncated tag")
+            pos += 1
+            if not data[pos - 1] & 0x80:
+                break
+        else:
+            raise ValueError("tag number too large")
+    if pos >= end:
+        raise ValueError("truncated length")
+    first = data[pos]
+    pos += 1
+    if first < 0x80:
+        length = first
+    elif first == 0x80:
+        raise ValueError("indefinite length (BER, not DER)")
+    else:
+        n = first & 0x7F
+        if n > 4 or pos + n > end:
+            raise ValueError("bad length")
+        length = int.from_bytes(data[pos:pos + n], "big")
+        pos += n
+    if pos + length > end:
+        raise ValueError("length past the end")
+    return bool(ident & 0x20), pos, pos + length
+
+
+def _count(data: bytes, start: int, end: int, depth: int, budget: int) -> int:
+    """Elements in ``data[start:end]`` (all of it DER), within the bounds; iterative.
+
+    The contents of OCTET and BIT STRINGs are counted too when they hold DER,
+    as asn1crypto parses those (certificate extensions, public keys) on demand.
+    Every byte is visited at most MAX_DEPTH times, so this is linear.
+    """
+    stack = [(start, end, depth)]
+    count = 0
+    while stack:
+        pos, stop, level = stack.pop()
+        if level > MAX_DEPTH:
+            raise InvalidTicket(f"malformed session: ASN.1 nested deeper than {MAX_DEPTH} "
+                                f"levels (OpenSSL's limit)")
+        while pos < stop:
+            ident = data[pos]
+            constructed, body, pos = _header(data, pos, stop)
+            count += 1
+            if count > budget:
+                raise InvalidTicket(f"malformed session: more than {MAX_ELEMENTS} ASN.1 "
+                                    f"elements (no real session has that many)")
+            if constructed:
+                stack.append((body, pos, level + 1))
+            elif ident in (0x03, 0x04) and pos - body > 2:
+                skip = 1 if ident == 0x03 else 0  # BIT STRING: unused-bits octet
+                # Not DER inside: opaque bytes, as asn1crypto leaves them.
+                with contextlib.suppress(ValueError):
+                    count += _count(data, body + skip, pos, level + 1, budget - count)
+    return count
+
+
+def check_der(der: bytes) -> None:
+    """Refuse, in linear time, DER that would make the decoder build too much.
+
+    Raises :class:`InvalidTicket` over :data:`MAX_SESSION_LEN` bytes, past
+    :data:`MAX_DEPTH` levels of nesting or :data:`MAX_ELEMENTS` elements, or
+    when they do not start with one DER element (bytes after it are left to
+    the caller, which says "trailing bytes").
+    """
+    if len(der) > MAX_SESSION_LEN:
+        raise InvalidTicket(f"malformed session: {len(der)} bytes, more than any session "
+                            f"stek decodes ({MAX_SESSION_LEN})")
+    try:
+        _count(der, 0, _header(der, 0, len(der))[2], 0, MAX_ELEMENTS)
+    except ValueError as exc:
+        raise InvalidTicket(f"malformed session: not an OpenSSL SSL_SESSION (not DER: "
+                            f"{exc})") from None
+
+
 def _load(der: bytes) -> _SessionASN1:
     """Parse exactly one SSL_SESSION or raise InvalidTicket."""
     data = bytes(der)
+    check_der(data)
     try:
         parsed: _SessionASN1 = _SessionASN1.load(data)
         # asn1crypto parses lazily: touch every field now, inside the try.
@@ -368,22 +474,30 @@ def replace(der: bytes, *, ticket: bytes | None = _UNSET,
     return bytes(parsed.dump(force=False))
 
 
-_PEM_RE = re.compile(
-    rf"-----BEGIN {PEM_LABEL}-----\s*(?P<body>[A-Za-z0-9+/=\s]*?)\s*-----END {PEM_LABEL}-----"
-)
+_BEGIN = f"-----BEGIN {PEM_LABEL}-----"
+_END = f"-----END {PEM_LABEL}-----"
 
 
 def is_pem(text: str) -> bool:
-    return f"-----BEGIN {PEM_LABEL}-----" in text
+    return _BEGIN in text
 
 
 def from_pem(text: str) -> bytes:
-    """The DER inside an ``SSL SESSION PARAMETERS`` PEM block (s_client -sess_out)."""
-    m = _PEM_RE.search(text)
-    if m is None:
+    """The DER inside an ``SSL SESSION PARAMETERS`` PEM block (s_client -sess_out).
+
+    RFC 7468 section 2 framing, found with two string searches: linear time
+    whatever lies between or around the markers.
+    """
+    start = text.find(_BEGIN)
+    end = text.find(_END, start + len(_BEGIN)) if start >= 0 else -1
+    if end < 0:
         raise InvalidTicket(f"malformed session file: no complete '{PEM_LABEL}' PEM block")
+    body = "".join(text[start + len(_BEGIN):end].split())
+    if len(body) > MAX_SESSION_LEN * 4 // 3 + 4:
+        raise InvalidTicket(f"malformed session file: the PEM block holds more than any "
+                            f"session stek decodes ({MAX_SESSION_LEN} bytes)")
     try:
-        return base64.b64decode("".join(m.group("body").split()), validate=True)
+        return base64.b64decode(body, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidTicket("malformed session file: bad base64 in the PEM block") from None
 
@@ -398,9 +512,12 @@ def to_pem(der: bytes) -> str:
 
 __all__ = [
     "CIPHER_SUITES",
+    "MAX_ELEMENTS",
+    "MAX_SESSION_LEN",
     "PEM_LABEL",
     "PROTOCOLS",
     "SessionInfo",
+    "check_der",
     "decode",
     "from_pem",
     "is_pem",

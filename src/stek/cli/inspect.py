@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
 import click
 
-from ..inspect import Inspection, inspect_ticket, iso, read_ticket
+from ..compat import HAPROXY_SESSION_ID_CONTEXT, PYTHON_SESSION_ID_CONTEXT
+from ..inspect import MAX_SID_CTX_LEN, Inspection, inspect_ticket, iso, read_input, sid_ctx_label
+from ..recognize import MAX_INPUT_LEN, looks_inline
 from ..session import SessionInfo
 from ._common import open_cli_store, store_option
 
@@ -17,18 +20,76 @@ EXIT_RESUME = 0
 EXIT_NO_RESUME = 1
 
 
-def _read(path: str) -> str:
+_SERVERS = {"python": PYTHON_SESSION_ID_CONTEXT, "haproxy": HAPROXY_SESSION_ID_CONTEXT}
+
+
+def printable(text: str) -> str:
+    """``text`` with every non-printable character escaped (and backslashes doubled).
+
+    Session fields (SNI, ALPN, certificate names) come from the network: a
+    terminal must never receive their control or escape sequences.
+    """
+    out = []
+    for ch in text:
+        if ch == "\\":
+            out.append("\\\\")
+        elif ch.isprintable():
+            out.append(ch)
+        else:
+            o = ord(ch)
+            out.append(f"\\x{o:02x}" if o < 0x100 else
+                       f"\\u{o:04x}" if o < 0x10000 else f"\\U{o:08x}")
+    return "".join(out)
+
+
+def _echo(line: str) -> None:
+    click.echo(printable(line))
+
+
+def _shown(argument: str) -> str:
+    """An INPUT argument, short and escaped, for an error message."""
+    short = argument if len(argument) <= 40 else argument[:37] + "..."
+    return repr(printable(short))
+
+
+def _read(argument: str) -> bytes:
+    """INPUT's bytes: '-' is stdin, an existing path a file, else a ticket given inline."""
+    hint = f"INPUT {_shown(argument)}"
     try:
-        if path == "-":
-            return sys.stdin.read()
-        with open(path, encoding="utf-8", errors="strict") as f:
-            return f.read()
-    except UnicodeDecodeError:
-        raise click.BadParameter("not text (expected a session PEM, hex or base64)",
-                                 param_hint=f"INPUT {path!r}") from None
+        if argument == "-":
+            data = sys.stdin.buffer.read(MAX_INPUT_LEN + 1)
+        elif os.path.exists(argument) or not looks_inline(argument):
+            with open(argument, "rb") as f:
+                data = f.read(MAX_INPUT_LEN + 1)
+        else:
+            return argument.encode("utf-8", "surrogateescape")
+    except FileNotFoundError:
+        raise click.BadParameter("no such file, nor a session PEM or a ticket in hex or "
+                                 "base64 given inline", param_hint=hint) from None
     except OSError as exc:
         raise click.BadParameter(f"cannot read it: {exc.strerror or exc}",
-                                 param_hint=f"INPUT {path!r}") from None
+                                 param_hint=hint) from None
+    if len(data) > MAX_INPUT_LEN:
+        raise click.BadParameter(f"more than {MAX_INPUT_LEN} bytes: no session file or "
+                                 f"ticket is that large", param_hint=hint)
+    return data
+
+
+def _server_sid_ctx(_ctx: click.Context, _param: click.Parameter,
+                    value: str | None) -> bytes | None:
+    if value is None:
+        return None
+    if value.lower() in _SERVERS:
+        return _SERVERS[value.lower()]
+    try:
+        sid_ctx = bytes.fromhex(value)
+    except ValueError:
+        raise click.BadParameter("expected 'python', 'haproxy' or a session id context "
+                                 "in hex") from None
+    if len(sid_ctx) > MAX_SID_CTX_LEN:  # SSL_CTX_set_session_id_context refuses more
+        raise click.BadParameter(f"a session id context is at most {MAX_SID_CTX_LEN} "
+                                 f"bytes, this is {len(sid_ctx)}")
+    return sid_ctx
 
 
 def _session_lines(info: SessionInfo, indent: str = "  ") -> list[str]:
@@ -39,10 +100,11 @@ def _session_lines(info: SessionInfo, indent: str = "  ") -> list[str]:
         f"{indent}timeout       {info.timeout}s (until {iso(info.expires_at)})",
         f"{indent}sni           {info.sni or '-'}",
         f"{indent}alpn          "
-        f"{info.alpn.decode('ascii', 'replace') if info.alpn is not None else '-'}",
+        f"{info.alpn.decode('latin-1') if info.alpn is not None else '-'}",
         f"{indent}peer cert     "
         f"{('yes: ' + (info.peer_subject or '?')) if info.peer_certificate else 'no'}",
         f"{indent}secret        {info.secret_len} bytes (never shown)",
+        f"{indent}sid context   {sid_ctx_label(info.sid_ctx)}",
     ]
     if info.session_id:
         lines.append(f"{indent}session id    {info.session_id.hex()}")
@@ -60,40 +122,52 @@ def _session_lines(info: SessionInfo, indent: str = "  ") -> list[str]:
 
 def _print_text(result: Inspection, store_url: str, form: str) -> None:
     name = result.key_name.hex() if result.key_name is not None else "-"
-    click.echo(f"ticket        {result.ticket_len} bytes ({form}), key name {name}")
+    _echo(f"ticket        {result.ticket_len} bytes ({form}), key name {name}")
     if result.key is not None:
         k = result.key
         state = result.key_state.value if result.key_state else "?"
-        click.echo(f"key           in {store_url}: {state}, {k.size}-byte key, active "
+        _echo(f"key           in {store_url}: {state}, {k.size}-byte key, active "
                    f"{iso(k.activates_at)} .. {iso(k.retires_at)}, accepted until "
                    f"{iso(k.expires_at)}")
     else:
-        click.echo(f"key           not in {store_url}")
-    click.echo(f"verdict       {result.verdict.value}")
-    click.echo(f"reason        {result.reason}")
+        _echo(f"key           not in {store_url}")
+    _echo(f"verdict       {result.verdict.value}")
+    _echo(f"reason        {result.reason}")
+    if result.server_sid_ctx is not None:
+        _echo(f"server        session id context {sid_ctx_label(result.server_sid_ctx)}")
     if result.resumes:
-        click.echo(f"callback      answers {int(result.answer)} at {iso(result.now)}")
+        _echo(f"callback      answers {int(result.answer)} at {iso(result.now)}")
     if result.session is not None:
-        click.echo("session (ticket state):")
+        _echo("session (ticket state):")
         for line in _session_lines(result.session):
-            click.echo(line)
+            _echo(line)
     if result.client_session is not None:
-        click.echo("client session (input file):")
+        _echo("client session (input file):")
         for line in _session_lines(result.client_session):
-            click.echo(line)
+            _echo(line)
 
 
 @click.command("inspect")
 @click.argument("input_path", metavar="INPUT")
 @store_option
+@click.option("--server", "sid_ctx", metavar="python|haproxy|HEX", default=None,
+              callback=_server_sid_ctx,
+              help="Judge for this server's session id context: 'python' (Python's ssl, "
+                   "b'Python\\0'), 'haproxy', or the context in hex (nginx's is a SHA-1 "
+                   "over its certificates; the output shows each session's).  OpenSSL "
+                   "resumes a session only in the context it was made in.  Without it "
+                   "the context is shown, not checked.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def inspect_cmd(ctx: click.Context, input_path: str, store_url: str | None,
-                as_json: bool) -> None:
+                sid_ctx: bytes | None, as_json: bool) -> None:
     """Explain whether a server with this ring would resume a session ticket.
 
-    INPUT is a session file written by 'openssl s_client -sess_out FILE', a
-    raw ticket in hex or base64, or '-' to read either from stdin.
+    INPUT is a session file written by 'openssl s_client -sess_out FILE' (PEM,
+    or DER), a file holding a ticket in hex or base64, such a ticket given
+    inline, or '-' to read any of these from stdin (at most 512 KiB).  Other
+    input (a private key, a certificate, a keyring, prose) is refused with
+    what it looks like.
 
     Prints the ticket's key name, the matching key in the ring and its state,
     the verdict (resume, resume and renew, or full handshake) with its reason
@@ -106,12 +180,12 @@ def inspect_cmd(ctx: click.Context, input_path: str, store_url: str | None,
       1  the server would not (full handshake)
       2  usage error, unreadable input or store
     """
-    text = _read(input_path)
+    data = _read(input_path)
+    parsed = read_input(data)
     store = open_cli_store(store_url)
     ring = store.read()
-    parsed = read_ticket(text)
     result = inspect_ticket(parsed.ticket, ring, time.time(),
-                            client_session=parsed.client_session)
+                            client_session=parsed.client_session, sid_ctx=sid_ctx)
     if as_json:
         doc = result.to_dict()
         doc["store"] = store.url
