@@ -18,6 +18,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 from conftest import find_program, free_port
 
@@ -192,3 +193,171 @@ def started(server: _Server) -> Iterator[_Server]:
         yield server
     finally:
         server.stop()
+
+
+# -- production-shaped stores: TLS everywhere, authentication, several members ------------
+
+
+def _etcdctl(endpoints: str, pki: Any, *args: str, user: str | None = None) -> str:
+    cmd = [find_program("etcdctl"), "--endpoints", endpoints, "--cacert", str(pki.ca),
+           "--cert", str(pki.client_cert), "--key", str(pki.client_key), "--dial-timeout", "5s"]
+    if user:
+        cmd += ["--user", user]
+    proc = subprocess.run([*cmd, *args], capture_output=True, text=True, timeout=30,
+                          env={**os.environ, "ETCDCTL_API": "3"})
+    if proc.returncode != 0:
+        raise RuntimeError(f"etcdctl {args[:2]} failed: {proc.stderr[-1000:]}")
+    return proc.stdout
+
+
+class EtcdMember(_Server):
+    def __init__(self, workdir: Path, name: str, pki: Any) -> None:
+        super().__init__(workdir)
+        self.exe = find_program("etcd")
+        self.name = name
+        self.pki = pki
+        self.port = free_port()
+        self.peer_port = free_port()
+        self.cluster = ""
+        self.state = "new"
+
+    def _cmd(self) -> list[str]:
+        p = self.pki
+        client = f"https://127.0.0.1:{self.port}"
+        peer = f"https://127.0.0.1:{self.peer_port}"
+        # --trusted-ca-file on client URLs makes etcd 3.4 ask for client certificates.
+        return [self.exe, "--name", self.name, "--data-dir", str(self.dir / "data"),
+                "--listen-client-urls", client, "--advertise-client-urls", client,
+                "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
+                "--initial-cluster", self.cluster, "--initial-cluster-state", self.state,
+                "--initial-cluster-token", "stek-test",
+                "--cert-file", str(p.server_cert), "--key-file", str(p.server_key),
+                "--trusted-ca-file", str(p.ca), "--client-cert-auth",
+                "--peer-cert-file", str(p.server_cert), "--peer-key-file", str(p.server_key),
+                "--peer-trusted-ca-file", str(p.ca), "--peer-client-cert-auth",
+                # Short elections: a lost leader is replaced in about a second.
+                "--heartbeat-interval", "50", "--election-timeout", "500",
+                "--logger", "zap", "--log-outputs", "stderr"]
+
+    def start_async(self) -> None:
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(self._cmd(), cwd=self.dir, stdout=out,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+
+    def start(self) -> None:
+        self.start_async()
+        assert self.proc is not None
+        _wait_port(self.port, self.proc, self.log)
+
+
+class EtcdCluster:
+    """Three etcd members, TLS on client and peer URLs, authentication on.
+
+    Users: ``root``; ``stek`` (read-write on every key under ``/``) for
+    rotators and agents; ``server`` (read-only on ``/stektest/``) for servers.
+    """
+
+    def __init__(self, workdir: Path, pki: Any, n: int = 3) -> None:
+        from fleet_tls import password_file
+
+        self.pki = pki
+        self.dir = workdir
+        self.members = [EtcdMember(workdir / f"m{i}", f"m{i}", pki) for i in range(n)]
+        cluster = ",".join(f"{m.name}=https://127.0.0.1:{m.peer_port}" for m in self.members)
+        for m in self.members:
+            m.cluster = cluster
+        self.root_pw = password_file(workdir, "root")[1]
+        self.pw_file, self.password = password_file(workdir, "stek")
+        self.server_pw_file, self.server_password = password_file(workdir, "server")
+        self.prefix = "stektest"
+
+    @property
+    def endpoints(self) -> str:
+        return ",".join(f"127.0.0.1:{m.port}" for m in self.members)
+
+    def url_for(self, prefix: str, user: str = "stek", pw_file: Path | None = None, *,
+                cacert: Path | None = None, cert: Path | None = None,
+                key: Path | None = None) -> str:
+        p = self.pki
+        return (f"etcds://{self.endpoints}/{prefix}?cacert={cacert or p.ca}"
+                f"&cert={cert or p.client_cert}&key={key or p.client_key}"
+                f"&user={user}&password_file={pw_file or self.pw_file}")
+
+    @property
+    def url(self) -> str:
+        return self.url_for(self.prefix)
+
+    @property
+    def server_url(self) -> str:
+        """Read-only credentials, for the serving processes."""
+        return self.url_for(self.prefix, "server", self.server_pw_file)
+
+    def start(self) -> None:
+        """Start every member (they need each other for quorum), then wait until it answers."""
+        for m in self.members:
+            if m.proc is None:
+                m.start_async()
+        for m in self.members:
+            assert m.proc is not None
+            _wait_port(m.port, m.proc, m.log)
+        self.wait_healthy()
+        for m in self.members:
+            m.state = "existing"
+        if not getattr(self, "_auth", False):
+            self._enable_auth()
+
+    def wait_healthy(self, timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                _etcdctl(self.endpoints_https(live_only=True), self.pki, "endpoint", "health",
+                         user=f"root:{self.root_pw}" if getattr(self, "_auth", False) else None)
+                return
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    def endpoints_https(self, live_only: bool = False) -> str:
+        return ",".join(f"https://127.0.0.1:{m.port}" for m in self.members
+                        if not live_only or m.proc is not None)
+
+    def _enable_auth(self) -> None:
+        e, p = self.endpoints_https(), self.pki
+        for user, pw in (("root", self.root_pw), ("stek", self.password),
+                         ("server", self.server_password)):
+            _etcdctl(e, p, "user", "add", user, "--new-user-password", pw)
+        _etcdctl(e, p, "role", "add", "stek-rw")
+        _etcdctl(e, p, "role", "grant-permission", "stek-rw", "--prefix=true", "readwrite", "/")
+        _etcdctl(e, p, "user", "grant-role", "stek", "stek-rw")
+        _etcdctl(e, p, "role", "add", "stek-ro")
+        _etcdctl(e, p, "role", "grant-permission", "stek-ro", "--prefix=true", "read",
+                 f"/{self.prefix}/")
+        _etcdctl(e, p, "user", "grant-role", "server", "stek-ro")
+        _etcdctl(e, p, "auth", "enable")
+        self._auth = True
+
+    def leader(self) -> int:
+        """Index of the member that leads now."""
+        out = _etcdctl(self.endpoints_https(live_only=True), self.pki, "endpoint", "status",
+                       "-w", "json", user=f"root:{self.root_pw}")
+        for st in json.loads(out):
+            if st["Status"]["header"]["member_id"] == st["Status"]["leader"]:
+                port = int(st["Endpoint"].rsplit(":", 1)[1])
+                return next(i for i, m in enumerate(self.members) if m.port == port)
+        raise RuntimeError("no leader")
+
+    def kill(self, i: int | None = None) -> None:
+        """SIGKILL one member, or every member (the store vanishes)."""
+        for m in self.members if i is None else [self.members[i]]:
+            m.kill()
+
+    def stop(self) -> None:
+        for m in self.members:
+            m.stop()
+
+    def raw_values(self) -> dict[bytes, bytes]:
+        out = _etcdctl(self.endpoints_https(live_only=True), self.pki, "get", "", "--prefix",
+                       "-w", "json", user=f"root:{self.root_pw}")
+        return {base64.b64decode(kv["key"]): base64.b64decode(kv.get("value", ""))
+                for kv in json.loads(out).get("kvs", [])}

@@ -94,6 +94,9 @@ def _detail(exc: BaseException) -> str:
         text = str(json.loads(text).get("error") or text)
     if "SSLError" in text or "SSL" in type(exc).__name__:
         return "TLS handshake failed (" + _ssl_reason(text) + ")"
+    if "CommonName of client" in text:  # etcd embed/serve.go, auth + client-cert-auth
+        return ("etcd's gateway refuses a client certificate with a Common Name while auth "
+                "is on: issue stek's client certificate without a CN")
     if "Max retries exceeded" in text:  # urllib3's long wrapper: keep the cause
         text = text.rpartition(": ")[2].rstrip("')\"")
     return text
@@ -139,6 +142,9 @@ class _Members:
         if bool(cert) != bool(key):
             raise ConfigError(f"{u.display}: give both cert= and key= for a client certificate")
         self.session = requests.Session()
+        # $REQUESTS_CA_BUNDLE would silently replace cacert=, and ~/.netrc
+        # could add credentials: the URL alone says how to reach the store.
+        self.session.trust_env = False
         if self.tls:
             self.session.verify = cacert or True
             if cert and key:
@@ -298,6 +304,7 @@ class EtcdStore(SharedStore[int]):
         self._watch_member = i
         client = self._m.clients[i]
         session = requests.Session()
+        session.trust_env = False
         session.verify = self._m.session.verify
         session.cert = self._m.session.cert
         watch.on_close(session.close)
