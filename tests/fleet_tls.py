@@ -101,6 +101,7 @@ def make_pki(d: Path) -> Pki:
 def password_file(d: Path, name: str, value: str | None = None) -> tuple[Path, str]:
     """A fresh random password in a 0600 file: (path, password)."""
     value = value or secrets.token_urlsafe(18) + "/+"
+    d.mkdir(parents=True, exist_ok=True)
     p = d / f"{name}.password"
     p.write_text(value + "\n")
     os.chmod(p, 0o600)

@@ -361,3 +361,143 @@ class EtcdCluster:
                        "-w", "json", user=f"root:{self.root_pw}")
         return {base64.b64decode(kv["key"]): base64.b64decode(kv.get("value", ""))
                 for kv in json.loads(out).get("kvs", [])}
+
+
+class RedisNode(_Server):
+    """redis-server or redis-sentinel over TLS only (port 0, tls-port), from a config file."""
+
+    def __init__(self, workdir: Path, lines: list[str], sentinel: bool = False) -> None:
+        super().__init__(workdir)
+        self.exe = find_program("redis-sentinel" if sentinel else "redis-server")
+        self.port = free_port()
+        self.conf = self.dir / "redis.conf"
+        self.sentinel = sentinel
+        self.lines = lines
+
+    def write_conf(self, pki: Any) -> None:
+        base = ["port 0", f"tls-port {self.port}", "bind 127.0.0.1", f"dir {self.dir}",
+                f"tls-cert-file {pki.server_cert}", f"tls-key-file {pki.server_key}",
+                f"tls-ca-cert-file {pki.ca}", "tls-auth-clients yes", "tls-replication yes"]
+        if not self.sentinel:
+            base += ["save \"\"", "appendonly no", "daemonize no", "protected-mode no"]
+        self.conf.write_text("\n".join(base + self.lines) + "\n")
+
+    def _cmd(self) -> list[str]:
+        return [self.exe, str(self.conf)]
+
+
+class RedisSentinelSet:
+    """A TLS primary, one TLS replica and three TLS Sentinels; an ACL user for stek.
+
+    ``default`` holds the replication and Sentinel password; ``stek`` may
+    touch only ``stektest*`` keys and channels (Redis ACL, 7.0).
+    """
+
+    master = "stekmaster"
+    prefix = "stektest"
+
+    def __init__(self, workdir: Path, pki: Any) -> None:
+        from fleet_tls import password_file
+
+        self.pki, self.dir = pki, workdir
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.admin_pw = password_file(workdir, "admin")[1].replace("/", "x").replace("+", "y")
+        self.pw_file, self.password = password_file(workdir, "stek")
+        self.sentinel_pw_file, self.sentinel_password = password_file(
+            workdir, "sentinel", "sentinel" + self.admin_pw)
+        acl = [f"requirepass {self.admin_pw}", f"masterauth {self.admin_pw}",
+               f"user stek on >{self.password} ~{self.prefix}* &{self.prefix}* +@all"]
+        self.nodes = [RedisNode(workdir / "r0", acl), RedisNode(workdir / "r1", acl)]
+        self.nodes[1].lines = [*acl, f"replicaof 127.0.0.1 {self.nodes[0].port}"]
+        self.sentinels = [RedisNode(workdir / f"s{i}", [], sentinel=True) for i in range(3)]
+        for s in self.sentinels:
+            s.lines = [f"sentinel monitor {self.master} 127.0.0.1 {self.nodes[0].port} 2",
+                       f"sentinel auth-pass {self.master} {self.admin_pw}",
+                       f"sentinel down-after-milliseconds {self.master} 1000",
+                       f"sentinel failover-timeout {self.master} 5000",
+                       f"requirepass {self.sentinel_password}"]
+
+    def url_for(self, prefix: str) -> str:
+        p = self.pki
+        hosts = ",".join(f"127.0.0.1:{s.port}" for s in self.sentinels)
+        return (f"rediss+sentinel://stek@{hosts}/{self.master}/0?prefix={prefix}"
+                f"&cacert={p.ca}&cert={p.client_cert}&key={p.client_key}"
+                f"&password_file={self.pw_file}&sentinel_password_file={self.sentinel_pw_file}")
+
+    @property
+    def url(self) -> str:
+        return self.url_for(self.prefix)
+
+    def start(self) -> None:
+        for n in (*self.nodes, *self.sentinels):
+            if n.proc is None:
+                if not n.conf.exists():
+                    n.write_conf(self.pki)
+                n.start()
+        self.wait_replicated()
+
+    def _admin(self, node: RedisNode) -> Any:
+        import redis
+
+        p = self.pki
+        return redis.Redis(host="127.0.0.1", port=node.port, password=self.admin_pw, ssl=True,
+                           ssl_ca_certs=str(p.ca), ssl_certfile=str(p.client_cert),
+                           ssl_keyfile=str(p.client_key), socket_timeout=2)
+
+    def primary(self) -> int:
+        for i, n in enumerate(self.nodes):
+            if n.proc is None:
+                continue
+            c = self._admin(n)
+            try:
+                if c.execute_command("ROLE")[0] in (b"master", "master"):
+                    return i
+            finally:
+                c.close()
+        raise RuntimeError("no primary")
+
+    def wait_replicated(self, timeout: float = 30) -> None:
+        """Until the primary has a connected replica and every Sentinel knows it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                c = self._admin(self.nodes[self.primary()])
+                try:
+                    info = c.info("replication")
+                finally:
+                    c.close()
+                online = (info.get("slave0") or {}).get("state") == "online"
+                if online and self._sentinels_know():
+                    return
+            time.sleep(0.2)
+        raise RuntimeError("replica or sentinels not ready")
+
+    def _sentinels_know(self) -> bool:
+        import redis
+
+        p = self.pki
+        for s in self.sentinels:
+            c = redis.Redis(host="127.0.0.1", port=s.port, password=self.sentinel_password,
+                            ssl=True, ssl_ca_certs=str(p.ca), ssl_certfile=str(p.client_cert),
+                            ssl_keyfile=str(p.client_key), socket_timeout=2)
+            try:
+                if int(c.sentinel_master(self.master).get("num-slaves", 0)) < 1:
+                    return False
+            finally:
+                c.close()
+        return True
+
+    def kill(self, i: int | None = None) -> None:
+        for n in (self.nodes if i is None else [self.nodes[i]]):
+            n.kill()
+
+    def stop(self) -> None:
+        for n in (*self.sentinels, *self.nodes):
+            n.stop()
+
+    def raw_values(self) -> dict[bytes, bytes]:
+        c = self._admin(self.nodes[self.primary()])
+        try:
+            return {k: c.get(k) or b"" for k in c.scan_iter("*") if c.type(k) == b"string"}
+        finally:
+            c.close()
