@@ -111,3 +111,27 @@ def test_wrong_ca_certificate_or_password_is_one_line_without_secret(
             assert secret not in proc.stderr + proc.stdout
     ok = _status(cluster.url, kek_file)
     assert "no keyring yet" in ok.stderr  # reached and authenticated: only the ring is missing
+
+
+def test_status_and_metrics_show_store_health(cluster: EtcdCluster, kek_file: Path) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from stek import Policy, init_ring
+    from stek.agent import Agent, AgentCollector
+
+    store = open_store(cluster.url, kek_file=str(kek_file))
+    init_ring(store, Policy())
+    proc = _status(cluster.url, kek_file)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "health      etcd, TLS on, authenticated as stek" in out
+    leader = cluster.members[cluster.leader()]
+    assert f"leader: 127.0.0.1:{leader.port}" in out
+    assert out.count(" up") >= 3
+    reg = CollectorRegistry()
+    reg.register(AgentCollector(Agent(store, policy=Policy())))
+    text = generate_latest(reg).decode()
+    assert (f'stek_store_endpoint_up{{endpoint="127.0.0.1:{leader.port}",role="leader",'
+            f'tls="1",user="stek"}} 1.0') in text
+    for secret in (cluster.password, cluster.root_pw):
+        assert secret not in out + text
