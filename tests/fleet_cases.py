@@ -41,6 +41,9 @@ def shared(url: str, kek_file: Path | None = None, **options: Any) -> SharedStor
 
 
 def with_prefix(url: str, prefix: str) -> str:
+    if "?" in url and url.startswith("etcds://"):  # the TLS cluster: same options, other prefix
+        head, _, query = url.partition("?")
+        return head.rsplit("/", 1)[0] + "/" + prefix + "?" + query
     if url.startswith("etcd://"):
         return url.rsplit("/", 1)[0] + "/" + prefix
     return url.replace("prefix=stektest", f"prefix={prefix}")

@@ -15,17 +15,23 @@ import pytest
 
 import fleet_cases as cases
 from conftest import TLS_VERSIONS, Certs
-from servers_fleet import EtcdServer, RedisServer
+from fleet_tls import make_pki
+from servers_fleet import EtcdCluster, EtcdServer, RedisServer
 
 pytestmark = [pytest.mark.servers, pytest.mark.usefixtures("no_kek_env")]
 
-FleetServer = RedisServer | EtcdServer
+FleetServer = RedisServer | EtcdServer | EtcdCluster
 
 
-@pytest.fixture(params=["redis", "etcd"])
+@pytest.fixture(params=["redis", "etcd", "etcd-tls-auth"])
 def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FleetServer]:
-    srv: FleetServer = (RedisServer(tmp_path / "redis") if request.param == "redis"
-                        else EtcdServer(tmp_path / "etcd"))
+    srv: FleetServer
+    if request.param == "redis":
+        srv = RedisServer(tmp_path / "redis")
+    elif request.param == "etcd":
+        srv = EtcdServer(tmp_path / "etcd")
+    else:  # three members, TLS on client and peer URLs, a user with a password file
+        srv = EtcdCluster(tmp_path / "etcd", make_pki(tmp_path / "pki"))
     srv.start()
     try:
         yield srv

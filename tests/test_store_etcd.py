@@ -31,8 +31,6 @@ def test_url_and_key_layout(kek_file: Path) -> None:
     assert store.key == "/fleet/a/keyring"
     default = open_store("etcd://127.0.0.1:1", kek_file=str(kek_file))
     assert isinstance(default, EtcdStore) and default.key == "/stek/keyring"
-    with pytest.raises(ConfigError, match="not supported"):
-        open_store("etcd://u:pw@127.0.0.1:1/x", kek_file=str(kek_file))
 
 
 def test_unknown_option_is_a_config_error(kek_file: Path) -> None:
@@ -59,3 +57,4 @@ def test_gateway_path_is_v3_on_etcd_34(server: EtcdServer, kek_file: Path) -> No
     assert isinstance(store, EtcdStore)
     store.read_raw()
     assert store._client.api_path == "/v3/"
+    assert store.identity == "etcd:/stektest/keyring"

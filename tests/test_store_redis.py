@@ -53,3 +53,16 @@ def test_unreachable_server_fails_fast(kek_file: Path) -> None:
     with pytest.raises(StoreUnavailable):
         store.read()
     assert time.monotonic() - t < 3
+
+
+def test_write_that_reaches_no_replica_does_not_count(server: RedisServer,
+                                                      kek_file: Path) -> None:
+    """min_replicas=1 on a primary without replicas: WAIT answers 0, the write is refused."""
+    from stek import Policy, init_ring
+
+    store = open_store(server.url + "&min_replicas=1&wait_timeout=0.2", kek_file=str(kek_file))
+    with pytest.raises(StoreUnavailable, match="0 of 1 replica"):
+        init_ring(store, Policy())
+    # Without replicas connected, the default (auto) counts the primary's word.
+    auto = open_store(server.url, kek_file=str(kek_file))
+    assert init_ring(auto, Policy(), force=True).ring.keys

@@ -508,6 +508,7 @@ class AgentCollector(Collector):
         yield _counter("stek_rotations", "Passes that changed the ring.", a.rotations)
         yield _counter("stek_store_failures", "Passes that could not read or write the store.",
                        a.store_failures)
+        yield from _store_health(a.store)
         yield _gauge("stek_agent_last_pass_timestamp_seconds",
                      "When the last successful pass ran.", a.last_pass_ok)
         if ring is not None:
@@ -577,6 +578,24 @@ class AgentCollector(Collector):
             families["applies"].add_metric(lv, t.applies)
             families["owed"].add_metric(lv, 1 if t.apply_owed else 0)
         yield from families.values()
+
+
+def _store_health(store: KeyStore) -> Iterator[Metric]:
+    """stek_store_endpoint_up: each store server as stek sees it, probed at scrape time."""
+    from .stores.base import health_of
+
+    g = GaugeMetricFamily("stek_store_endpoint_up",
+                          "1 if the store server answers; role, TLS and user as labels.",
+                          labels=["endpoint", "role", "tls", "user"])
+    try:
+        h = health_of(store)
+    except Exception:  # a probe must never break a scrape
+        log.debug("store health probe failed", exc_info=True)
+        return
+    for e in h.endpoints:
+        g.add_metric([e.address, e.role, "1" if h.tls else "0", h.user or ""],
+                     1.0 if e.reachable else 0.0)
+    yield g
 
 
 def _gauge(name: str, doc: str, value: float | None) -> GaugeMetricFamily:

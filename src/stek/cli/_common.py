@@ -72,7 +72,7 @@ def open_cli_store(url: str | None, **options: Any) -> KeyStore:
     """
     for key, value in sealing_options().items():
         options.setdefault(key, value)
-    store = open_store(url or default_url(), **options)
+    store = open_store(default_url() if url is None else url, **options)
     if getattr(getattr(store, "sealer", None), "sealed", True) is False:
         click.echo(f"stek: WARNING: {store.url} holds session ticket keys UNSEALED "
                    f"(--insecure-plaintext): anyone who reads the store can decrypt "

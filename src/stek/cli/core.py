@@ -13,6 +13,7 @@ from .._duration import format_duration
 from ..keyring import Keyring
 from ..rotation import init_ring, rotate
 from ..schedule import Policy, State, StekWarning, next_change, state_of
+from ..stores.base import StoreHealth, health_of
 from ._common import DURATION, open_cli_store, setup_logging, store_option
 
 
@@ -95,6 +96,22 @@ def status_doc(ring: Keyring, url: str, now: float) -> dict[str, Any]:
     }
 
 
+def health_lines(h: StoreHealth) -> list[str]:
+    """The store's servers as stek sees them: reachable, leader/primary, TLS, user."""
+    if h.engine in ("file", "memory"):
+        return []
+    auth = f"authenticated as {h.user}" if h.user else "no authentication"
+    lines = [f"health      {h.engine}, TLS {'on' if h.tls else 'OFF'}, {auth}"
+             + (f", {h.replicas} replica(s)" if h.replicas is not None else "")]
+    for e in h.endpoints:
+        state = "up" if e.reachable else f"DOWN ({e.error.rpartition(': ')[2]})"
+        lead = " *" if h.primary and e.address == h.primary else ""
+        lines.append(f"  {e.address:24} {e.role or '-':10} {state}{lead}")
+    if h.primary:
+        lines.append(f"  {'primary' if h.engine.startswith('redis') else 'leader'}: {h.primary}")
+    return lines
+
+
 _MARK = {State.PENDING: ".", State.ACTIVE: "#", State.DECRYPT_ONLY: "-"}
 
 
@@ -132,6 +149,8 @@ def status(store_url: str | None, as_json: bool) -> None:
     ring = store.read()
     now = time.time()
     doc = status_doc(ring, store.url, now)
+    health = health_of(store)
+    doc["store_health"] = health.to_dict()
     if as_json:
         click.echo(json.dumps(doc, indent=2))
         return
@@ -141,6 +160,8 @@ def status(store_url: str | None, as_json: bool) -> None:
                f"{format_duration(p.accept_for)}, publish {format_duration(p.publish_ahead)} "
                f"ahead, {p.key_size}-byte keys")
     click.echo(f"now         {doc['now']}   next change {doc['next_change']}")
+    for line in health_lines(health):
+        click.echo(line)
     click.echo("")
     click.echo(f"  {'name':32}  {'state':12}  {'activates':20}  {'retires':20}  expires")
     for k in doc["keys"]:

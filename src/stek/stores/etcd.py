@@ -1,21 +1,43 @@
-"""A fleet keyring on etcd v3, through etcd's JSON gateway (etcd3gw).
+"""A fleet keyring on etcd v3, through etcd's JSON gateway (etcd3gw), on one or more members.
 
-URL: ``etcd://host:port/prefix`` (prefix defaults to ``/stek``).  The ring
-lives, sealed (see :mod:`stek.stores.sealing`), under the key
-``{prefix}/keyring``.
+URL (grammar and credentials: :mod:`stek.stores.url`)::
 
-* The gateway path: etcd 3.4 serves both ``/v3/`` and the deprecated
-  ``/v3beta/``; 3.5 dropped ``/v3beta/``.  etcd3gw asks ``/version`` once and
-  picks ``/v3/`` for 3.4 and later (``/v3beta/`` for 3.3).
-* Atomic read-modify-write, no leader: a transaction whose guard is the
-  key's ``mod_revision`` as read (``create_revision == 0`` when absent);
-  etcd applies it only if no write landed in between (etcd API guarantees,
-  "Transaction").  The losers re-read and plan again.
+    etcd://h1:2379,h2:2379,h3:2379/prefix
+    etcds://h1:2379,h2:2379,h3:2379/prefix?cacert=CA.pem&cert=C.pem&key=C.key
+        &user=stek&password_file=PATH
+
+The prefix defaults to ``/stek``; the ring lives, sealed (see
+:mod:`stek.stores.sealing`), under the key ``{prefix}/keyring``.
+
+* The client: etcd3gw (one ``Etcd3Client`` per member, sharing one
+  ``requests`` session that holds the TLS settings and the auth token).
+  ``etcds://`` verifies the members' certificates against ``cacert`` (or
+  the system's CAs) and checks the host name; ``cert``/``key`` present a
+  client certificate (etcd's ``--client-cert-auth``).
+* Authentication: ``/v3/auth/authenticate`` turns the user and password into
+  a token sent as the ``Authorization`` header (etcd API reference,
+  "Authentication"; gRPC gateway docs).  A token that etcd no longer knows
+  (it expires after ``--auth-token-ttl``, 300 s by default, or a member
+  restarted) is renewed once, then the request is retried.
+* Several members: requests go to the member that answered last; a member
+  that refuses, times out, has no leader, or answers 5xx is skipped for the
+  next one, within the same request.  Any member forwards writes to the
+  leader (etcd's Raft), so no client needs to know which one leads.
+* Atomic read-modify-write, no leader of our own: a transaction whose guard
+  is the key's ``mod_revision`` as read (``create_revision == 0`` when
+  absent); etcd applies it only if no write landed in between (etcd API
+  guarantees, "Transaction").  The losers re-read and plan again.
 * Change notification: an etcd watch on the key, a long-lived streaming
-  POST to ``/v3/watch`` read line by line (one JSON ``WatchResponse`` each).
-  Every (re)connection notifies too, so a change made while the watch was
-  down is re-read.
-* Short HTTP timeouts; every etcd3gw, HTTP or JSON error becomes StoreUnavailable.
+  POST to ``/v3/watch`` read line by line (one JSON ``WatchResponse`` each;
+  a line longer than :data:`MAX_WATCH_LINE` ends the stream).  The watch
+  asks etcd to cancel it if its member loses the leader (gRPC metadata
+  ``hasleader``, sent by the gateway from the ``Grpc-Metadata-hasleader``
+  header; etcd's ``rpctypes.MetadataRequireLeaderKey``), so a watcher moves
+  to a member that still has quorum instead of waiting silently.  Every
+  (re)connection notifies too, so a change made while the watch was moving
+  is re-read: no rotation falls in the gap.
+* Short HTTP timeouts; every etcd3gw, HTTP or JSON error becomes
+  StoreUnavailable, scrubbed of the password and token.
 """
 
 from __future__ import annotations
@@ -25,15 +47,16 @@ import binascii
 import contextlib
 import json
 import socket
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import etcd3gw
 import requests
 from etcd3gw import exceptions as etcd_exc
 
-from ..errors import ConfigError
+from ..errors import ConfigError, StoreUnavailable
+from .base import Endpoint, StoreHealth
 from .sealing import (
     AnySealer,
     SharedStore,
@@ -42,15 +65,22 @@ from .sealing import (
     sealer_from,
     unavailable,
 )
+from .url import StoreURL, parse
 
-#: Seconds for one KV request (connect and reply).
+#: Seconds for one KV request (connect and reply), per member tried.
 TIMEOUT = 2.0
 #: A watch stream idle this long is re-established (and the ring re-read):
 #: it bounds how long a silently dead connection goes unnoticed.
 WATCH_IDLE = 60.0
+#: Bytes: the longest watch line kept in memory (a ring is a few KB).
+MAX_WATCH_LINE = 4 * 1024 * 1024
 DEFAULT_PREFIX = "/stek"
 _ERRORS = (etcd_exc.Etcd3Exception, requests.RequestException, ValueError, KeyError, TypeError)
 _OPTIONS = ("kek", "kek_file", "insecure_plaintext", "env", "timeout")
+_QUERY = {"cacert", "cert", "key", "kek_file"}
+# Failures that say "this member cannot serve now, another may": move on.
+_MOVE_ON = ("no leader", "timed out", "timeout", "not capable", "leader changed", "stopped",
+            "too many requests", "unhealthy")
 
 
 def _b64(data: bytes) -> str:
@@ -58,56 +88,182 @@ def _b64(data: bytes) -> str:
 
 
 def _detail(exc: BaseException) -> str:
-    if isinstance(exc, etcd_exc.Etcd3Exception):
-        return str(exc.detail_text or exc)
-    return str(exc)
+    """One short line: etcd's own error text, or the TLS failure's reason."""
+    text = str(exc.detail_text or exc) if isinstance(exc, etcd_exc.Etcd3Exception) else str(exc)
+    with contextlib.suppress(ValueError, AttributeError, TypeError):
+        text = str(json.loads(text).get("error") or text)
+    if "SSLError" in text or "SSL" in type(exc).__name__:
+        return "TLS handshake failed (" + _ssl_reason(text) + ")"
+    if "CommonName of client" in text:  # etcd embed/serve.go, auth + client-cert-auth
+        return ("etcd's gateway refuses a client certificate with a Common Name while auth "
+                "is on: issue stek's client certificate without a CN")
+    if "Max retries exceeded" in text:  # urllib3's long wrapper: keep the cause
+        text = text.rpartition(": ")[2].rstrip("')\"")
+    return text
+
+
+def _ssl_reason(text: str) -> str:
+    low = text.lower()
+    for reason in ("certificate verify failed", "certificate required", "unknown ca",
+                   "bad certificate", "hostname mismatch", "doesn't match", "wrong version",
+                   "unexpected eof", "connection reset"):
+        if reason in low:
+            return reason
+    return "see the member's log"
+
+
+def _auth_expired(exc: BaseException) -> bool:
+    return isinstance(exc, etcd_exc.Etcd3Exception) and "invalid auth token" in _detail(exc)
+
+
+def _member_down(exc: BaseException) -> bool:
+    if isinstance(exc, (etcd_exc.ConnectionFailedError, etcd_exc.ConnectionTimeoutError,
+                        etcd_exc.InternalServerError, requests.ConnectionError,
+                        requests.Timeout)) and not isinstance(exc, requests.exceptions.SSLError):
+        return True
+    return any(m in _detail(exc).lower() for m in _MOVE_ON)
+
+
+class _Members:
+    """etcd3gw clients for each member, a shared session, and the auth token."""
+
+    def __init__(self, u: StoreURL, timeout: float) -> None:
+        self.url = u
+        self.tls = u.scheme == "etcds"
+        self.user = u.user
+        if u.password and not u.user:
+            raise ConfigError(f"{u.display}: a password needs a user (?user=NAME)")
+        if u.user and not u.password:
+            raise ConfigError(f"{u.display}: user {u.user!r} needs a password "
+                              f"(password_file=PATH or $STEK_STORE_PASSWORD)")
+        cacert, cert, key = (u.options.get(k) for k in ("cacert", "cert", "key"))
+        if not self.tls and (cacert or cert or key):
+            raise ConfigError(f"{u.display}: TLS options on a plaintext URL (use etcds://)")
+        if bool(cert) != bool(key):
+            raise ConfigError(f"{u.display}: give both cert= and key= for a client certificate")
+        self.session = requests.Session()
+        # $REQUESTS_CA_BUNDLE would silently replace cacert=, and ~/.netrc
+        # could add credentials: the URL alone says how to reach the store.
+        self.session.trust_env = False
+        if self.tls:
+            self.session.verify = cacert or True
+            if cert and key:
+                self.session.cert = (cert, key)
+        self.clients = [
+            etcd3gw.Etcd3Client(host=h, port=p, protocol="https" if self.tls else "http",
+                                timeout=timeout, session=self.session)
+            for h, p in u.host_list(2379)
+        ]
+        self.names = [f"{h}:{p}" for h, p in u.host_list(2379)]
+        self.current = 0
+        self._lock = threading.Lock()
+        self._token: str | None = None
+
+    def secrets(self) -> tuple[str, ...]:
+        return (*self.url.all_secrets(), *((self._token,) if self._token else ()))
+
+    def authenticate(self, client: etcd3gw.Etcd3Client) -> None:
+        """Exchange user and password for a token (etcd: POST /v3/auth/authenticate)."""
+        if not self.user:
+            return
+        self.session.headers.pop("Authorization", None)
+        resp = client.post(client.get_url("/auth/authenticate"),
+                           json={"name": self.user, "password": self.url.password})
+        token = resp.get("token") if isinstance(resp, dict) else None
+        if not token:
+            raise etcd_exc.Etcd3Exception("authenticate answered no token")
+        with self._lock:
+            self._token = str(token)
+            self.session.headers["Authorization"] = self._token
+
+    def ensure_auth(self, client: etcd3gw.Etcd3Client) -> None:
+        if self.user and self._token is None:
+            self.authenticate(client)
+
+    def order(self) -> list[int]:
+        """Member indexes, the last one that answered first."""
+        n = len(self.clients)
+        return [(self.current + i) % n for i in range(n)]
 
 
 class EtcdStore(SharedStore[int]):
     """A sealed keyring under one etcd key, changed by revision-guarded transactions."""
 
-    def __init__(self, client: etcd3gw.Etcd3Client, *, url: str, key: str,
+    def __init__(self, members: _Members, *, url: str, key: str,
                  sealer: AnySealer, timeout: float = TIMEOUT) -> None:
         super().__init__(url, sealer)
-        self._client = client
+        self._m = members
         self._timeout = timeout
         self.key = key
+        #: Stable name of the ring: engine and key (no host, no credential).
+        self.identity = f"etcd:{key}"
         self._key64 = _b64(key.encode())
+        self._watch_member = 0
+
+    @property
+    def _client(self) -> etcd3gw.Etcd3Client:
+        """The member requests go to now."""
+        return self._m.clients[self._m.current]
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> EtcdStore:
-        """Open ``etcd://host:port/prefix``; options: kek, kek_file, insecure_plaintext, timeout."""
+        """Open ``etcd[s]://HOSTS/prefix``; options: kek, kek_file, insecure_plaintext, timeout."""
         options_only(options, _OPTIONS, "etcd store")
-        parts = urlsplit(url)
-        if parts.username or parts.password:
-            raise ConfigError("etcd URL: user:password@ is not supported (etcd3gw has no auth)")
-        try:
-            host, port = parts.hostname, parts.port or 2379
-        except ValueError:
-            raise ConfigError(f"etcd URL {url!r}: bad port") from None
-        if not host:
-            raise ConfigError(f"etcd URL {url!r}: no host (use etcd://HOST:PORT/PREFIX)")
-        prefix = parts.path.rstrip("/") or DEFAULT_PREFIX
-        safe = f"etcd://{parts.netloc}{prefix}"
+        u = parse(url, options.get("env"))
+        u.take(_QUERY)
+        if not u.hosts:
+            raise ConfigError(f"{u.display}: no host (use etcd://HOST:PORT[,HOST:PORT...]/PREFIX)")
+        prefix = u.path.rstrip("/") or DEFAULT_PREFIX
+        u = StoreURL(u.scheme, u.hosts, prefix, u.options, u.user, u.password, u.secrets)
+        safe = u.display
         sealer = sealer_from(
-            safe, kek=options.get("kek"), kek_file=options.get("kek_file"),
+            safe, kek=options.get("kek"),
+            kek_file=options.get("kek_file") or u.options.get("kek_file"),
             insecure_plaintext=options.get("insecure_plaintext"), env=options.get("env"),
         )
         timeout = float(options.get("timeout", TIMEOUT))
-        client = etcd3gw.Etcd3Client(host=host, port=port, timeout=timeout)
-        return cls(client, url=safe, key=f"{prefix}/keyring", sealer=sealer, timeout=timeout)
+        return cls(_Members(u, timeout), url=safe, key=f"{prefix}/keyring", sealer=sealer,
+                   timeout=timeout)
 
     def __repr__(self) -> str:
         return f"EtcdStore({self.url!r}, {self.sealer.describe})"
 
+    def _fail(self, action: str, exc: BaseException, member: str = "") -> StoreUnavailable:
+        where = f" (member {member})" if member else ""
+        return unavailable(self.url, action + where, exc, *self._m.secrets(),
+                           detail=_detail(exc))
+
     def _post(self, path: str, body: dict[str, Any], action: str) -> dict[str, Any]:
-        try:
-            resp = self._client.post(self._client.get_url(path), json=body)
-            if not isinstance(resp, dict):
-                raise TypeError("etcd answered something other than a JSON object")
+        """POST to the current member; on a member failure, to the next ones."""
+        last: BaseException | None = None
+        last_member = ""
+        for i in self._m.order():
+            client = self._m.clients[i]
+            try:
+                resp = self._post_one(client, path, body)
+            except _ERRORS as exc:
+                last, last_member = exc, self._m.names[i]
+                if _member_down(exc):
+                    continue
+                raise self._fail(action, exc, last_member) from exc
+            self._m.current = i
             return resp
-        except _ERRORS as exc:
-            raise unavailable(self.url, action, exc, detail=_detail(exc)) from exc
+        assert last is not None
+        raise self._fail(action, last, last_member if len(self._m.names) == 1 else "all members")
+
+    def _post_one(self, client: etcd3gw.Etcd3Client, path: str,
+                  body: dict[str, Any]) -> dict[str, Any]:
+        self._m.ensure_auth(client)
+        try:
+            resp = client.post(client.get_url(path), json=body)
+        except etcd_exc.Etcd3Exception as exc:
+            if not _auth_expired(exc):
+                raise
+            self._m.authenticate(client)  # renew the token once, then retry
+            resp = client.post(client.get_url(path), json=body)
+        if not isinstance(resp, dict):
+            raise TypeError("etcd answered something other than a JSON object")
+        return resp
 
     def _load(self) -> tuple[bytes | None, int]:
         resp = self._post("/kv/range", {"key": self._key64}, "read")
@@ -132,18 +288,33 @@ class EtcdStore(SharedStore[int]):
             "success": [{"request_put": {"key": self._key64, "value": _b64(data)}}],
             "failure": [],
         }
+        # A member that times out may still have applied the transaction: the
+        # retry on the next member then fails its guard, re-reads, and finds
+        # the slot filled, so no slot ever gets two keys.
         resp = self._post("/kv/txn", txn, "write")
         # A failed compare leaves out "succeeded" (proto3 JSON omits false).
         return bool(resp.get("succeeded", False))
 
     def _listen(self, watch: WatchThread) -> None:
+        n = len(self._m.clients)
+        # After a lost watch, start from the next member (the one that answered requests first).
+        i = self._watch_member % n
+        if watch.reconnects:
+            i = (i + 1) % n if i == self._m.current else self._m.current
+        self._watch_member = i
+        client = self._m.clients[i]
         session = requests.Session()
+        session.trust_env = False
+        session.verify = self._m.session.verify
+        session.cert = self._m.session.cert
         watch.on_close(session.close)
         try:
-            url = self._client.get_url("/watch")
+            self._m.ensure_auth(client)
+            session.headers.update(self._m.session.headers)
+            session.headers["Grpc-Metadata-hasleader"] = "true"
             resp = session.post(
-                url, json={"create_request": {"key": self._key64}}, stream=True,
-                timeout=(self._timeout, WATCH_IDLE),
+                client.get_url("/watch"), json={"create_request": {"key": self._key64}},
+                stream=True, timeout=(self._timeout, WATCH_IDLE),
             )
             watch.on_close(lambda: _shutdown(resp))
             if resp.status_code != 200:
@@ -151,7 +322,14 @@ class EtcdStore(SharedStore[int]):
             for line in _lines(resp):
                 if watch.stop_event.is_set():
                     return
-                result = json.loads(line).get("result", {})
+                doc = json.loads(line)
+                if "error" in doc:
+                    err = str(doc["error"].get("message", "")) if isinstance(
+                        doc["error"], dict) else str(doc["error"])
+                    if "invalid auth token" in err:
+                        self._m.authenticate(client)
+                    raise etcd_exc.Etcd3Exception("watch ended by etcd")
+                result = doc.get("result", {})
                 if result.get("created"):
                     watch.ready()
                 elif result.get("canceled"):
@@ -168,9 +346,25 @@ class EtcdStore(SharedStore[int]):
     def subscribe(self, on_change: Callable[[], None]) -> WatchThread:
         return WatchThread("stek-etcd-watch", self.url, self._listen, on_change)
 
+    def health(self) -> StoreHealth:
+        """Each member: reachable or not, leader or follower (``/v3/maintenance/status``)."""
+        eps: list[Endpoint] = []
+        leader: str | None = None
+        for client, name in zip(self._m.clients, self._m.names, strict=True):
+            try:
+                st = self._post_one(client, "/maintenance/status", {})
+                me, lead = st.get("header", {}).get("member_id"), st.get("leader")
+                role = "leader" if me and me == lead else ("follower" if lead else "no leader")
+                if role == "leader":
+                    leader = name
+                eps.append(Endpoint(name, True, role))
+            except _ERRORS as exc:
+                eps.append(Endpoint(name, False, "", self._fail("reach", exc).args[0]))
+        return StoreHealth("etcd", self.identity, self._m.tls, self._m.user, tuple(eps), leader)
+
     def close(self) -> None:
         with contextlib.suppress(Exception):
-            self._client.session.close()
+            self._m.session.close()
 
 
 def _lines(resp: requests.Response) -> Iterator[bytes]:
@@ -180,6 +374,8 @@ def _lines(resp: requests.Response) -> Iterator[bytes]:
         buf += chunk
         *lines, buf = buf.split(b"\n")
         yield from (ln for ln in lines if ln.strip())
+        if len(buf) > MAX_WATCH_LINE:
+            raise etcd_exc.Etcd3Exception(f"watch line longer than {MAX_WATCH_LINE} bytes")
 
 
 def _shutdown(resp: requests.Response) -> None:

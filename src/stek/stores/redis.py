@@ -1,36 +1,57 @@
-"""A fleet keyring on Redis (redis-py).
+"""A fleet keyring on Redis (redis-py), alone, over TLS or behind Sentinel.
 
-URL: ``redis://[user:password@]host:port/db?prefix=stek`` (also ``rediss://``
-for TLS, and ``unix:///path/redis.sock?db=0``).  The ring lives, sealed (see
-:mod:`stek.stores.sealing`), in the string ``{prefix}:keyring``; every write
-publishes on the channel ``{prefix}:changed``.
+URLs (grammar and credentials: :mod:`stek.stores.url`):
+
+* ``redis://[user@]host:port/DB?prefix=stek&password_file=PATH``;
+* ``rediss://...?cacert=CA.pem&cert=CLIENT.pem&key=CLIENT.key`` (TLS; the
+  server's name is checked against its certificate; redis-py's own
+  ``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile`` are accepted too);
+* ``unix:///path/redis.sock?db=0``;
+* ``redis+sentinel://h1:26379,h2:26379,h3:26379/MASTER/DB?prefix=...
+  &password_file=...&sentinel_password_file=...`` (``rediss+sentinel://``:
+  TLS to the Sentinels and to the data nodes alike).
+
+The ring lives, sealed (see :mod:`stek.stores.sealing`), in the string
+``{prefix}:keyring``; every write is announced on the channel ``{prefix}:changed``.
 
 * Atomic read-modify-write, no leader: the write is a Lua script (``EVALSHA``;
   Redis runs a script atomically, https://redis.io/docs/latest/develop/interactive/programmability/eval-intro/)
   that sets the new value only if the current one is still the value the
-  mutation was computed from, and publishes in the same step.  Racing
-  rotators therefore write one key per slot: the losers re-read, see the
-  slot filled and plan nothing.
+  mutation was computed from.  Racing rotators therefore write one key per
+  slot: the losers re-read, see the slot filled and plan nothing.
+* Durability across a failover: Redis replicates asynchronously, so a write
+  acknowledged by a primary that dies before replicating is lost
+  (https://redis.io/docs/latest/operate/oss_and_stack/management/replication/).
+  A write counts only once ``WAIT`` reports it on at least one replica
+  (``min_replicas=``, by default 1 when the primary has replicas connected,
+  0 when it has none); only then is the change announced, so watching
+  servers load a key after it is on two machines.  When no replica answers
+  within ``wait_timeout`` the write is reported as failed (StoreUnavailable);
+  the primary may still hold it, and the next rotation sees it.
 * Change notification: pub/sub on ``{prefix}:changed``.  Messages published
   while a subscriber is disconnected are lost, so every (re)subscription
   also notifies, and the consumer re-reads; ``install()``'s periodic re-read
-  is the backstop.
+  is the backstop.  Under Sentinel, every new connection asks the Sentinels
+  for the current primary, so a watcher follows a failover when it reconnects.
 * Short timeouts and a single retry, so a refresher or an agent never hangs
-  on a dead server; every redis-py error becomes StoreUnavailable.
+  on a dead server; every redis-py error becomes StoreUnavailable, scrubbed
+  of every credential.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
 
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from redis.sentinel import Sentinel
 
-from ..errors import ConfigError
+from ..errors import ConfigError, StoreUnavailable
+from .base import Endpoint, StoreHealth
 from .sealing import (
     AnySealer,
     SharedStore,
@@ -39,100 +60,171 @@ from .sealing import (
     sealer_from,
     unavailable,
 )
+from .url import StoreURL, parse
 
 #: Seconds: connecting, and waiting for one reply.  Loopback or LAN answers
 #: in milliseconds; a refresher must fail fast and keep its snapshot.
 CONNECT_TIMEOUT = 1.0
 SOCKET_TIMEOUT = 2.0
 DEFAULT_PREFIX = "stek"
+#: Seconds a write waits for a replica's acknowledgement (``WAIT``).
+WAIT_TIMEOUT = 2.0
+
+log = logging.getLogger("stek.store")
 
 # KEYS[1] = the ring's key; ARGV[1] = "1" if a value was read ("0" if the key
-# was absent), ARGV[2] = that value, ARGV[3] = the new value, ARGV[4] = channel.
+# was absent), ARGV[2] = that value, ARGV[3] = the new value.
 # Returns 1 when written, 0 when another writer changed the value first.
 _CAS = """
 local cur = redis.call('GET', KEYS[1])
 if (ARGV[1] == '0' and cur == false) or (ARGV[1] == '1' and cur == ARGV[2]) then
   redis.call('SET', KEYS[1], ARGV[3])
-  redis.call('PUBLISH', ARGV[4], 'changed')
   return 1
 end
 return 0
 """
 
+
 _OPTIONS = ("kek", "kek_file", "insecure_plaintext", "env", "connect_timeout", "socket_timeout")
+_QUERY = {"prefix", "db", "cacert", "cert", "key", "ssl_ca_certs", "ssl_certfile",
+          "ssl_keyfile", "min_replicas", "wait_timeout", "sentinel_user", "kek_file"}
+_TLS_ALIASES = {"cacert": "ssl_ca_certs", "cert": "ssl_certfile", "key": "ssl_keyfile"}
 
 
-def _redact(url: str) -> tuple[str, str, str, str]:
-    """(URL without password and stek parameters, URL for redis-py, prefix, password)."""
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    prefix = DEFAULT_PREFIX
-    rest = []
-    for k, v in query:
-        if k == "prefix":
-            prefix = v
-        elif k == "password":
-            raise ConfigError("redis URL: put the password in user:password@, not in ?password=")
-        else:
-            rest.append((k, v))
-    if not prefix:
-        raise ConfigError("redis URL: prefix must not be empty")
-    password = unquote(parts.password or "")
-    client_url = urlunsplit(parts._replace(query=urlencode(rest)))
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, _, hostport = netloc.rpartition("@")
-        user = userinfo.partition(":")[0]
-        netloc = f"{user}@{hostport}" if user else hostport
-    shown = [(k, v) for k, v in query if k == "prefix"] + rest
-    safe = urlunsplit(parts._replace(netloc=netloc, query=urlencode(shown)))
-    return safe, client_url, prefix, password
+def _db(text: str, shown: str) -> int:
+    if not text.isdigit():
+        raise ConfigError(f"{shown}: the database must be a number, not {text!r}")
+    return int(text)
+
+
+def _tls_kwargs(u: StoreURL, tls: bool) -> dict[str, Any]:
+    files = {_TLS_ALIASES.get(k, k): v for k, v in u.options.items()
+             if k in _TLS_ALIASES or k in _TLS_ALIASES.values()}
+    if not tls:
+        if files:
+            raise ConfigError(f"{u.display}: TLS options on a plaintext URL (use rediss://)")
+        return {}
+    if ("ssl_certfile" in files) != ("ssl_keyfile" in files):
+        raise ConfigError(f"{u.display}: give both cert= and key= for a client certificate")
+    kw: dict[str, Any] = {"ssl": True, "ssl_cert_reqs": "required", "ssl_check_hostname": True}
+    kw.update(files)
+    if u.secret("ssl_password"):
+        kw["ssl_password"] = u.secret("ssl_password")
+    return kw
+
+
+class _Parsed:
+    """What a Redis URL asks for: where, how, and under which name."""
+
+    def __init__(self, url: str, env: Any) -> None:
+        u = parse(url, env)
+        u.take(_QUERY)
+        self.url = u
+        shown = u.display
+        self.sentinel = u.scheme.endswith("+sentinel")
+        self.tls = u.scheme.startswith("rediss")
+        self.prefix = u.options.get("prefix", DEFAULT_PREFIX)
+        if not self.prefix:
+            raise ConfigError(f"{shown}: prefix must not be empty")
+        self.master = ""
+        parts = [p for p in u.path.split("/") if p] if u.scheme != "unix" else []
+        db_text = u.options.get("db")
+        if self.sentinel:
+            if not u.hosts or not parts:
+                raise ConfigError(f"{shown}: use {u.scheme}://HOST:PORT[,HOST:PORT...]/MASTER/DB")
+            self.master = parts.pop(0)
+        elif u.scheme == "unix":
+            if u.hosts or not u.path:
+                raise ConfigError(f"{shown}: use unix:///PATH/TO/redis.sock?db=N")
+        elif len(u.hosts) != 1:
+            raise ConfigError(f"{shown}: one host per redis:// URL (several Sentinels: "
+                              f"redis+sentinel://H1,H2,H3/MASTER/DB)")
+        if len(parts) > 1:
+            raise ConfigError(f"{shown}: the path is /DB (a number), not {u.path!r}")
+        if parts and db_text is not None and parts[0] != db_text:
+            raise ConfigError(f"{shown}: two databases (/{parts[0]} and db={db_text})")
+        self.db = _db(parts[0] if parts else (db_text or "0"), shown)
+        mr = u.options.get("min_replicas", "auto")
+        if mr != "auto" and not mr.isdigit():
+            raise ConfigError(f"{shown}: min_replicas is a number or 'auto'")
+        self.min_replicas: int | None = None if mr == "auto" else int(mr)
+        try:
+            self.wait_timeout = float(u.options.get("wait_timeout", WAIT_TIMEOUT))
+        except ValueError:
+            raise ConfigError(f"{shown}: wait_timeout is a number of seconds") from None
+        self.identity = f"redis:{self.db}/{self.prefix}"
+
+    def client(self, connect_timeout: float, socket_timeout: float) -> redis.Redis[bytes]:
+        u = self.url
+        kw: dict[str, Any] = {
+            "db": self.db, "username": u.user, "password": u.password,
+            "socket_connect_timeout": connect_timeout, "socket_timeout": socket_timeout,
+            # One immediate retry: enough to replace a pooled connection
+            # that died with a restarted server, never a long stall.
+            "retry": Retry(NoBackoff(), 1), "health_check_interval": 10,
+        }
+        tls = _tls_kwargs(u, self.tls)
+        if self.sentinel:
+            skw: dict[str, Any] = {
+                "socket_connect_timeout": connect_timeout, "socket_timeout": socket_timeout,
+                "username": u.options.get("sentinel_user"),
+                "password": u.secret("sentinel_password"), **tls,
+            }
+            sentinel = Sentinel(u.host_list(26379), sentinel_kwargs=skw, **kw, **tls)
+            self.sentinels = sentinel
+            return sentinel.master_for(self.master)
+        if u.scheme == "unix":
+            return redis.Redis(unix_socket_path=u.path, **kw)
+        host, port = u.host_list(6379)[0]
+        return redis.Redis(host=host, port=port, **kw, **tls)
 
 
 class RedisStore(SharedStore[bytes | None]):
     """A sealed keyring in one Redis string, changed by compare-and-set scripts."""
 
     def __init__(self, client: redis.Redis[bytes], *, url: str, prefix: str, sealer: AnySealer,
-                 password: str = "") -> None:
+                 secrets: tuple[str, ...] = (), parsed: _Parsed | None = None) -> None:
         super().__init__(url, sealer)
         self._client = client
-        # Only to scrub it from error messages (as typed in the URL, and decoded).
-        self._secrets = (password, quote(password, safe="")) if password else ()
+        # Only to scrub them from foreign error messages (as typed and encoded).
+        self._secrets = secrets
+        self._parsed = parsed
         self.key = f"{prefix}:keyring"
         self.channel = f"{prefix}:changed"
+        #: Stable name of the ring: engine, database and prefix (no host, no credential).
+        self.identity = parsed.identity if parsed else f"redis:0/{prefix}"
         self._cas = client.register_script(_CAS)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisStore:
-        """Open ``redis://...``; options: kek, kek_file, insecure_plaintext, timeouts."""
+        """Open a Redis URL; options: kek, kek_file, insecure_plaintext, timeouts."""
         options_only(options, _OPTIONS, "redis store")
-        safe, client_url, prefix, password = _redact(url)
+        p = _Parsed(url, options.get("env"))
+        safe = p.url.display
         sealer = sealer_from(
-            safe, kek=options.get("kek"), kek_file=options.get("kek_file"),
+            safe, kek=options.get("kek"),
+            kek_file=options.get("kek_file") or p.url.options.get("kek_file"),
             insecure_plaintext=options.get("insecure_plaintext"), env=options.get("env"),
         )
         try:
-            client = redis.Redis.from_url(
-                client_url,
-                socket_connect_timeout=float(options.get("connect_timeout", CONNECT_TIMEOUT)),
-                socket_timeout=float(options.get("socket_timeout", SOCKET_TIMEOUT)),
-                # One immediate retry: enough to replace a pooled connection
-                # that died with a restarted server, never a long stall.
-                retry=Retry(NoBackoff(), 1),
-                health_check_interval=10,
-            )
-        except (ValueError, redis.RedisError) as exc:
-            raise ConfigError(f"bad redis URL {safe!r}: {exc}") from None
-        return cls(client, url=safe, prefix=prefix, sealer=sealer, password=password)
+            client = p.client(float(options.get("connect_timeout", CONNECT_TIMEOUT)),
+                              float(options.get("socket_timeout", SOCKET_TIMEOUT)))
+        except (ValueError, TypeError, redis.RedisError) as exc:
+            raise ConfigError(f"bad redis URL {safe!r}: {type(exc).__name__}") from None
+        return cls(client, url=safe, prefix=p.prefix, sealer=sealer,
+                   secrets=p.url.all_secrets(), parsed=p)
 
     def __repr__(self) -> str:
         return f"RedisStore({self.url!r}, {self.sealer.describe})"
+
+    def _fail(self, action: str, exc: BaseException) -> StoreUnavailable:
+        return unavailable(self.url, action, exc, *self._secrets)
 
     def _load(self) -> tuple[bytes | None, bytes | None]:
         try:
             value = self._client.get(self.key)
         except redis.RedisError as exc:
-            raise unavailable(self.url, "read", exc, *self._secrets) from exc
+            raise self._fail("read", exc) from exc
         if value is not None and not isinstance(value, bytes):
             value = bytes(value)
         return value, value
@@ -140,10 +232,35 @@ class RedisStore(SharedStore[bytes | None]):
     def _swap(self, token: bytes | None, data: bytes) -> bool:
         args = ["0", b""] if token is None else ["1", token]
         try:
-            done = self._cas(keys=[self.key], args=[*args, data, self.channel])
+            done = self._cas(keys=[self.key], args=[*args, data])
+            if not done:
+                return False
+            self._replicated()
         except redis.RedisError as exc:
-            raise unavailable(self.url, "write", exc, *self._secrets) from exc
-        return bool(done)
+            raise self._fail("write", exc) from exc
+        # Announced only once durable: a watcher never loads a key a failover could lose.
+        try:
+            self._client.publish(self.channel, "changed")
+        except redis.RedisError as exc:
+            log.warning("%s: written, but the change notification failed (%s); watchers "
+                        "see it at their next periodic read", self.url, type(exc).__name__)
+        return True
+
+    def _replicated(self) -> None:
+        """Block until the last write is on enough replicas (``WAIT``), or raise."""
+        p = self._parsed
+        need = p.min_replicas if p else None
+        if need is None:
+            role = self._client.execute_command("ROLE")
+            need = 1 if role and role[0] in (b"master", "master") and role[2] else 0
+        if need == 0:
+            return
+        timeout = p.wait_timeout if p else WAIT_TIMEOUT
+        got = int(self._client.execute_command("WAIT", need, int(timeout * 1000)))
+        if got < need:
+            raise StoreUnavailable(
+                f"{self.url}: cannot write: {got} of {need} replica(s) acknowledged within "
+                f"{timeout:g}s; the write may be lost in a failover, so it does not count")
 
     def _listen(self, watch: WatchThread) -> None:
         pubsub = self._client.pubsub(ignore_subscribe_messages=True)
@@ -162,7 +279,61 @@ class RedisStore(SharedStore[bytes | None]):
     def subscribe(self, on_change: Callable[[], None]) -> WatchThread:
         return WatchThread("stek-redis-watch", self.url, self._listen, on_change)
 
+    def health(self) -> StoreHealth:
+        """Reachability and role of each server (Sentinels and the primary they name)."""
+        p = self._parsed
+        tls = bool(p and p.tls)
+        user = None
+        if p and (p.url.user or p.url.password):
+            user = p.url.user or "default"
+        eps: list[Endpoint] = []
+        primary: str | None = None
+        replicas: int | None = None
+        if p and p.sentinel:
+            for node, (host, port) in zip(p.sentinels.sentinels, p.url.host_list(26379),
+                                          strict=True):
+                eps.append(self._probe(node, f"{host}:{port}", "sentinel"))
+            try:
+                mhost, mport = p.sentinels.discover_master(p.master)
+                primary = f"{mhost}:{mport}"
+            except redis.RedisError as exc:
+                eps.append(Endpoint(f"master {p.master}", False, "primary",
+                                    self._fail("reach", exc).args[0]))
+        try:
+            role = self._client.execute_command("ROLE")
+            name = role[0].decode() if isinstance(role[0], bytes) else str(role[0])
+            if name == "master":
+                replicas = len(role[2])
+            where = self._address()
+            if primary is None and name == "master":
+                primary = where
+            eps.append(Endpoint(where, True, "primary" if name == "master" else "replica"))
+        except redis.RedisError as exc:
+            eps.append(Endpoint(self._address(), False, "", self._fail("reach", exc).args[0]))
+        engine = "redis+sentinel" if p and p.sentinel else "redis"
+        return StoreHealth(engine, self.identity, tls, user, tuple(eps), primary, replicas)
+
+    def _address(self) -> str:
+        p = self._parsed
+        if p and p.sentinel:
+            return "primary"
+        if p and p.url.scheme == "unix":
+            return p.url.path
+        return ",".join(f"{h}:{port}" for h, port in (p.url.host_list(6379) if p else []))
+
+    def _probe(self, node: redis.Redis[bytes], address: str, role: str) -> Endpoint:
+        try:
+            node.ping()
+            return Endpoint(address, True, role)
+        except redis.RedisError as exc:
+            return Endpoint(address, False, role, self._fail("reach", exc).args[0])
+
     def close(self) -> None:
         # Closing a dead connection is not an error.
         with contextlib.suppress(redis.RedisError):
             self._client.close()
+        p = self._parsed
+        if p and p.sentinel:
+            for node in p.sentinels.sentinels:
+                with contextlib.suppress(redis.RedisError):
+                    node.close()

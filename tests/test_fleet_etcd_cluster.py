@@ -1,0 +1,137 @@
+"""A 3-member etcd cluster as production runs it: TLS on client and peer URLs, users on.
+
+Certificates and passwords are made by the test; every member listens on
+127.0.0.1 only.  Servers connect with a read-only user, rotators and the
+agent with a read-write one.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from conftest import Certs
+from fleet_failover import Run, check_ring, failover_run
+from fleet_tls import Pki, make_pki, password_file
+from servers_fleet import EtcdCluster, child_env
+from stek import open_store
+from stek.stores.base import health_of
+
+pytestmark = [pytest.mark.servers, pytest.mark.usefixtures("no_kek_env")]
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> Pki:
+    return make_pki(tmp_path / "pki")
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, pki: Pki) -> Iterator[EtcdCluster]:
+    c = EtcdCluster(tmp_path / "etcd", pki)
+    c.start()
+    try:
+        yield c
+    finally:
+        c.stop()
+
+
+def test_leader_and_quorum_loss_lose_no_handshake_and_no_key(
+        cluster: EtcdCluster, certs: Certs, kek_file: Path, tmp_path: Path) -> None:
+    def script(run: Run) -> None:
+        time.sleep(6)
+        leader = cluster.leader()
+        run.marks["leader_killed"] = time.time()
+        cluster.kill(leader)
+        time.sleep(8)
+        second = next(i for i, m in enumerate(cluster.members) if m.proc is not None)
+        run.marks["quorum_lost"] = time.time()
+        cluster.kill(second)
+        time.sleep(5)
+        run.marks["quorum_back"] = time.time()
+        for m in cluster.members:
+            if m.proc is None:
+                m.start_async()
+        cluster.wait_healthy()
+
+    run = failover_run(cluster.url, cluster.server_url, certs, kek_file, tmp_path, script)
+    assert run.failures == []
+    assert run.handshakes >= 100
+    assert run.resumed >= run.handshakes - 2  # one full handshake per client thread
+    assert len(run.pids) == 2
+    check_ring(run, cluster.url, kek_file)
+    # Rotation went on after the leader died, stopped without quorum, then resumed.
+    after_leader = [t for t in run.rotate_ok
+                    if run.marks["leader_killed"] + 3 < t < run.marks["quorum_lost"]]
+    assert after_leader
+    back = [t for t in run.rotate_ok if t > run.marks["quorum_back"]]
+    assert back and min(back) - run.marks["quorum_back"] < 15
+    assert any(a > run.marks["quorum_back"] for _, a in run.added)
+
+
+def test_health_names_the_leader_and_the_user(cluster: EtcdCluster, kek_file: Path) -> None:
+    store = open_store(cluster.url, kek_file=str(kek_file))
+    h = health_of(store)
+    assert h.tls and h.user == "stek" and h.identity == "etcd:/stektest/keyring"
+    assert [e.reachable for e in h.endpoints] == [True, True, True]
+    leader = cluster.members[cluster.leader()]
+    assert h.primary == f"127.0.0.1:{leader.port}"
+    cluster.kill(0)
+    h = health_of(store)
+    assert [e.reachable for e in h.endpoints] == [False, True, True]
+    assert cluster.password not in repr(h)
+
+
+def _status(url: str, kek_file: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "stek", "status", "--store", url],
+                          env=child_env(STEK_KEK_FILE=str(kek_file)), capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_wrong_ca_certificate_or_password_is_one_line_without_secret(
+        cluster: EtcdCluster, pki: Pki, kek_file: Path, tmp_path: Path) -> None:
+    bad_pw, bad = password_file(tmp_path, "wrong")
+    cases = {
+        "certificate verify failed": cluster.url_for("stektest", cacert=pki.other_ca),
+        "TLS handshake failed": cluster.url_for("stektest", cert=pki.other_client_cert,
+                                                key=pki.other_client_key),
+        "authentication failed": cluster.url_for("stektest", pw_file=bad_pw),
+    }
+    for expected, url in cases.items():
+        proc = _status(url, kek_file)
+        assert proc.returncode in (1, 2), proc.stdout
+        lines = proc.stderr.strip().splitlines()
+        assert len(lines) == 1, proc.stderr
+        assert expected in lines[0]
+        for secret in (bad, cluster.password, cluster.root_pw):
+            assert secret not in proc.stderr + proc.stdout
+    ok = _status(cluster.url, kek_file)
+    assert "no keyring yet" in ok.stderr  # reached and authenticated: only the ring is missing
+
+
+def test_status_and_metrics_show_store_health(cluster: EtcdCluster, kek_file: Path) -> None:
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from stek import Policy, init_ring
+    from stek.agent import Agent, AgentCollector
+
+    store = open_store(cluster.url, kek_file=str(kek_file))
+    init_ring(store, Policy())
+    proc = _status(cluster.url, kek_file)
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    assert "health      etcd, TLS on, authenticated as stek" in out
+    leader = cluster.members[cluster.leader()]
+    assert f"leader: 127.0.0.1:{leader.port}" in out
+    assert out.count(" up") >= 3
+    reg = CollectorRegistry()
+    reg.register(AgentCollector(Agent(store, policy=Policy())))
+    text = generate_latest(reg).decode()
+    assert (f'stek_store_endpoint_up{{endpoint="127.0.0.1:{leader.port}",role="leader",'
+            f'tls="1",user="stek"}} 1.0') in text
+    for secret in (cluster.password, cluster.root_pw):
+        assert secret not in out + text

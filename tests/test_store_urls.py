@@ -1,0 +1,179 @@
+"""One URL grammar for every store: what is accepted, what is refused, and what is shown.
+
+Secrets (passwords, tokens) never appear in a store's ``url``, its repr, or
+any error, whatever the URL looked like; URLs that would mean something
+other than what they say are refused with one line.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import find_program, free_port
+from servers_fleet import child_env
+from stek import ConfigError, StekError, StoreUnavailable, open_store
+from stek.cli import main as cli_main
+from stek.stores.base import health_of
+from stek.stores.etcd import EtcdStore
+from stek.stores.redis import RedisStore
+from stek.stores.url import parse, scrub
+
+pytestmark = pytest.mark.usefixtures("no_kek_env")
+
+SECRET = "pa/ss?w@rd#1"
+
+
+def secret_file(tmp_path: Path, value: str = SECRET) -> Path:
+    p = tmp_path / "pw"
+    p.write_text(value + "\n")
+    os.chmod(p, 0o600)
+    return p
+
+
+@pytest.mark.parametrize("url", [
+    "redis://stek:pa/ss@127.0.0.1:6379/0",
+    "redis://:pa/ss@127.0.0.1:6379/0?prefix=x",
+    "rediss://u:pa/ss@h:1/0?ssl_password=pa/ss&prefix=x",
+    "etcds://u:pa/ss@h1:1,h2:2/p?password=pa/ss",
+    "redis+sentinel://u:pa/ss@h1:1,h2:2/m/0?sentinel_password=pa/ss",
+])
+def test_scrub_removes_every_secret_even_unencoded(url: str) -> None:
+    shown = scrub(url)
+    assert "pa/ss" not in shown
+    assert shown.split("://")[0] == url.split("://")[0]
+
+
+def test_secret_in_the_query_string_is_refused_without_echoing_it(kek_file: Path) -> None:
+    for url in ("redis://127.0.0.1:1/0?password=hunter22",
+                "rediss://127.0.0.1:1/0?ssl_password=hunter22",
+                "redis+sentinel://127.0.0.1:1/m/0?sentinel_password=hunter22",
+                "etcds://127.0.0.1:1/p?user=u&password=hunter22"):
+        with pytest.raises(ConfigError, match="_file=PATH") as info:
+            open_store(url, kek_file=str(kek_file))
+        assert "hunter22" not in str(info.value)
+
+
+def test_password_from_file_or_environment_never_shown(kek_file: Path, tmp_path: Path) -> None:
+    pw = secret_file(tmp_path)
+    store = open_store(f"redis://stek@127.0.0.1:1/0?prefix=p&password_file={pw}",
+                       kek_file=str(kek_file))
+    assert isinstance(store, RedisStore)
+    assert store._parsed is not None and store._parsed.url.password == SECRET
+    assert SECRET not in store.url and SECRET not in repr(store)
+    assert store.url == f"redis://stek@127.0.0.1:1/0?password_file={pw}&prefix=p"
+    with pytest.raises(StoreUnavailable) as info:
+        store.read()  # nothing listens on port 1
+    assert SECRET not in str(info.value)
+    env = {"STEK_STORE_PASSWORD": SECRET}
+    u = parse("etcds://h:1/p?user=stek", env)
+    assert u.password == SECRET and u.user == "stek"
+    assert SECRET not in u.display and SECRET not in repr(u)
+
+
+def test_bad_url_error_does_not_leak_a_password_with_a_slash(kek_file: Path) -> None:
+    for url in ("redis://stek:pa/ss@127.0.0.1:notaport/0", "redis://stek:pa/ss@h:1/abc",
+                "etcd://u:pa/ss@h:99999/p", "bogus://u:pa/ss@h/x"):
+        with pytest.raises(ConfigError) as info:
+            open_store(url, kek_file=str(kek_file))
+        assert "pa/ss" not in str(info.value) and "ss@" not in str(info.value)
+
+
+def test_urls_that_mean_something_else_are_refused(kek_file: Path) -> None:
+    for url, match in (("", "empty store URL"), ("   ", "empty store URL"),
+                       ("file:", "no path"), ("file://", "no path"),
+                       ("redis://127.0.0.1:1/abc", "must be a number"),
+                       ("redis://127.0.0.1:1/0/1", "the path is /DB"),
+                       ("redis://127.0.0.1:1/1?db=2", "two databases"),
+                       ("redis://h1:1,h2:2/0", "one host"),
+                       ("redis://127.0.0.1:1/0?colour=blue", "unknown option"),
+                       ("etcd://127.0.0.1:1/p?cacert=/x", "TLS options on a plaintext"),
+                       ("etcd://127.0.0.1:1/p?timeout=3", "unknown option"),
+                       ("etcds://127.0.0.1:1/p?user=u", "needs a password"),
+                       ("etcds://127.0.0.1:1/p?cert=/a", "both cert= and key="),
+                       ("redis+sentinel://127.0.0.1:1", "MASTER/DB")):
+        with pytest.raises(ConfigError, match=match):
+            open_store(url, kek_file=str(kek_file))
+
+
+def test_cli_refuses_an_empty_store_url(capsys: pytest.CaptureFixture[str]) -> None:
+    for url in ("", "file:"):
+        code = cli_main(["status", "--store", url])
+        assert code in (1, 2)
+        err = capsys.readouterr().err
+        assert len(err.strip().splitlines()) == 1, err
+
+
+def test_several_etcd_members_and_identity(kek_file: Path) -> None:
+    store = open_store("etcd://h1:2379,h2,[::1]:2381/fleet/a/", kek_file=str(kek_file))
+    assert isinstance(store, EtcdStore)
+    assert store._m.names == ["h1:2379", "h2:2379", "::1:2381"]
+    assert store.url == "etcd://h1:2379,h2,[::1]:2381/fleet/a"
+    assert store.identity == "etcd:/fleet/a/keyring"
+    r = open_store("rediss://127.0.0.1:1/3?prefix=q", kek_file=str(kek_file))
+    s = open_store("redis+sentinel://h1,h2/mymaster/3?prefix=q", kek_file=str(kek_file))
+    assert isinstance(r, RedisStore) and isinstance(s, RedisStore)
+    assert r.identity == s.identity == "redis:3/q"  # where it lives, not how it is reached
+
+
+def test_kek_file_may_be_named_in_the_url(kek_file: Path) -> None:
+    store = open_store(f"etcd://127.0.0.1:1/p?kek_file={kek_file}")
+    assert getattr(store, "sealer").sealed
+
+
+def test_missing_extra_names_what_to_install(monkeypatch: pytest.MonkeyPatch,
+                                             kek_file: Path) -> None:
+    monkeypatch.setitem(sys.modules, "redis", None)
+    monkeypatch.setitem(sys.modules, "etcd3gw", None)
+    with pytest.raises(ConfigError, match=r"pip install 'stek\[redis\]'"):
+        open_store("redis://127.0.0.1:1/0", kek_file=str(kek_file))
+    with pytest.raises(ConfigError, match=r"pip install 'stek\[etcd\]'"):
+        open_store("etcd://127.0.0.1:1/p", kek_file=str(kek_file))
+
+
+def test_local_store_health() -> None:
+    h = health_of(open_store("memory:"))
+    assert h.engine == "memory" and h.endpoints[0].reachable
+
+
+@pytest.mark.servers
+def test_unix_socket_url_reaches_a_live_redis(tmp_path: Path, kek_file: Path) -> None:
+    """The documented unix:// URL works against a redis-server listening on a socket."""
+    sock = Path(f"/tmp/stek-{os.getpid()}-{free_port()}.sock")
+    proc = subprocess.Popen([find_program("redis-server"), "--port", "0", "--unixsocket",
+                             str(sock), "--save", "", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(200):
+            if sock.exists():
+                break
+            proc.wait(0.05) if proc.poll() is not None else __import__("time").sleep(0.05)
+        store = open_store(f"unix://{sock}?db=2&prefix=u", kek_file=str(kek_file))
+        from stek import Policy, init_ring
+
+        ring = init_ring(store, Policy()).ring
+        assert store.read().keys == ring.keys
+        assert isinstance(store, RedisStore) and store.identity == "redis:2/u"
+        with pytest.raises(StekError, match="must be a number"):
+            open_store(f"unix://{sock}?db=x", kek_file=str(kek_file))
+    finally:
+        proc.kill()
+        proc.wait(10)
+        sock.unlink(missing_ok=True)
+
+
+def test_child_process_list_holds_no_password(tmp_path: Path, kek_file: Path) -> None:
+    """With password_file=, the command line names a path, never the secret."""
+    pw = secret_file(tmp_path)
+    env = child_env(STEK_KEK_FILE=str(kek_file))
+    proc = subprocess.run(
+        [sys.executable, "-m", "stek", "status", "--store",
+         f"redis://stek@127.0.0.1:{free_port()}/0?password_file={pw}"],
+        env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode in (1, 2)
+    assert SECRET not in proc.stderr + proc.stdout
+    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
