@@ -18,6 +18,8 @@ from ..agent import (
     parse_addr,
 )
 from ..errors import ConfigError
+from ..mirror import DEFAULT_URL as DEFAULT_MIRROR
+from ..mirror import MirrorCollector, open_mirror, refuse_rotation
 from ._common import DURATION, open_cli_store, setup_logging, store_option
 
 log = logging.getLogger("stek.agent")
@@ -88,10 +90,18 @@ class _AgentCommand(click.Command):
                    "exported here.  Keep it under the ring's publish_ahead.")
 @click.option("--reload-timeout", type=DURATION, default=f"{int(RELOAD_TIMEOUT)}s",
               show_default=True, help="Kill a reload command running longer than this.")
+@click.option("--mirror", "mirror_url", metavar="file:PATH", is_flag=False,
+              flag_value=DEFAULT_MIRROR, default=None,
+              help=f"Keep the ring, opened, in this local file for this host's workers "
+                   f"(STEK_STORE=file:PATH: no KEK, no store credentials) [bare --mirror: "
+                   f"{DEFAULT_MIRROR}].  See docs/fleet.md.")
+@click.option("--mirror-group", metavar="NAME", default=None,
+              help="Make the --mirror file readable by this group (mode 0640).")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 def agent(store_url: str | None, exports: tuple[str, ...], reloads: tuple[str, ...],
           sockets: tuple[str, ...], metrics_addr: str, no_metrics: bool, interval: int,
-          reload_timeout: int, verbose: int) -> None:
+          reload_timeout: int, mirror_url: str | None, mirror_group: str | None,
+          verbose: int) -> None:
     """Run the rotation daemon in the foreground.
 
     Creates the ring with the default policy if the store is empty, rotates
@@ -114,8 +124,17 @@ def agent(store_url: str | None, exports: tuple[str, ...], reloads: tuple[str, .
     if len(specs) != len(exports):  # defensive: the ordered scan must agree with click
         raise click.UsageError("could not pair --reload/--haproxy-socket with --export")
     targets = build_targets(specs, reload_timeout=float(reload_timeout))
-    a = Agent(open_cli_store(store_url), targets=targets, interval=float(interval))
+    store = open_cli_store(store_url)
+    refuse_rotation(store)  # a mirror is kept by the agent that mirrors into it
+    if mirror_group is not None and mirror_url is None:
+        raise click.UsageError("--mirror-group needs --mirror")
+    mirror = open_mirror(mirror_url, mirror_group, store) if mirror_url else None
+    a = Agent(store, targets=targets, interval=float(interval))
     server = _metrics(a, metrics_addr, no_metrics, ctx)
+    if mirror is not None:
+        mirror.attach(a)
+        if server is not None:
+            server.registry.register(MirrorCollector(mirror))
     a.install_signal_handlers()
     try:
         a.run()
