@@ -323,6 +323,8 @@ class Agent:
         self.stop_event = threading.Event()
         self.wake_event = threading.Event()
         self.hooks: list[RingHook] = []
+        #: More /healthz problems (for example the mirror's): check(now) -> sentences.
+        self.health_checks: list[Callable[[float], list[str]]] = []
         self.ring: Keyring | None = None
         self.rotations = 0
         self.store_failures = 0
@@ -472,6 +474,8 @@ class Agent:
                 problems.append(f"target {target.name}: {target.last_error}")
             elif target.apply_owed:
                 problems.append(f"target {target.name}: a change is waiting to be applied")
+        for check in self.health_checks:
+            problems.extend(check(t))
         return problems
 
 

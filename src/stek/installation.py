@@ -46,6 +46,7 @@ from .hazmat.libssl import (
     libssl,
 )
 from .keyring import Keyring
+from .mirror import refuse_rotation
 from .rotation import rotate as rotate_store
 from .schedule import (
     DECRYPTED_TICKET,
@@ -604,6 +605,7 @@ def install(
     st = open_store(store)
     now = clock()
     if rotate:
+        refuse_rotation(st)  # a mirror is the agent's to write
         ring = rotate_store(st, now=now, create=policy or Policy()).ring
     else:
         try:

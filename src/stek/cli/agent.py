@@ -23,6 +23,8 @@ from ..agent import (
     reload_environment,
 )
 from ..errors import ConfigError
+from ..mirror import DEFAULT_URL as DEFAULT_MIRROR
+from ..mirror import MirrorCollector, open_mirror, refuse_rotation
 from ..stores import default_url
 from ._common import DURATION, open_cli_store, setup_logging, store_option
 
@@ -103,10 +105,18 @@ class _AgentCommand(click.Command):
               show_default=True,
               help="Kill a reload command running longer than this: its whole process "
                    "group, as when the agent stops.")
+@click.option("--mirror", "mirror_url", metavar="file:PATH", is_flag=False,
+              flag_value=DEFAULT_MIRROR, default=None,
+              help=f"Keep the ring, opened, in this local file for this host's workers "
+                   f"(STEK_STORE=file:PATH: no KEK, no store credentials) [bare --mirror: "
+                   f"{DEFAULT_MIRROR}].  See docs/fleet.md.")
+@click.option("--mirror-group", metavar="NAME", default=None,
+              help="Make the --mirror file readable by this group (mode 0640).")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
 def agent(store_url: str | None, exports: tuple[str, ...], reloads: tuple[str, ...],
           sockets: tuple[str, ...], metrics_addr: str, metrics_public: bool, no_metrics: bool,
-          interval: int, reload_timeout: int, verbose: int) -> None:
+          interval: int, reload_timeout: int, mirror_url: str | None, mirror_group: str | None,
+          verbose: int) -> None:
     """Run the rotation daemon in the foreground.
 
     Creates the ring with the default policy if the store is empty, rotates
@@ -133,12 +143,21 @@ def agent(store_url: str | None, exports: tuple[str, ...], reloads: tuple[str, .
     addr = None if no_metrics else parse_addr(metrics_addr)
     if addr is not None:
         check_metrics_host(addr[0], metrics_public)  # before anything binds
+    if mirror_group is not None and mirror_url is None:
+        raise click.UsageError("--mirror-group needs --mirror")
     setup_logging(verbose)
-    url = store_url or default_url()
+    url = default_url() if store_url is None else store_url
     env = reload_environment(os.environ, [url])
     targets = build_targets(specs, reload_timeout=float(reload_timeout), env=env)
-    a = Agent(open_cli_store(url), targets=targets, interval=float(interval))
+    store = open_cli_store(url)
+    refuse_rotation(store)  # a mirror is kept by the agent that mirrors into it
+    mirror = open_mirror(mirror_url, mirror_group, store) if mirror_url else None
+    a = Agent(store, targets=targets, interval=float(interval))
     server = _metrics(a, addr, metrics_public, ctx)
+    if mirror is not None:
+        mirror.attach(a)
+        if server is not None:
+            server.registry.register(MirrorCollector(mirror))
     a.install_signal_handlers()
     try:
         a.run()

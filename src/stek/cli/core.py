@@ -11,6 +11,7 @@ import click
 
 from .._duration import format_duration
 from ..keyring import Keyring
+from ..mirror import refuse_rotation
 from ..rotation import init_ring, rotate
 from ..schedule import Policy, State, StekWarning, next_change, state_of
 from ..stores.base import StoreHealth, health_of
@@ -65,6 +66,7 @@ def rotate_cmd(store_url: str | None) -> None:
     would: each rotation slot gets exactly one key.
     """
     store = open_cli_store(store_url)
+    refuse_rotation(store)
     result = rotate(store)
     for k in result.added:
         click.echo(f"added {k.name.hex()} active {iso(k.activates_at)} .. {iso(k.retires_at)}, "

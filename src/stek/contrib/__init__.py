@@ -27,6 +27,7 @@ import threading
 from collections.abc import Callable
 
 from ..installation import Installation, install
+from ..mirror import mirror_source
 from ..stores import default_url
 
 __all__ = ["PerProcessContext"]
@@ -67,7 +68,9 @@ class PerProcessContext:
             # worker serves from its own context and counts its own handshakes.
             self._state = None
             ctx = build()
-            inst = install(ctx, default_url(), rotate=True)
+            url = default_url()
+            # A host's mirror (stek agent --mirror) is rotated by its agent only.
+            inst = install(ctx, url, rotate=mirror_source(url) is None)
             self._state = (pid, ctx, inst)
         self._log.info("stek installed in pid %d: store %s, generation %d, %d key(s)",
                        pid, inst.store.url, inst.ring.generation, len(inst.ring))

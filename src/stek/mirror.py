@@ -1,0 +1,290 @@
+"""``stek agent --mirror``: one host's local copy of the fleet ring, for its workers.
+
+Without a mirror, every worker process that calls ``stek.install()`` on a
+fleet store opens its own store connections and holds the key-encryption
+key (KEK): a fleet of 1,000 hosts with 10 workers each is 10,000 Redis
+subscribers (Redis refuses clients past ``maxclients``, 10,000 by default)
+and 10,000 processes able to forge the ring.  With ``stek agent --mirror
+file:PATH`` the agent, the one process on the host that holds the KEK and
+the store's credentials, follows the fleet store and keeps the ring, opened,
+in a local keyring file; workers read it with ``STEK_STORE=file:PATH`` and
+need neither.  The fleet store sees one client per host.
+
+* The file is written by :func:`stek._atomic.write_file` (temporary file,
+  fsync, ``rename(2)``, fsync of the directory): readers see the old ring or
+  the new one, never half of one.  It is rewritten only when its bytes
+  change, so a pass that changed nothing wakes no worker.
+* Mode 0600, or 0640 with ``--mirror-group NAME`` for workers that run as
+  another user in that group.  The directory then gets that group and the
+  set-group-ID bit (mode 2750), so the temporary file is created in the
+  group already (``open(2)``: "if the set-group-ID bit is set on the parent
+  directory, then the group ownership is taken from the parent directory")
+  and no reader ever sees the new file with the wrong group.
+* The file is a normal stek keyring plus one top-level field, ``MARKER``,
+  naming the store it mirrors.  :func:`refuse_rotation` looks for it: a
+  worker must not rotate a mirror (its write would be overwritten by the next
+  pass, and its keys would exist on one host only), so ``install(rotate=True)``,
+  ``stek rotate`` and ``stek agent --store file:MIRROR`` refuse it.
+* Through a store outage the agent's passes fail before they reach the
+  mirror, so the file keeps the last ring and workers keep serving it, as a
+  server does from its last snapshot.
+* The writer refuses to replace a file that is not a mirror (a host's own
+  keyring, or anything else): the operator must move it first.
+"""
+
+from __future__ import annotations
+
+import grp
+import json
+import logging
+import os
+import stat
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from ._atomic import write_file
+from .errors import ConfigError
+from .keyring import Keyring
+from .stores import KeyStore
+from .stores.file import FileStore
+
+if TYPE_CHECKING:
+    from .agent import Agent
+
+log = logging.getLogger("stek.mirror")
+
+#: The top-level JSON field that marks a keyring file as a mirror.
+MARKER = "stek_mirror"
+#: tmpfs, so keys never reach a disk and a reboot forgets them.
+DEFAULT_PATH = Path("/run/stek/mirror.json")
+DEFAULT_URL = f"file:{DEFAULT_PATH}"
+FILE_MODE = 0o600
+GROUP_FILE_MODE = 0o640
+GROUP_DIR_MODE = 0o2750  # setgid: files created inside take the directory's group
+
+
+class MirroredRing(ConfigError):
+    """A rotation was asked of a mirror: only the agent that keeps it may write it."""
+
+
+# -- the marker ---------------------------------------------------------------------
+
+
+def mirror_source(store: KeyStore | str | os.PathLike[str]) -> str | None:
+    """The store a keyring file mirrors, or None if it is not a mirror (or not a file store).
+
+    ``store``: a store, a store URL or a path.  Unreadable or invalid files
+    answer None: reading them is the caller's business, and its own error
+    says what is wrong.
+    """
+    if isinstance(store, str):
+        scheme, sep, rest = store.partition(":")
+        if sep and scheme.lower() == "file":
+            store = Path(rest[2:] if rest.startswith("//") else rest)
+        elif sep and not store.startswith(("/", ".", "~")):
+            return None  # redis://, etcd://, memory:
+    if isinstance(store, FileStore):
+        path = store.path
+    elif isinstance(store, (str, os.PathLike)):
+        path = Path(store).expanduser()
+    else:
+        return None
+    try:
+        doc = json.loads(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or not isinstance(doc.get(MARKER), dict):
+        return None
+    return str(doc[MARKER].get("source", "a fleet store"))
+
+
+def refuse_rotation(store: KeyStore) -> None:
+    """Raise :class:`MirroredRing` if ``store`` is a mirror: the one check every rotator makes."""
+    source = mirror_source(store)
+    if source is not None:
+        raise MirroredRing(
+            f"{store.url} is a mirror of {source} kept by 'stek agent --mirror': it is read-only "
+            f"here; rotate the fleet store (the agent does), and install without rotate=True"
+        )
+
+
+def mirror_bytes(ring: Keyring, source: str) -> bytes:
+    """The mirror file's content: the ring as the file store writes it, plus the marker."""
+    doc = ring.to_dict()
+    doc[MARKER] = {"source": source}
+    return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
+
+
+# -- the writer ---------------------------------------------------------------------
+
+
+def parse_target(text: str) -> Path:
+    """``--mirror file:PATH`` (or ``file://PATH``, or an absolute path) -> PATH."""
+    scheme, sep, rest = text.strip().partition(":")
+    if sep and scheme.lower() == "file":
+        path = rest[2:] if rest.startswith("//") else rest
+    elif text.startswith("/"):
+        path = text
+    else:
+        raise ConfigError(f"--mirror {text!r}: the mirror is a local file: use file:PATH")
+    if not path or "?" in path:
+        raise ConfigError(f"--mirror {text!r}: use file:PATH (a plain path, no options)")
+    return Path(path).expanduser().absolute()
+
+
+def group_id(name: str) -> int:
+    try:
+        return grp.getgrnam(name).gr_gid
+    except KeyError:
+        if name.isdigit():
+            return int(name)
+        raise ConfigError(f"--mirror-group {name!r}: no such group") from None
+
+
+class Mirror:
+    """Keeps one local file equal to the ring each agent pass read (see the module doc)."""
+
+    def __init__(self, path: str | os.PathLike[str], *, source: str, group: str | None = None,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.path = Path(path)
+        self.source = source
+        self.gid = group_id(group) if group is not None else None
+        self.mode = GROUP_FILE_MODE if self.gid is not None else FILE_MODE
+        self.clock = clock
+        # Health, read by /metrics and /healthz.
+        self.writes = 0
+        self.failures = 0
+        self.last_ok: float | None = None
+        self.error: str | None = None
+        self.generation: int | None = None
+
+    def __repr__(self) -> str:
+        return f"Mirror({str(self.path)!r}, source={self.source!r})"
+
+    @property
+    def url(self) -> str:
+        return f"file:{self.path}"
+
+    def prepare(self, store: KeyStore) -> None:
+        """Check the set-up before the first pass; raise ConfigError with what to change."""
+        if isinstance(store, FileStore) and store.path.absolute() == self.path:
+            raise ConfigError(f"--mirror {self.path} is the agent's own --store")
+        if self.path.exists() and mirror_source(self.path) is None:
+            raise ConfigError(
+                f"--mirror {self.path}: the file exists and is not a stek mirror (a host's own "
+                f"keyring?); move it away or choose another path"
+            )
+        try:
+            self.path.parent.mkdir(mode=0o700 if self.gid is None else 0o750, parents=True,
+                                   exist_ok=True)
+            if self.gid is not None:
+                self._share_dir()
+        except OSError as exc:
+            raise ConfigError(f"--mirror {self.path}: cannot prepare {self.path.parent}: "
+                              f"{exc.strerror}") from exc
+
+    def _share_dir(self) -> None:
+        assert self.gid is not None
+        d = self.path.parent
+        st = d.stat()
+        if st.st_gid != self.gid:
+            os.chown(d, -1, self.gid)
+        if stat.S_IMODE(st.st_mode) & GROUP_DIR_MODE != GROUP_DIR_MODE or \
+                stat.S_IMODE(st.st_mode) & 0o002:
+            os.chmod(d, (stat.S_IMODE(st.st_mode) | GROUP_DIR_MODE) & ~0o002)
+
+    def write(self, ring: Keyring) -> bool:
+        """Make the file hold ``ring``; True if it changed.  Never raises for I/O errors.
+
+        A failure is logged, counted and shown by /healthz; the next pass tries
+        again, and meanwhile the file keeps the last ring it held.
+        """
+        try:
+            changed = write_file(self.path, mirror_bytes(ring, self.source), self.mode)
+            if self.gid is not None and os.stat(self.path).st_gid != self.gid:
+                os.chown(self.path, -1, self.gid)  # a directory that lost its setgid bit
+        except OSError as exc:
+            self.failures += 1
+            message = f"cannot write {self.path}: {exc.strerror or exc}"
+            if message != self.error:
+                log.warning("mirror: %s; keeping the last ring there, retrying next pass",
+                            message)
+            self.error = message
+            return False
+        if self.error is not None:
+            log.info("mirror %s is written again", self.path)
+        self.error = None
+        self.last_ok = self.clock()
+        self.generation = ring.generation
+        if changed:
+            self.writes += 1
+            log.info("mirror %s: generation %d, %d key(s)", self.path, ring.generation, len(ring))
+        return changed
+
+    def sync(self, ring: Keyring) -> None:
+        """The agent hook: :meth:`write`, result unused."""
+        self.write(ring)
+
+    def health(self, now: float) -> list[str]:
+        return [f"mirror {self.path}: {self.error}"] if self.error is not None else []
+
+    def attach(self, agent: Agent) -> None:
+        """Write after every pass of ``agent`` and report through its /healthz."""
+        agent.on_ring(self.sync)
+        agent.health_checks.append(self.health)
+
+
+class MirrorCollector(Collector):
+    """The mirror's part of the agent's /metrics."""
+
+    def __init__(self, mirror: Mirror) -> None:
+        self.mirror = mirror
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.mirror
+        labels = [str(m.path)]
+        ok = GaugeMetricFamily("stek_mirror_last_write_success_timestamp_seconds",
+                               "Last time the mirror file was written or found current.",
+                               labels=["path"])
+        if m.last_ok is not None:
+            ok.add_metric(labels, m.last_ok)
+        yield ok
+        gen = GaugeMetricFamily("stek_mirror_generation",
+                                "Generation of the ring the mirror file holds.", labels=["path"])
+        if m.generation is not None:
+            gen.add_metric(labels, m.generation)
+        yield gen
+        for name, doc, value in (
+            ("stek_mirror_writes", "Passes that changed the mirror file.", m.writes),
+            ("stek_mirror_write_failures", "Failed writes of the mirror file.", m.failures),
+        ):
+            c = CounterMetricFamily(name, doc, labels=["path"])
+            c.add_metric(labels, value)
+            yield c
+
+
+def open_mirror(target: str, group: str | None, store: KeyStore) -> Mirror:
+    """``--mirror`` / ``--mirror-group`` for ``store``: a prepared :class:`Mirror`."""
+    mirror = Mirror(parse_target(target), source=store.url, group=group)
+    mirror.prepare(store)
+    return mirror
+
+
+__all__ = [
+    "DEFAULT_PATH",
+    "DEFAULT_URL",
+    "MARKER",
+    "Mirror",
+    "MirrorCollector",
+    "MirroredRing",
+    "mirror_bytes",
+    "mirror_source",
+    "open_mirror",
+    "parse_target",
+    "refuse_rotation",
+]

@@ -1,0 +1,421 @@
+"""stek agent --mirror: one host's local copy of a sealed fleet ring, read by its workers.
+
+The end-to-end tests run real processes: redis-server or etcd, ``stek agent
+--mirror``, two Python servers and a gunicorn with 4 workers that read the
+mirror file with no KEK and no store address in their environment.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import json
+import os
+import ssl
+import stat
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+import stek
+from conftest import Certs, client_context, free_port, server_context
+from fleet_cases import ServerProc, ask, shared, wait_until
+from procs import APPS, Proc, https_get, running, wait_https
+from servers_fleet import EtcdServer, RedisServer, child_env
+from stek import Policy, init_ring, rotate
+from stek.agent import Agent
+from stek.errors import ConfigError
+from stek.keyring import Keyring
+from stek.mirror import (
+    MARKER,
+    Mirror,
+    MirrorCollector,
+    MirroredRing,
+    mirror_source,
+    open_mirror,
+    refuse_rotation,
+)
+from stek.stores import FileStore, MemoryStore, open_store
+
+#: The documented bound (docs/fleet.md): a rotation on the fleet store reaches
+#: every worker reading a mirror within this many seconds.
+PROPAGATION_BOUND = 2.0
+WORKERS = 4
+
+
+def _ring() -> Keyring:
+    store = MemoryStore()
+    return init_ring(store, Policy()).ring
+
+
+def _mirror_file(tmp_path: Path) -> tuple[Path, Keyring]:
+    ring = _ring()
+    path = tmp_path / "run" / "mirror.json"
+    m = Mirror(path, source="redis://127.0.0.1:6379/0?prefix=stek")
+    m.prepare(MemoryStore())
+    assert m.write(ring)
+    return path, ring
+
+
+# -- the file ---------------------------------------------------------------------------
+
+
+def test_mirror_file_is_the_ring_plus_a_marker(tmp_path: Path) -> None:
+    """A file store reads the mirror as the same ring; the marker names the source; 0600."""
+    path, ring = _mirror_file(tmp_path)
+    assert FileStore(path).read() == ring
+    doc = json.loads(path.read_bytes())
+    assert doc[MARKER] == {"source": "redis://127.0.0.1:6379/0?prefix=stek"}
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE(path.parent.stat().st_mode) == 0o700
+    assert mirror_source(f"file:{path}") == "redis://127.0.0.1:6379/0?prefix=stek"
+    assert mirror_source("redis://127.0.0.1:1/0") is None
+
+
+def test_unchanged_ring_is_not_rewritten(tmp_path: Path) -> None:
+    """A pass that changed nothing leaves the file (inode, mtime) alone: no worker wakes."""
+    path, ring = _mirror_file(tmp_path)
+    before = path.stat()
+    m = Mirror(path, source="redis://127.0.0.1:6379/0?prefix=stek")
+    assert m.write(ring) is False
+    after = path.stat()
+    assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)
+    newer = init_ring(MemoryStore(), Policy(rotate_every=1800)).ring
+    assert m.write(newer) is True
+    assert path.stat().st_ino != before.st_ino  # replaced by rename, not rewritten in place
+
+
+def _other_group() -> str:
+    """A group to share the mirror with: another one if we may chown to it (root)."""
+    if os.geteuid() == 0:
+        for name in ("daemon", "nogroup", "adm"):
+            with contextlib.suppress(KeyError):
+                grp.getgrnam(name)
+                return name
+    return grp.getgrgid(os.getgid()).gr_name
+
+
+def test_mirror_group_makes_it_group_readable(tmp_path: Path) -> None:
+    """--mirror-group: file 0640 in that group, directory 2750 (setgid) in that group."""
+    group = _other_group()
+    gid = grp.getgrnam(group).gr_gid
+    path = tmp_path / "run" / "stek" / "mirror.json"
+    m = open_mirror(f"file:{path}", group, MemoryStore())
+    assert m.write(_ring())
+    st, dst = path.stat(), path.parent.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o640 and st.st_gid == gid
+    assert stat.S_IMODE(dst.st_mode) == 0o2750 and dst.st_gid == gid
+    assert FileStore(path).read().generation == 1
+
+
+def test_unknown_group_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="no such group"):
+        open_mirror(f"file:{tmp_path}/m.json", "no-such-group-stek", MemoryStore())
+
+
+@pytest.mark.parametrize("target", ["redis://127.0.0.1/0", "mirror.json", "file:"])
+def test_mirror_must_be_a_local_file(target: str) -> None:
+    with pytest.raises(ConfigError, match="file:PATH"):
+        open_mirror(target, None, MemoryStore())
+
+
+def test_mirror_never_overwrites_a_hosts_own_keyring(tmp_path: Path) -> None:
+    """A keyring that is not a mirror (this host's own ring) is left as it is."""
+    own = FileStore(tmp_path / "keyring.json")
+    init_ring(own, Policy())
+    before = own.path.read_bytes()
+    with pytest.raises(ConfigError, match="not a stek mirror"):
+        open_mirror(f"file:{own.path}", None, MemoryStore())
+    with pytest.raises(ConfigError, match="own --store"):
+        open_mirror(f"file:{tmp_path}/other.json", None, FileStore(tmp_path / "other.json"))
+    assert own.path.read_bytes() == before
+
+
+# -- nobody but the agent rotates a mirror -----------------------------------------------
+
+
+def test_install_rotate_refuses_a_mirror(tmp_path: Path, certs: Certs) -> None:
+    """install(rotate=True) on a mirror raises MirroredRing; without rotate it serves."""
+    path, ring = _mirror_file(tmp_path)
+    before = path.read_bytes()
+    ctx = server_context(certs)
+    with pytest.raises(MirroredRing, match="is a mirror of redis:"):
+        stek.install(ctx, f"file:{path}", rotate=True)
+    assert path.read_bytes() == before
+    inst = stek.install(ctx, f"file:{path}")
+    try:
+        assert inst.ring == ring
+    finally:
+        inst.uninstall()
+
+
+def test_stek_rotate_refuses_a_mirror(tmp_path: Path, capsys: pytest.CaptureFixture[str]
+                                      ) -> None:
+    """`stek rotate` and `stek agent` on a mirror: one line, exit 2, the file untouched."""
+    from stek.cli import main
+
+    path, _ = _mirror_file(tmp_path)
+    before = path.read_bytes()
+    for argv in (["rotate"], ["agent", "--no-metrics"]):
+        assert main([*argv, "--store", f"file:{path}"]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "is a mirror of" in err and "Traceback" not in err
+    assert path.read_bytes() == before
+    with pytest.raises(MirroredRing):
+        refuse_rotation(FileStore(path))
+    refuse_rotation(FileStore(tmp_path / "missing.json"))  # not a mirror: no objection
+
+
+# -- the agent hook ----------------------------------------------------------------------
+
+
+def test_agent_pass_writes_the_mirror_and_reports_failures(tmp_path: Path) -> None:
+    """Each pass writes the ring; a failed write is counted and shown by /healthz, then clears."""
+    store = MemoryStore()
+    path = tmp_path / "run" / "mirror.json"
+    agent = Agent(store, policy=Policy())
+    mirror = open_mirror(f"file:{path}", None, store)
+    mirror.attach(agent)
+    agent.step()
+    assert agent.ring is not None and FileStore(path).read() == agent.ring
+    assert agent.health() == []
+    path.unlink()
+    path.mkdir()  # the rename now fails (a directory in the way)
+    (path / "x").touch()
+    agent.step()
+    problems = agent.health()
+    assert len(problems) == 1 and "mirror" in problems[0] and "cannot write" in problems[0]
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(MirrorCollector(mirror))
+    text = generate_latest(registry).decode()
+    assert f'stek_mirror_write_failures_total{{path="{path}"}} 1.0' in text
+    (path / "x").unlink()
+    path.rmdir()
+    agent.step()
+    assert agent.health() == []
+    assert FileStore(path).read() == agent.ring
+    assert f'stek_mirror_generation{{path="{path}"}} 1.0' in \
+        generate_latest(registry).decode()
+
+
+# -- real processes ----------------------------------------------------------------------
+
+
+class Host:
+    """One host: the agent mirroring the fleet store, two Python servers, a gunicorn."""
+
+    def __init__(self, certs: Certs, mirror: Path, tmp_path: Path) -> None:
+        self.certs = certs
+        self.mirror = mirror
+        self.tmp = tmp_path
+        self.servers: list[ServerProc] = []
+        self.gunicorn: Proc | None = None
+        self.gunicorn_port = 0
+        self.worker_pids: list[int] = []
+
+    @contextlib.contextmanager
+    def serving(self) -> Iterator[Host]:
+        # The workers' environment: the mirror and nothing else of stek's.
+        env = child_env(STEK_STORE=f"file:{self.mirror}", PYTHONUNBUFFERED="1")
+        url = f"file:{self.mirror}"
+        port = free_port()
+        cmd = [sys.executable, "-m", "gunicorn", "--workers", str(WORKERS),
+               "--worker-class", "sync", "--bind", f"127.0.0.1:{port}",
+               "--certfile", str(self.certs.cert), "--keyfile", str(self.certs.key),
+               "--chdir", str(APPS), "--log-level", "info",
+               "-c", str(APPS / "gunicorn_stek.conf.py"), "wsgi_app:app"]
+        try:
+            for i in range(2):
+                self.servers.append(ServerProc(self.certs, url, env, self.tmp / f"py{i}.log"))
+            with running(cmd, self.tmp / "gunicorn.log", env=env) as proc:
+                self.gunicorn, self.gunicorn_port = proc, port
+                pids = proc.wait_output(r"Booting worker with pid: (\d+)", WORKERS)
+                self.worker_pids = [int(p) for p in pids]
+                wait_https(port, client_context(self.certs, ssl.TLSVersion.TLSv1_3), proc)
+                yield self
+        finally:
+            for s in self.servers:
+                s.stop()
+
+    def pids(self) -> list[int]:
+        assert self.gunicorn is not None
+        return [s.proc.pid for s in self.servers] + [self.gunicorn.pid, *self.worker_pids]
+
+    def generations(self, cctx: ssl.SSLContext, want: int, deadline: float) -> dict[str, int]:
+        """Poll every worker until each serves generation ``want`` or ``deadline`` passes.
+
+        Python servers are asked directly; gunicorn's sync workers are reached
+        by 4 concurrent clients (a busy sync worker accepts nothing, so the
+        others take the connections).
+        """
+        latest: dict[str, int] = {}
+        lock = threading.Lock()
+
+        def done() -> bool:
+            with lock:
+                return len(latest) == 2 + WORKERS and all(g == want for g in latest.values())
+
+        def poll_gunicorn() -> None:
+            while not done() and time.monotonic() < deadline:
+                with contextlib.suppress(OSError, AssertionError, ValueError):
+                    body = https_get(self.gunicorn_port, cctx).body
+                    with lock:
+                        latest[f"gunicorn:{body['pid']}"] = body["generation"]
+
+        threads = [threading.Thread(target=poll_gunicorn) for _ in range(4)]
+        for t in threads:
+            t.start()
+        try:
+            while not done() and time.monotonic() < deadline:
+                for i, s in enumerate(self.servers):
+                    g = ask(s.port, cctx).doc["generation"]
+                    with lock:
+                        latest[f"python{i}"] = g
+                time.sleep(0.02)
+        finally:
+            for t in threads:
+                t.join(30)
+        return latest
+
+
+def _environ(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes()
+    return dict(item.split("=", 1) for item in raw.decode(errors="replace").split("\0")
+                if "=" in item)
+
+
+def _cross_resumption(host: Host, cctx: ssl.SSLContext) -> None:
+    """Tickets issued by each server resume on the others (and the callback ran)."""
+    a, b = host.servers
+    first = ask(a.port, cctx)
+    assert not first.reused
+    on_b = ask(b.port, cctx, first.session)
+    assert on_b.reused and on_b.doc["counters"]["resumed"] >= 1
+    on_g = https_get(host.gunicorn_port, cctx, on_b.session)
+    assert on_g.reused and on_g.body["counters"]["resumed"] >= 1
+    back = ask(a.port, cctx, on_g.session)  # issued (or renewed) by gunicorn, back to a
+    assert back.reused and back.doc["counters"]["resumed"] >= 1
+    g1 = https_get(host.gunicorn_port, cctx)
+    assert not g1.reused and g1.body["counters"]["issued"] >= 1
+    assert ask(b.port, cctx, g1.session).reused
+
+
+def _rotate_and_wait(host: Host, fleet: Any, cctx: ssl.SSLContext, step: int,
+                     timeout: float) -> float:
+    """Rotate the fleet store (a new key) and return the seconds until every worker had it."""
+    t0 = time.monotonic()
+    ring = rotate(fleet, now=time.time() + step * Policy().rotate_every).ring
+    assert ring.generation > 1
+    latest = host.generations(cctx, ring.generation, t0 + timeout)
+    took = time.monotonic() - t0
+    stale = {w: g for w, g in latest.items() if g != ring.generation}
+    assert len(latest) == 2 + WORKERS and not stale, \
+        f"after {took:.2f}s: {latest} (want generation {ring.generation})"
+    return took
+
+
+@pytest.mark.parametrize("kind", ["redis", "etcd"])
+def test_agent_mirror_serves_workers_without_the_kek(kind: str, certs: Certs, kek_file: Path,
+                                                     tmp_path: Path) -> None:
+    """The whole mirror, with real processes, on a sealed Redis or etcd ring.
+
+    * workers (2 Python servers, gunicorn with 4 workers) read the mirror
+      file with no KEK and no store address in their environment;
+    * they resume each other's tickets under TLS 1.2 and 1.3;
+    * a rotation on the fleet store reaches every worker within 2 s;
+    * the store is stopped and started while they serve: no failed handshake.
+    """
+    server = (RedisServer if kind == "redis" else EtcdServer)(tmp_path / kind)
+    server.start()
+    try:
+        fleet = shared(server.url, kek_file)
+        init_ring(fleet, Policy())
+        mirror = tmp_path / "run" / "stek" / "mirror.json"
+        agent_cmd = [sys.executable, "-m", "stek.cli", "agent", "--store", server.url,
+                     "--kek-file", str(kek_file), "--mirror", f"file:{mirror}",
+                     "--no-metrics", "--interval", "1s"]
+        with running(agent_cmd, tmp_path / "agent.log", env=child_env()) as agent:
+            wait_until(lambda: mirror_source(mirror) == fleet.url, timeout=20, step=0.05)
+            with Host(certs, mirror, tmp_path).serving() as host:
+                for pid in host.pids():
+                    env = _environ(pid)
+                    assert env["STEK_STORE"] == f"file:{mirror}"
+                    leaked = [k for k, v in env.items() if k.startswith("STEK_KEK")
+                              or str(server.port) in v or str(kek_file) in v]
+                    assert leaked == [], (pid, leaked)
+                for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+                    _cross_resumption(host, client_context(certs, version))
+
+                cctx = client_context(certs, ssl.TLSVersion.TLSv1_3)
+                took = _rotate_and_wait(host, fleet, cctx, 1, PROPAGATION_BOUND)
+                print(f"{kind}: a rotation reached all {2 + WORKERS} workers in {took:.2f}s")
+
+                _outage_without_failed_handshakes(host, server, mirror, certs)
+                # Once the store is back, the agent follows it again (liveness only).
+                _rotate_and_wait(host, shared(server.url, kek_file), cctx, 2, 20.0)
+            log = agent.output()
+        assert "retrying in" in log  # the agent saw the outage
+        assert "Traceback" not in log
+    finally:
+        server.stop()
+
+
+def _outage_without_failed_handshakes(host: Host, server: Any, mirror: Path,
+                                      certs: Certs) -> None:
+    stop = threading.Event()
+    errors: list[str] = []
+    counts = {"down": [0, 0], "other": [0, 0]}
+    phase = ["other"]
+
+    def clients(version: ssl.TLSVersion) -> None:
+        cctx = client_context(certs, version)
+        session = None
+        i = 0
+        while not stop.is_set():
+            try:
+                if i % 3 == 2:
+                    r = https_get(host.gunicorn_port, cctx, session)
+                    reused, session = r.reused, r.session
+                else:
+                    a = ask(host.servers[i % 3].port, cctx, session)
+                    reused, session = a.reused, a.session
+            except (OSError, ssl.SSLError, AssertionError, ValueError) as exc:
+                errors.append(f"{phase[0]} {version.name}: {exc!r}")
+                session = None
+                continue
+            counts[phase[0]][0] += 1
+            counts[phase[0]][1] += reused
+            i += 1
+
+    threads = [threading.Thread(target=clients, args=(v,))
+               for v in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3)]
+    for t in threads:
+        t.start()
+    try:
+        time.sleep(0.5)
+        before = mirror.stat()
+        server.stop()
+        phase[0] = "down"
+        time.sleep(3.0)
+        after = mirror.stat()
+        phase[0] = "other"
+        server.start()
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join(30)
+    assert errors == []
+    done, reused = counts["down"]
+    assert done >= 6, counts
+    assert reused == done, counts  # sessions carried over from before: every one resumed
+    # The mirror kept its last ring through the outage.
+    assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)
+    assert isinstance(open_store(f"file:{mirror}").read(), Keyring)
+
