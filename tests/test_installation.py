@@ -376,7 +376,7 @@ def test_unreachable_libssl_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) ->
 
 def test_empty_store_without_rotate_says_what_to_do(certs: Certs, tmp_path: Path) -> None:
     with pytest.raises(NotInitialized, match="rotate=True"):
-        stek.install(server_context(certs), f"file:{tmp_path / 'none.json'}")
+        stek.install(server_context(certs), f"file:{tmp_path / 'none.json'}", strict=True)
 
 
 def test_rotate_true_creates_the_ring(certs: Certs, tmp_path: Path) -> None:
