@@ -73,7 +73,7 @@ def test_dead_redis_serves_full_handshakes_then_picks_up_the_ring(
     finally:
         inst.uninstall()
     assert len(stek_warnings(caplog, "unreadable")) == 1, caplog.text
-    assert len(stek_warnings(caplog, "answers again")) == 1, caplog.text
+    assert len(stek_warnings(caplog, "is back")) == 1, caplog.text
 
 
 def test_empty_file_store_serves_then_picks_up_the_ring(

@@ -158,7 +158,7 @@ class _Group:
                     bg.record(ok=True)
             if self.failing:
                 self.failing = False
-                log.warning("store %s answers again: keyring generation %d loaded",
+                log.warning("store %s is back; snapshot refreshed (keyring generation %d)",
                             self.store.url, ring.generation)
             self.open()
         self.schedule([inst for _, inst in members])
