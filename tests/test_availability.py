@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -139,8 +140,6 @@ def test_strict_fails_fast_on_a_dead_store(certs: Certs, tmp_path: Path, kek_fil
 
 def test_many_installs_share_one_watch_and_one_thread(certs: Certs, tmp_path: Path) -> None:
     """Ten contexts on one file store: one background thread, one read per change, all follow it."""
-    import threading
-
     store = FileStore(tmp_path / "ring.json")
     stek.init_ring(store, stek.Policy())
     url = f"file:{store.path}"
@@ -156,3 +155,48 @@ def test_many_installs_share_one_watch_and_one_thread(certs: Certs, tmp_path: Pa
     finally:
         for i in insts:
             i.uninstall()
+
+
+def test_file_watch_uses_one_inotify_descriptor_for_many_files(tmp_path: Path) -> None:
+    """Subscriptions on several files share one inotify descriptor; a rename is seen."""
+    from stek.stores import _filewatch
+
+    hub = _filewatch._Hub()
+    seen: dict[str, threading.Event] = {n: threading.Event() for n in ("a", "b")}
+    subs = [hub.add(tmp_path / f"{n}.json", seen[n].set) for n in seen]
+    try:
+        assert hub.inotify
+        assert {s.wd for s in subs} != {None} and len({s.wd for s in subs}) == 1
+        tmp = tmp_path / "b.json.tmp"
+        tmp.write_bytes(b"x")
+        tmp.rename(tmp_path / "b.json")  # as stek._atomic replaces a keyring
+        assert seen["b"].wait(5)
+        assert not seen["a"].is_set()
+    finally:
+        for s in subs:
+            s.close()
+    assert not hub.inotify  # the last close released the descriptor
+
+
+def test_file_watch_without_inotify_polls_and_sees_a_directory_appear(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """No inotify (or no directory yet): the shared stat loop sees the file appear."""
+    from stek.stores import _filewatch
+
+    for inotify in (False, True):
+        if not inotify:
+            monkeypatch.setattr(_filewatch, "_libc", lambda: None)
+        else:
+            monkeypatch.undo()
+        hub = _filewatch._Hub()
+        path = tmp_path / f"later-{inotify}" / "ring.json"  # the directory does not exist
+        seen = threading.Event()
+        sub = hub.add(path, seen.set)
+        try:
+            assert sub.wd is None and hub.inotify == inotify
+            stek.init_ring(FileStore(path), stek.Policy())
+            assert seen.wait(5)
+            # With inotify available, the subscription moved onto it once the directory existed.
+            assert (sub.wd is not None) == inotify
+        finally:
+            sub.close()
