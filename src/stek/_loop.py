@@ -58,7 +58,10 @@ class Reactor:
 
     def _reset(self) -> None:
         self._pid = os.getpid()
-        self._lock = threading.Lock()
+        # Re-entrant: the garbage collector may run an installation's
+        # finalizer (which cancels timers and removes readers) in any thread,
+        # this one included, while the lock is held.
+        self._lock = threading.RLock()
         self._selector: selectors.BaseSelector | None = None
         self._wake_fds: tuple[int, int] = (-1, -1)
         self._readers: dict[int, Callback] = {}
@@ -162,9 +165,7 @@ class Reactor:
     def _next(self) -> tuple[list[Callback], float | None] | None:
         """Callbacks to run now and how long to wait after them; None: nothing left, exit."""
         with self._lock:
-            if self._timers and any(t.cancelled for _, _, t in self._timers):
-                self._timers = [e for e in self._timers if not e[2].cancelled]
-                heapq.heapify(self._timers)
+            self._skip_cancelled()
             if not self._timers and not self._soon and not self._readers:
                 self._thread = None  # a later call starts a new thread
                 return None
@@ -172,10 +173,18 @@ class Reactor:
             now = time.monotonic()
             while self._timers and self._timers[0][0] <= now:
                 timer = heapq.heappop(self._timers)[2]
-                timer.cancelled = True  # ran: cancel() is now a no-op
-                run.append(timer.fn)
+                if not timer.cancelled:
+                    timer.cancelled = True  # ran: cancel() is now a no-op
+                    run.append(timer.fn)
+            self._skip_cancelled()
             timeout = max(0.0, self._timers[0][0] - now) if self._timers else None
             return run, timeout
+
+    def _skip_cancelled(self) -> None:
+        # Cancelled timers leave the heap when they reach its top: no purge
+        # that a re-entrant call (see below) could race with.
+        while self._timers and self._timers[0][2].cancelled:
+            heapq.heappop(self._timers)
 
     def _run(self) -> None:
         selector = self._selector

@@ -105,7 +105,9 @@ class _Hub:
 
     def _reset(self) -> None:
         self._pid = os.getpid()
-        self._lock = threading.Lock()
+        # Re-entrant: a subscriber's finalizer may close its subscription
+        # from inside this module's own calls (garbage collection).
+        self._lock = threading.RLock()
         self._libc: ctypes.CDLL | None = None
         self._libc_tried = False
         self._fd = -1
@@ -200,9 +202,9 @@ class _Hub:
                     name = data[off + _EVENT.size: off + _EVENT.size + length].rstrip(b"\0")
                     off += _EVENT.size + length
                     if mask & IN_Q_OVERFLOW:  # events were lost: everyone re-reads
-                        fire.update(self._subs)
+                        fire.update(list(self._subs))
                         continue
-                    users = self._by_wd.get(wd, set())
+                    users = list(self._by_wd.get(wd, ()))
                     if mask & IN_IGNORED:  # the directory went away: poll its files
                         self._by_wd.pop(wd, None)
                         for sub in users:
