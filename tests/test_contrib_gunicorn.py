@@ -14,6 +14,7 @@ import re
 import socket
 import ssl
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -116,7 +117,8 @@ def test_forked_child_builds_its_own_context(hook: PerProcessContext, certs: Cer
 
 def test_hook_failure_is_not_cached(hook: PerProcessContext, certs: Certs,
                                     monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """A store error surfaces as a StekError; the next connection tries again and succeeds."""
+    """STEK_STRICT=1: a store error surfaces as a StekError; the next connection tries again."""
+    monkeypatch.setenv("STEK_STRICT", "1")
     (tmp_path / "ring.json").write_text("not a keyring")
     with pytest.raises(stek.StoreCorrupt):
         stek_gunicorn.ssl_context(None, lambda: server_context(certs))
@@ -124,6 +126,28 @@ def test_hook_failure_is_not_cached(hook: PerProcessContext, certs: Certs,
     (tmp_path / "ring.json").unlink()
     ctx = stek_gunicorn.ssl_context(None, lambda: server_context(certs))
     assert stek_gunicorn.installation() is not None
+    assert stek_gunicorn.ssl_context(None, lambda: server_context(certs)) is ctx
+
+
+def test_hook_serves_on_a_corrupt_store_and_recovers(hook: PerProcessContext, certs: Certs,
+                                                      tmp_path: Path) -> None:
+    """Not strict (the default): the hook hands out a context that serves; the ring comes later."""
+    (tmp_path / "ring.json").write_text("not a keyring")
+    ctx = stek_gunicorn.ssl_context(None, lambda: server_context(certs))
+    inst = stek_gunicorn.installation()
+    assert inst is not None and not inst.store_ok and len(inst.ring) == 0
+    from support import connect, reconnects, serving
+
+    cctx = client_context(certs, ssl.TLSVersion.TLSv1_3)
+    with serving(ctx) as srv:
+        assert not connect(srv.port, cctx).reused
+        (tmp_path / "ring.json").unlink()  # rotate=True then creates the ring
+        deadline = time.monotonic() + 10
+        while not inst.store_ok and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert inst.store_ok and len(inst.ring) >= 1
+        assert reconnects(srv.port, cctx, 3) == 3
+        assert srv.errors == []
     assert stek_gunicorn.ssl_context(None, lambda: server_context(certs)) is ctx
 
 
@@ -141,7 +165,7 @@ def test_hook_has_the_arity_gunicorn_checks() -> None:
 
 @contextlib.contextmanager
 def gunicorn(certs: Certs, tmp_path: Path, *, with_stek: bool, worker_class: str = "sync",
-             ) -> Iterator[tuple[int, Proc]]:
+             env: dict[str, str] | None = None) -> Iterator[tuple[int, Proc]]:
     port = free_port()
     cmd = [sys.executable, "-m", "gunicorn", "--workers", str(WORKERS),
            "--worker-class", worker_class, "--bind", f"127.0.0.1:{port}",
@@ -150,7 +174,7 @@ def gunicorn(certs: Certs, tmp_path: Path, *, with_stek: bool, worker_class: str
     if with_stek:
         cmd += ["-c", str(APPS / "gunicorn_stek.conf.py")]
     cmd.append("wsgi_app:app")
-    env = env_with(STEK_STORE=f"file:{tmp_path}/ring.json")
+    env = env or env_with(STEK_STORE=f"file:{tmp_path}/ring.json")
     with running(cmd, tmp_path / "gunicorn.log", env=env) as proc:
         proc.wait_output(r"Booting worker with pid: (\d+)", WORKERS)
         wait_https(port, client_context(certs, ssl.TLSVersion.TLSv1_3), proc)
@@ -264,3 +288,43 @@ def test_gunicorn_gthread_workers_resume(certs: Certs, tmp_path: Path) -> None:
         run = reconnect_run(port, cctx, RECONNECTS)
     assert run.resumed >= RECONNECTS - 1, run
     assert sum(c["resumed"] for c in run.counters.values()) >= RECONNECTS - 1
+
+
+def test_gunicorn_with_dead_redis_serves_then_picks_up_the_ring(
+        certs: Certs, tmp_path: Path, kek_file: Path) -> None:
+    """STEK_STORE names a Redis port with nothing listening: TLS works, without tickets.
+
+    Then a real redis-server starts on that port and the ring is created
+    there, sealed under the KEK: the workers read it without a restart and
+    resume each other's tickets.  Each worker logs the outage once.
+    """
+    from servers_fleet import RedisServer
+
+    redis = RedisServer(tmp_path / "redis")
+    env = env_with(STEK_STORE=redis.url, STEK_KEK_FILE=str(kek_file))
+    cctx = client_context(certs, ssl.TLSVersion.TLSv1_3)
+    with gunicorn(certs, tmp_path, with_stek=True, env=env) as (port, proc):
+        before = [https_get(port, cctx) for _ in range(8)]
+        assert all(not r.reused for r in before)
+        assert all(r.body["generation"] == 0 for r in before)  # no ring: no ticket
+        assert all(r.body["counters"]["issued"] == 0 for r in before)
+        with redis:
+            store = stek.open_store(redis.url, kek_file=str(kek_file))
+            ring = stek.rotate(store, create=stek.Policy()).ring  # workers may race: one ring
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                if all(https_get(port, cctx).body["generation"] == ring.generation
+                       for _ in range(2 * WORKERS)):
+                    break
+                time.sleep(0.2)
+            run = reconnect_run(port, cctx, RECONNECTS)
+            issuer, replies = cross_worker(port, cctx, 5)
+            log = proc.output()
+    assert run.resumed >= RECONNECTS - 1, run
+    assert issuer not in {r.body["pid"] for r in replies}
+    assert all(r.reused for r in replies)
+    assert {r.body["generation"] for r in [*run.replies, *replies]} == {ring.generation}
+    assert "Traceback" not in log and "wrong version number" not in log
+    outages = re.findall(r"unreadable at start", log)
+    assert 1 <= len(outages) <= WORKERS, log
+    assert len(re.findall(r"is back", log)) <= WORKERS

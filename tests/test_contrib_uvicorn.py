@@ -8,16 +8,19 @@ to land on the worker that issued its ticket.
 from __future__ import annotations
 
 import contextlib
+import re
 import ssl
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import uvicorn
 
+import stek
 from conftest import TLS_VERSIONS, Certs, client_context, free_port
-from procs import APPS, Proc, env_with, reconnect_run, running, wait_https
+from procs import APPS, Proc, env_with, https_get, reconnect_run, running, wait_https
 from stek.contrib import PerProcessContext
 from stek.contrib import uvicorn as stek_uvicorn
 
@@ -69,11 +72,11 @@ def test_factory_pickles_by_reference() -> None:
 
 @contextlib.contextmanager
 def uvicorn_server(certs: Certs, tmp_path: Path, *, with_stek: bool,
-                   ) -> Iterator[tuple[int, Proc]]:
+                   env: dict[str, str] | None = None) -> Iterator[tuple[int, Proc]]:
     port = free_port()
     cmd = [sys.executable, str(APPS / "uvicorn_main.py"), str(port), str(certs.cert),
            str(certs.key), str(WORKERS), "stek" if with_stek else "plain"]
-    env = env_with(STEK_STORE=f"file:{tmp_path}/ring.json")
+    env = env or env_with(STEK_STORE=f"file:{tmp_path}/ring.json")
     with running(cmd, tmp_path / "uvicorn.log", env=env) as proc:
         proc.wait_output(r"Started server process \[(\d+)\]", WORKERS)
         wait_https(port, client_context(certs, ssl.TLSVersion.TLSv1_3), proc)
@@ -125,3 +128,41 @@ def test_uvicorn_without_stek_resumes_only_on_the_same_worker(
     assert len(moved) >= 2
     assert not any(r.reused for r in moved)
     assert run.resumed < RECONNECTS - 1
+
+
+def test_uvicorn_with_dead_redis_serves_then_picks_up_the_ring(
+        certs: Certs, tmp_path: Path, kek_file: Path) -> None:
+    """A Redis port with nothing listening: the workers start and serve TLS (no crash loop).
+
+    Then redis-server starts on that port with a sealed ring: the workers
+    read it without a restart and resume tickets across workers.
+    """
+    from servers_fleet import RedisServer
+
+    redis = RedisServer(tmp_path / "redis")
+    env = env_with(STEK_STORE=redis.url, STEK_KEK_FILE=str(kek_file))
+    cctx = client_context(certs, ssl.TLSVersion.TLSv1_2)
+    with uvicorn_server(certs, tmp_path, with_stek=True, env=env) as (port, proc):
+        before = [https_get(port, cctx) for _ in range(8)]
+        assert all(r.body["generation"] == 0 and r.body["counters"]["issued"] == 0
+                   for r in before)
+        pids = set(proc.wait_output(r"Started server process \[(\d+)\]", WORKERS))
+        with redis:
+            store = stek.open_store(redis.url, kek_file=str(kek_file))
+            ring = stek.rotate(store, create=stek.Policy()).ring
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                if all(https_get(port, cctx).body["generation"] == ring.generation
+                       for _ in range(2 * WORKERS)):
+                    break
+                time.sleep(0.2)
+            run = reconnect_run(port, cctx, RECONNECTS)
+            log = proc.output()
+    moved = [r for r, m in zip(run.replies, run.moves) if m]
+    assert run.resumed >= RECONNECTS - 1, run.pids
+    assert len(moved) >= 1 and all(r.reused for r in moved)
+    assert {r.body["generation"] for r in run.replies} == {ring.generation}
+    # No worker died and came back: the same processes served throughout.
+    assert set(re.findall(r"Started server process \[(\d+)\]", log)) == pids
+    assert "Traceback" not in log
+    assert 1 <= len(re.findall(r"unreadable at start", log)) <= WORKERS, log

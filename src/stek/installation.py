@@ -9,7 +9,8 @@ snapshot and does no I/O; a background thread keeps that snapshot current
 When the store cannot be read, the last snapshot keeps serving: tickets
 under keys inside their window still resume, the active key keeps
 encrypting until it retires, after which no ticket is issued at all (rather
-than stretching any key's life).  Full handshakes never fail.
+than stretching any key's life).  Full handshakes never fail, not even when
+the store cannot be read at start (see ``install(strict=...)``).
 """
 
 from __future__ import annotations
@@ -26,8 +27,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ._refresh import _LIVE, _Background, _Slot
-from .errors import BindingError, ConfigError, NotInitialized
+from ._refresh import _LIVE, _Background, _Slot, shared_store
+from .errors import BindingError, ConfigError, NotInitialized, StoreError
 from .hazmat.libssl import (
     CRYPTO_EX_INDEX_SSL_CTX,
     EVP_MAX_IV_LENGTH,
@@ -61,7 +62,7 @@ from .schedule import (
     next_change,
     state_of,
 )
-from .stores import KeyStore, open_store
+from .stores import KeyStore
 
 log = logging.getLogger("stek.installation")
 
@@ -288,12 +289,6 @@ class Installation:
             lib.set_client_hello_callback(self._ctx_ptr, self._hello_cb, arg)
         if self._slot is None:
             _pin(lib, self._ctx_ptr, (self._cfunc, self._gen_cb, self._dec_cb, self._hello_cb))
-        # Store health, for metrics (stek.contrib.prometheus).  Minimal version:
-        # the availability work owns the store-reading path and reconciles these.
-        #: time.time() of the last successful store read (the install's own read here).
-        self.last_refresh: float | None = time.time()
-        #: False while the last store read failed (the last snapshot keeps serving).
-        self.store_ok = True
         self._bg = _Background(self._slot_owner)
         self._bg.start(self)
         _LIVE.add(self)
@@ -330,6 +325,16 @@ class Installation:
     def _thread(self) -> threading.Thread | None:
         return self._bg.thread
 
+    @property
+    def last_refresh(self) -> float | None:
+        """``time.time()`` of the last successful store read; None before the first."""
+        return self._bg.last_refresh
+
+    @property
+    def store_ok(self) -> bool:
+        """True when the last store read succeeded (False before the first)."""
+        return self._bg.store_ok
+
     def refresh(self) -> Keyring:
         """Re-read the store now (rotating first if ``rotate`` and due)."""
         now = self._clock()
@@ -340,10 +345,9 @@ class Installation:
             else:
                 ring = self.store.read()
         except BaseException:
-            self.store_ok = False
+            self._bg.record(ok=False)
             raise
-        self.last_refresh = time.time()
-        self.store_ok = True
+        self._bg.record(ok=True)
         self._swap(ring)
         return ring
 
@@ -567,6 +571,7 @@ def install(
     clock: Callable[[], float] = time.time,
     accelerate: bool | None = None,
     session_id_context: bytes | None = None,
+    strict: bool = False,
 ) -> Installation:
     """Serve session tickets on ``context`` with the keys of ``store``.
 
@@ -577,7 +582,13 @@ def install(
 
     Raises :class:`~stek.errors.BindingError` when the callback cannot be
     installed (statically linked Python, client-side context, OP_NO_TICKET,
-    already installed) and store errors when no ring can be read.
+    already installed), and ConfigError for a bad store URL or missing KEK.
+
+    A store that cannot be read (down, empty, corrupt, sealed under another
+    KEK) does not stop TLS: the context serves full handshakes and issues
+    no ticket, one warning is logged, and the ring is picked up as soon as
+    the store answers (``store_ok`` and ``last_refresh`` tell).  With
+    ``strict=True`` such a store raises its StoreError here instead.
 
     ``accelerate``: None (default) uses the compiled callback when it is built
     and ``clock`` is the real clock, else the pure-Python ctypes callback;
@@ -602,18 +613,24 @@ def install(
     if existing is not None and existing.installed:
         raise BindingError("stek is already installed on this context (uninstall() it first)")
     lib = libssl()
-    st = open_store(store)
+    st = shared_store(store)
     now = clock()
+    error: StoreError | None = None
     if rotate:
         refuse_rotation(st)  # a mirror is the agent's to write
-        ring = rotate_store(st, now=now, create=policy or Policy()).ring
-    else:
-        try:
-            ring = st.read()
-        except NotInitialized as exc:
-            raise NotInitialized(
-                f"{exc} (or pass rotate=True to let this server create and rotate it)"
-            ) from None
+    try:
+        ring = rotate_store(st, now=now, create=policy or Policy()).ring if rotate else st.read()
+    except NotInitialized as exc:
+        hinted = NotInitialized(f"{exc} (or pass rotate=True to let this server create it)")
+        if strict:
+            raise hinted from None
+        error, ring = hinted, Keyring(policy or Policy())
+    except StoreError as exc:
+        if strict:
+            raise
+        # No ring yet: an empty one.  The callback issues no ticket and every
+        # presented ticket gets a full handshake, until the refresher reads one.
+        error, ring = exc, Keyring(policy or Policy())
     accel = None
     if accelerate is not False:
         accel = _accelerator(lib) if clock is time.time else None
@@ -624,5 +641,6 @@ def install(
             )
     inst = Installation(context, st, ring, rotate=rotate, clock=clock, lib=lib, accel=accel,
                         accel_required=bool(accelerate), session_id_context=session_id_context)
+    inst._bg.started(inst, error)
     setattr(context, _ATTR, inst)
     return inst

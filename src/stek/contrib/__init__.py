@@ -7,6 +7,12 @@ Both read the store from ``$STEK_STORE`` (then the default file path) and
 install with ``rotate=True``, so the shared ring is created, and rotated when
 due, by the servers themselves: one host needs no agent.
 
+A store that cannot be read when a worker starts does not take TLS down: the
+worker serves full handshakes without tickets, logs one warning, and picks
+the ring up as soon as the store answers (see ``stek.install``).  Set
+``STEK_STRICT=1`` to make the worker fail instead (the server then refuses
+TLS connections until the store answers).
+
 Pre-fork servers ask for a context in each worker, and gunicorn's sync and
 gthread workers ask again on *every connection*.  Installing per connection
 would start a refresher per connection and hand out a context that is freed
@@ -30,7 +36,14 @@ from ..installation import Installation, install
 from ..mirror import mirror_source
 from ..stores import default_url
 
-__all__ = ["PerProcessContext"]
+__all__ = ["STRICT_ENV", "PerProcessContext", "strict_from_env"]
+
+#: ``STEK_STRICT=1``: a worker whose store cannot be read at start raises.
+STRICT_ENV = "STEK_STRICT"
+
+
+def strict_from_env() -> bool:
+    return os.environ.get(STRICT_ENV, "").strip().lower() in ("1", "true", "yes", "on")
 
 
 class PerProcessContext:
@@ -70,10 +83,12 @@ class PerProcessContext:
             ctx = build()
             url = default_url()
             # A host's mirror (stek agent --mirror) is rotated by its agent only.
-            inst = install(ctx, url, rotate=mirror_source(url) is None)
+            inst = install(ctx, url, rotate=mirror_source(url) is None,
+                           strict=strict_from_env())
             self._state = (pid, ctx, inst)
-        self._log.info("stek installed in pid %d: store %s, generation %d, %d key(s)",
-                       pid, inst.store.url, inst.ring.generation, len(inst.ring))
+        self._log.info("stek installed in pid %d: store %s, generation %d, %d key(s)%s",
+                       pid, inst.store.url, inst.ring.generation, len(inst.ring),
+                       "" if inst.store_ok else ", store not answering yet")
         return ctx
 
     def installation(self) -> Installation | None:

@@ -7,8 +7,8 @@
   concurrent processes never lose a key and never create two for one slot.
 * Content that is not a valid stek keyring raises StoreCorrupt and is never
   overwritten.
-* Change notification polls ``stat()`` (inode, size, mtime), which costs a
-  system call, not a read, and sees a rename made by any process.
+* Change notification: one inotify watch on the file's directory, shared by
+  the whole process, or one shared ``stat()`` loop (see stek.stores._filewatch).
 
 Prefer a tmpfs path (``/run``, ``$XDG_RUNTIME_DIR``): keys then never reach a
 disk, and a reboot forgets them, as forward secrecy wants.
@@ -21,19 +21,16 @@ import errno
 import fcntl
 import logging
 import os
-import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .._atomic import write_file
 from ..errors import NotInitialized, StoreUnavailable
 from ..keyring import Keyring
-from .base import Mutator
+from ._filewatch import watch
+from .base import Mutator, Subscription
 
 log = logging.getLogger("stek.stores.file")
-
-#: Seconds between stat() polls of the file (well under the 1 s promise).
-POLL_INTERVAL = 0.2
 
 
 def default_path() -> Path:
@@ -48,28 +45,6 @@ def default_path() -> Path:
     if hasattr(os, "geteuid") and os.geteuid() == 0:
         return Path("/run/stek/keyring.json")
     return Path.home() / ".local" / "state" / "stek" / "keyring.json"
-
-
-class _Poller:
-    def __init__(self, store: FileStore, cb: Callable[[], None]) -> None:
-        self._store, self._cb = store, cb
-        self._stop = threading.Event()
-        self._last = store._signature()
-        self._thread = threading.Thread(target=self._run, name="stek-file-watch", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        while not self._stop.wait(POLL_INTERVAL):
-            sig = self._store._signature()
-            if sig != self._last:
-                self._last = sig
-                try:
-                    self._cb()
-                except Exception:  # a subscriber's failure must not stop the watch
-                    log.exception("keyring change subscriber failed")
-
-    def close(self) -> None:
-        self._stop.set()
 
 
 class FileStore:
@@ -141,8 +116,8 @@ class FileStore:
                 raise StoreUnavailable(f"{self.path}: disk full, ring left unchanged") from exc
             raise StoreUnavailable(f"{self.path}: cannot write: {exc.strerror}") from exc
 
-    def subscribe(self, on_change: Callable[[], None]) -> _Poller:
-        return _Poller(self, on_change)
+    def subscribe(self, on_change: Callable[[], None]) -> Subscription:
+        return watch(self.path, on_change)
 
     def close(self) -> None:
         pass

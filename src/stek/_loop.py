@@ -1,0 +1,218 @@
+"""One background thread per process for stek's timers and file watches.
+
+Every installation's refresher (stek._refresh) and every file store's change
+watch (stek.stores.file) runs here, so a process pays for one thread however
+many contexts it installs (an SNI server installs several).  The thread
+starts on first use and ends when nothing is left to wait for.
+
+It waits in ``poll(2)`` on the descriptors registered with
+:meth:`Reactor.add_reader` (the file stores' inotify descriptor) and on an
+``eventfd(2)`` that other threads write to wake it, with a timeout set by the
+earliest timer.  Callbacks run one at a time in that thread; one that raises
+is logged and the loop goes on.
+
+fork(): the thread does not survive it, and the descriptors are the
+parent's, so the child starts from scratch on its first call (each owner
+registers again: see ``_refresh._after_fork_in_child``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import heapq
+import itertools
+import logging
+import os
+import selectors
+import threading
+import time
+from collections.abc import Callable
+
+log = logging.getLogger("stek.installation")
+
+Callback = Callable[[], None]
+
+
+class Timer:
+    """A callback due at a ``time.monotonic()`` instant; ``cancel()`` before it runs."""
+
+    __slots__ = ("_reactor", "cancelled", "fn", "when")
+
+    def __init__(self, reactor: Reactor, when: float, fn: Callback) -> None:
+        self._reactor = reactor
+        self.when = when
+        self.fn = fn
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        if not self.cancelled:
+            self.cancelled = True
+            self._reactor._wake()
+
+
+class Reactor:
+    """Timers, thread-safe wake-ups and readable descriptors, served by one daemon thread."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._pid = os.getpid()
+        # Re-entrant: the garbage collector may run an installation's
+        # finalizer (which cancels timers and removes readers) in any thread,
+        # this one included, while the lock is held.
+        self._lock = threading.RLock()
+        self._selector: selectors.BaseSelector | None = None
+        self._wake_fds: tuple[int, int] = (-1, -1)
+        self._readers: dict[int, Callback] = {}
+        self._timers: list[tuple[float, int, Timer]] = []
+        self._soon: list[Callback] = []
+        self._seq = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def _check_fork(self) -> None:
+        if self._pid == os.getpid():
+            return
+        # In a forked child: no thread, and descriptors shared with the
+        # parent.  Close this process's copies; owners register again.
+        selector, fds = self._selector, self._wake_fds
+        self._reset()
+        if selector is not None:
+            with contextlib.suppress(Exception):
+                selector.close()
+        for fd in set(fds):
+            if fd >= 0:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    # -- public -------------------------------------------------------------------------
+    @property
+    def thread(self) -> threading.Thread | None:
+        self._check_fork()
+        return self._thread
+
+    def call_at(self, when: float, fn: Callback) -> Timer:
+        """Run ``fn`` in the loop thread at ``time.monotonic()`` instant ``when``."""
+        self._check_fork()
+        timer = Timer(self, when, fn)
+        with self._lock:
+            heapq.heappush(self._timers, (when, next(self._seq), timer))
+            self._ensure_running()
+        self._wake()
+        return timer
+
+    def call_soon(self, fn: Callback) -> None:
+        """Run ``fn`` in the loop thread as soon as it is free (any thread may call this)."""
+        self._check_fork()
+        with self._lock:
+            self._soon.append(fn)
+            self._ensure_running()
+        self._wake()
+
+    def add_reader(self, fd: int, fn: Callback) -> None:
+        """Call ``fn`` in the loop thread whenever ``fd`` is readable."""
+        self._check_fork()
+        with self._lock:
+            self._ensure_running()
+            assert self._selector is not None
+            self._readers[fd] = fn
+            self._selector.register(fd, selectors.EVENT_READ)
+        self._wake()
+
+    def remove_reader(self, fd: int) -> None:
+        self._check_fork()
+        with self._lock:
+            if self._readers.pop(fd, None) is not None and self._selector is not None:
+                with contextlib.suppress(KeyError, ValueError, OSError):
+                    self._selector.unregister(fd)
+        self._wake()
+
+    # -- the thread ---------------------------------------------------------------------
+    def _ensure_running(self) -> None:
+        """Start the thread (and open its wake descriptor) if needed; the lock is held."""
+        if self._selector is None:
+            # poll(2) needs no descriptor of its own, unlike epoll.
+            self._selector = (selectors.PollSelector() if hasattr(selectors, "PollSelector")
+                              else selectors.SelectSelector())
+            if hasattr(os, "eventfd"):
+                efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+                self._wake_fds = (efd, efd)
+            else:  # pragma: no cover - not Linux
+                r, w = os.pipe()
+                os.set_blocking(r, False)
+                os.set_blocking(w, False)
+                self._wake_fds = (r, w)
+            self._selector.register(self._wake_fds[0], selectors.EVENT_READ)
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="stek-background",
+                                            daemon=True)
+            self._thread.start()
+
+    def _wake(self) -> None:
+        fd = self._wake_fds[1]
+        if fd < 0:
+            return
+        with contextlib.suppress(OSError):  # full (already awake) or closed by fork
+            if self._wake_fds[0] == fd:
+                os.eventfd_write(fd, 1)
+            else:  # pragma: no cover - not Linux
+                os.write(fd, b"\0")
+
+    def _drain(self) -> None:
+        with contextlib.suppress(OSError):
+            os.read(self._wake_fds[0], 8 if self._wake_fds[0] == self._wake_fds[1] else 4096)
+
+    def _next(self) -> tuple[list[Callback], float | None] | None:
+        """Callbacks to run now and how long to wait after them; None: nothing left, exit."""
+        with self._lock:
+            self._skip_cancelled()
+            if not self._timers and not self._soon and not self._readers:
+                self._thread = None  # a later call starts a new thread
+                return None
+            run, self._soon = self._soon, []
+            now = time.monotonic()
+            while self._timers and self._timers[0][0] <= now:
+                timer = heapq.heappop(self._timers)[2]
+                if not timer.cancelled:
+                    timer.cancelled = True  # ran: cancel() is now a no-op
+                    run.append(timer.fn)
+            self._skip_cancelled()
+            timeout = max(0.0, self._timers[0][0] - now) if self._timers else None
+            return run, timeout
+
+    def _skip_cancelled(self) -> None:
+        # Cancelled timers leave the heap when they reach its top: no purge
+        # that a re-entrant call (see below) could race with.
+        while self._timers and self._timers[0][2].cancelled:
+            heapq.heappop(self._timers)
+
+    def _run(self) -> None:
+        selector = self._selector
+        assert selector is not None
+        while True:
+            step = self._next()
+            if step is None:
+                return
+            run, timeout = step
+            for fn in run:
+                _call(fn)
+            if run:
+                continue  # callbacks may have added timers: recompute the wait
+            for key, _ in selector.select(timeout):
+                if key.fd == self._wake_fds[0]:
+                    self._drain()
+                    continue
+                reader = self._readers.get(key.fd)
+                if reader is not None:
+                    _call(reader)
+
+
+def _call(fn: Callback) -> None:
+    try:
+        fn()
+    except Exception:  # one owner's failure must not stop everyone's refreshes
+        log.exception("stek background task failed")
+
+
+#: The process's one loop.
+REACTOR = Reactor()
