@@ -324,7 +324,7 @@ def test_format_1_value_is_refused_until_rekey_reseals_it() -> None:
     legacy = header + nonce + AESGCM(kek).encrypt(nonce, ring.to_bytes(), header)
     cell: dict[str, object] = {"value": legacy, "version": 1}
     store = FakeShared(Sealer(kek), cell)
-    with pytest.raises(SealingError, match="format 1.*stek rekey"):
+    with pytest.raises(SealingError, match=r"format 1.*stek rekey"):
         store.read()
     assert store.reseal(Sealer(kek)).keys == ring.keys
     assert isinstance(cell["value"], bytes) and cell["value"][8] == 2
