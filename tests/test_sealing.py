@@ -345,3 +345,50 @@ def test_planted_key_beyond_the_policy_is_refused() -> None:
         FakeShared(sealer, cell).read()
     with pytest.raises(StoreCorrupt, match="publish_ahead"):
         rotate(FakeShared(sealer, cell))
+
+
+# -- KEK files another user could read or plant are refused ------------------------------
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o620, 0o644])
+def test_kek_file_readable_or_writable_by_others_is_refused(tmp_path: Path, mode: int) -> None:
+    path = tmp_path / "fleet.kek"
+    write_kek_file(path)
+    os.chmod(path, mode)
+    with pytest.raises(ConfigError, match=r"refusing it: .* by (group|others)") as info:
+        read_kek_file(path)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError):
+        sealer_from("redis://h", kek_file=path, env={})
+
+
+def test_kek_file_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    import pwd
+
+    path = tmp_path / "fleet.kek"
+    write_kek_file(path)
+    os.chown(path, pwd.getpwnam("nobody").pw_uid, -1)
+    with pytest.raises(ConfigError, match="owned by uid"):
+        read_kek_file(path)
+
+
+def test_kek_file_behind_a_symlink_is_read_and_checked(tmp_path: Path) -> None:
+    """Secret mounts are links to the real file: the file they lead to is what counts."""
+    real = tmp_path / "data" / "fleet.kek"
+    kek = write_kek_file(real)
+    link = tmp_path / "fleet.kek"
+    link.symlink_to(real)
+    assert read_kek_file(link) == [kek]
+    os.chmod(real, 0o644)
+    with pytest.raises(ConfigError, match="readable by group and others"):
+        read_kek_file(link)
+
+
+def test_kek_file_parents_are_0700_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        write_kek_file(tmp_path / "a" / "b" / "fleet.kek")
+    finally:
+        os.umask(old)
+    for d in (tmp_path / "a", tmp_path / "a" / "b"):
+        assert stat.S_IMODE(os.stat(d).st_mode) == 0o700

@@ -44,9 +44,9 @@ def open_store(url: str | KeyStore | None = None, **options: Any) -> KeyStore:
     scheme = scheme.lower() if sep else ""
     if scheme == "file":
         path = rest[2:] if rest.startswith("//") else rest
-        if not path:
-            path = str(default_path())
-        return FileStore(path)
+        if not path or path.startswith("?"):
+            path = str(default_path()) + path
+        return FileStore.from_url(path)
     if scheme == "memory":
         return MemoryStore()
     if scheme in ("redis", "rediss", "unix"):

@@ -71,7 +71,7 @@ from typing import Any, Generic, TypeVar
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .._atomic import write_file
+from .._atomic import ensure_dir, unsafe_reason, write_file
 from ..errors import ConfigError, NotInitialized, SealingError, StekError, StoreUnavailable
 from ..keyring import Keyring
 from .base import Mutator
@@ -122,16 +122,26 @@ def _parse_kek(text: str, where: str) -> bytes:
 
 
 def read_kek_file(path: str | os.PathLike[str]) -> list[bytes]:
-    """The KEKs in a KEK file: the first seals, any further ones only open."""
+    """The KEKs in a KEK file: the first seals, any further ones only open.
+
+    The file must be owned by this user or root and readable by nobody else
+    (mode 0600 or 0400): a KEK others can read opens every sealed ring, and a
+    file others can write lets them choose it.  A symbolic link is followed
+    (secret mounts are made of them); the file it leads to is what is checked.
+    """
     p = Path(path).expanduser()
     try:
-        text = p.read_text(encoding="ascii")
-        mode = p.stat().st_mode
+        with open(p, "rb") as f:
+            st = os.fstat(f.fileno())
+            raw = f.read(64 * 1024) if stat.S_ISREG(st.st_mode) else b""
+        text = raw.decode("ascii")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not a text file"
         raise ConfigError(f"KEK file {p}: cannot read: {reason}") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        log.warning("KEK file %s is readable by others (mode %o); chmod 600 it", p, mode & 0o777)
+    reason = "not a regular file" if not stat.S_ISREG(st.st_mode) else \
+        unsafe_reason(st, forbidden=0o077)
+    if reason is not None:
+        raise ConfigError(f"KEK file {p}: refusing it: {reason}; chmod 600 it, as its owner")
     lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     if not lines:
         raise ConfigError(f"KEK file {p}: holds no key")
@@ -152,7 +162,7 @@ def write_kek_file(path: str | os.PathLike[str], kek: bytes | None = None, *,
     body = (f"# stek key-encryption key {kek_id(key)} (AES-256-GCM, base64)\n"
             f"{base64.b64encode(key).decode()}\n").encode()
     try:
-        p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        ensure_dir(p.parent)
         write_file(p, body)
     except OSError as exc:
         raise StekError(f"{p}: cannot write KEK file: {exc.strerror}") from None
