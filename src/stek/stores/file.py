@@ -31,7 +31,6 @@ import os
 import pwd
 import stat
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import parse_qsl
@@ -155,7 +154,10 @@ class FileStore:
         data = self._read_bytes()
         if data is None:
             raise NotInitialized(f"{self.path}: no keyring yet (run 'stek init')")
-        return Keyring.from_bytes(data, str(self.path), time.time())
+        # Window lengths are checked against the policy; how far ahead a key
+        # activates is checked where a KEK holder could plant one (shared
+        # stores) and before every rotation (stek.rotation).
+        return Keyring.from_bytes(data, str(self.path))
 
     def _signature(self) -> tuple[int, int, int] | None:
         try:
