@@ -316,7 +316,7 @@ def nothing_readable_without_kek(server: Any, kek_file: Path) -> None:
                    for s in secrets for enc in encodings(s))
 
     values = server.raw_values()
-    assert values and all(v.startswith(b"STEKSEAL\x01") for v in values.values())
+    assert values and all(v.startswith(b"STEKSEAL\x02") for v in values.values())
     assert leaks(values) == 0
     assert b"stek-keyring" not in b"".join(values.values())
     # Control: the same ring stored unsealed is caught by the same scan.

@@ -59,7 +59,7 @@ def test_decide_returns_no_key_for_expired() -> None:
 
 
 def test_round_trip_preserves_everything() -> None:
-    ring = Keyring(Policy(rotate_every=60, accept_for=600, publish_ahead=10, key_size=48),
+    ring = Keyring(Policy(rotate_every=100, accept_for=600, publish_ahead=10, key_size=48),
                    (key(size=48), key(100, 200, 300, size=48)), generation=7)
     again = Keyring.from_bytes(ring.to_bytes())
     assert again == ring

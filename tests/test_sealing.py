@@ -10,12 +10,16 @@ import base64
 import os
 import stat
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from stek import ConfigError, Keyring, NotInitialized, Policy, SealingError, StekError
+from stek.errors import StoreCorrupt
+from stek.keys import generate_key
 from stek.rotation import init_ring, rotate
 from stek.stores.sealing import (
     KEK_LEN,
@@ -26,6 +30,7 @@ from stek.stores.sealing import (
     WatchThread,
     kek_id,
     read_kek_file,
+    ring_fingerprint,
     sealer_from,
     write_kek_file,
 )
@@ -33,15 +38,22 @@ from stek.stores.sealing import (
 STEP = 60
 BASE = 28_333_334 * STEP
 POLICY = Policy(rotate_every=STEP, accept_for=3600, publish_ahead=30)
+RID = "fake ring"
 
 
 class FakeShared(SharedStore[int]):
     """A value and a version in memory; the compare-and-set holds a lock."""
 
-    def __init__(self, sealer: AnySealer, cell: dict[str, object] | None = None) -> None:
+    def __init__(self, sealer: AnySealer, cell: dict[str, object] | None = None,
+                 ring: str = RID) -> None:
         super().__init__("fake://", sealer)
+        self._ring = ring
         self.cell = cell if cell is not None else {"value": None, "version": 0}
         self.lock = threading.Lock()
+
+    @property
+    def ring_id(self) -> str:
+        return self._ring
 
     def _load(self) -> tuple[bytes | None, int]:
         with self.lock:
@@ -71,17 +83,19 @@ def test_seal_open_round_trip_and_layout() -> None:
     kek = os.urandom(KEK_LEN)
     s = Sealer(kek)
     plain = ring_with_keys().to_bytes()
-    blob = s.seal(plain)
-    assert blob[:9] == b"STEKSEAL\x01"
+    blob = s.seal(plain, RID, 3)
+    assert blob[:9] == b"STEKSEAL\x02"
     assert blob[9:17].hex() == kek_id(kek)
-    assert len(blob) == 17 + 12 + len(plain) + 16
-    assert s.open(blob, "x") == plain
-    assert s.seal(plain) != blob  # a fresh nonce every time
+    assert blob[17:25].hex() == ring_fingerprint(RID)
+    assert blob[25:33] == (3).to_bytes(8, "big")
+    assert len(blob) == 33 + 12 + len(plain) + 16
+    assert s.open(blob, "x", RID) == (plain, 3)
+    assert s.seal(plain, RID, 3) != blob  # a fresh nonce every time
 
 
 def test_sealed_value_contains_no_key_bytes() -> None:
     ring = ring_with_keys()
-    blob = Sealer(os.urandom(KEK_LEN)).seal(ring.to_bytes())
+    blob = Sealer(os.urandom(KEK_LEN)).seal(ring.to_bytes(), RID, 1)
     for k in ring.keys:
         for secret in (k.aes_key, k.hmac_key):
             for enc in (secret, base64.b64encode(secret), secret.hex().encode()):
@@ -89,45 +103,45 @@ def test_sealed_value_contains_no_key_bytes() -> None:
 
 
 def test_wrong_kek_is_named_as_such() -> None:
-    blob = Sealer(os.urandom(KEK_LEN)).seal(b"{}")
+    blob = Sealer(os.urandom(KEK_LEN)).seal(b"{}", RID, 1)
     other = Sealer(os.urandom(KEK_LEN))
     with pytest.raises(SealingError, match="wrong key-encryption key"):
-        other.open(blob, "x")
+        other.open(blob, "x", RID)
 
 
-@pytest.mark.parametrize("where", [0, 9, 20, -1])
+@pytest.mark.parametrize("where", [0, 9, 20, 30, 40, -1])
 def test_tampered_value_fails_integrity(where: int) -> None:
     kek = os.urandom(KEK_LEN)
-    blob = bytearray(Sealer(kek).seal(b'{"format": "stek-keyring"}'))
+    blob = bytearray(Sealer(kek).seal(b'{"format": "stek-keyring"}', RID, 1))
     blob[where] ^= 1
     with pytest.raises(SealingError):
-        Sealer(kek).open(bytes(blob), "x")
+        Sealer(kek).open(bytes(blob), "x", RID)
 
 
 def test_truncated_value_is_refused() -> None:
     kek = os.urandom(KEK_LEN)
     with pytest.raises(SealingError, match="truncated"):
-        Sealer(kek).open(Sealer(kek).seal(b"x")[:30], "x")
+        Sealer(kek).open(Sealer(kek).seal(b"x", RID, 1)[:50], "x", RID)
 
 
 def test_plaintext_ring_refused_when_a_kek_is_set() -> None:
     """Otherwise anyone able to write the store could inject keys they know."""
     with pytest.raises(SealingError, match="unsealed"):
-        Sealer(os.urandom(KEK_LEN)).open(ring_with_keys().to_bytes(), "x")
+        Sealer(os.urandom(KEK_LEN)).open(ring_with_keys().to_bytes(), "x", RID)
 
 
 def test_sealed_ring_refused_in_plaintext_mode() -> None:
-    blob = Sealer(os.urandom(KEK_LEN)).seal(b"{}")
+    blob = Sealer(os.urandom(KEK_LEN)).seal(b"{}", RID, 1)
     with pytest.raises(SealingError, match="give its key-encryption key"):
-        Plaintext().open(blob, "x")
+        Plaintext().open(blob, "x", RID)
 
 
 def test_older_kek_still_opens() -> None:
     old, new = os.urandom(KEK_LEN), os.urandom(KEK_LEN)
-    blob = Sealer(old).seal(b"ring")
+    blob = Sealer(old).seal(b"ring", RID, 1)
     both = Sealer(new, (old,))
-    assert both.open(blob, "x") == b"ring"
-    assert both.seal(b"ring")[9:17].hex() == kek_id(new)
+    assert both.open(blob, "x", RID) == (b"ring", 1)
+    assert both.seal(b"ring", RID, 1)[9:17].hex() == kek_id(new)
 
 
 def test_no_kek_is_refused_with_a_way_out() -> None:
@@ -247,5 +261,134 @@ def test_reprs_and_errors_hold_no_secret() -> None:
     for text in (repr(s), s.describe, repr(FakeShared(s))):
         assert kek.hex() not in text and base64.b64encode(kek).decode() not in text
     with pytest.raises(SealingError) as info:
-        Sealer(os.urandom(KEK_LEN)).open(s.seal(b"x"), "x")
+        Sealer(os.urandom(KEK_LEN)).open(s.seal(b"x", RID, 1), "x", RID)
     assert kek.hex() not in str(info.value)
+
+
+# -- a writer without the KEK cannot steer readers --------------------------------------
+
+
+def test_ring_copied_from_another_ring_under_the_same_kek_is_refused() -> None:
+    """Staging into prod: genuine, same KEK, but sealed for another ring id."""
+    sealer = Sealer(os.urandom(KEK_LEN))
+    staging: dict[str, object] = {"value": None, "version": 0}
+    init_ring(FakeShared(sealer, staging, ring="redis db 0 key staging:keyring"), POLICY)
+    prod: dict[str, object] = {"value": None, "version": 0}
+    init_ring(FakeShared(sealer, prod, ring="redis db 0 key prod:keyring"), POLICY)
+    reader = FakeShared(sealer, prod, ring="redis db 0 key prod:keyring")
+    reader.read()
+    prod["value"] = staging["value"]
+    for store in (reader, FakeShared(sealer, prod, ring="redis db 0 key prod:keyring")):
+        with pytest.raises(SealingError, match="sealed for another store") as info:
+            store.read()
+        assert "\n" not in str(info.value)
+        with pytest.raises(SealingError, match="sealed for another store"):
+            rotate(store)
+
+
+def test_replayed_older_generation_is_refused_and_counted(
+        caplog: pytest.LogCaptureFixture) -> None:
+    sealer = Sealer(os.urandom(KEK_LEN))
+    cell: dict[str, object] = {"value": None, "version": 0}
+    writer = FakeShared(sealer, cell)
+    init_ring(writer, POLICY)
+    old = cell["value"]
+    newer = writer.update(lambda cur: cur.with_policy(POLICY) if cur else None)
+    reader = FakeShared(sealer, cell)
+    assert reader.read().generation == newer.generation
+    cell["value"] = old  # a store writer replays a genuine older value
+    for _ in range(2):
+        with pytest.raises(SealingError, match="older than generation 2") as info:
+            reader.read()
+        assert "\n" not in str(info.value)
+    with pytest.raises(SealingError, match="rolled-back"):
+        rotate(reader)  # a rotator never builds on it either
+    assert reader.rollbacks_refused == 3
+    assert caplog.text.count("refusing keyring generation 1") == 1  # logged once, counted each time
+
+
+def test_sealed_generation_must_match_the_ring() -> None:
+    sealer = Sealer(os.urandom(KEK_LEN))
+    cell: dict[str, object] = {"value": None, "version": 0}
+    ring = init_ring(FakeShared(sealer, cell), POLICY).ring
+    cell["value"] = sealer.seal(ring.to_bytes(), RID, ring.generation + 5)
+    with pytest.raises(SealingError, match="does not match"):
+        FakeShared(sealer, cell).read()
+
+
+def test_format_1_value_is_refused_until_rekey_reseals_it() -> None:
+    kek = os.urandom(KEK_LEN)
+    ring = ring_with_keys()
+    header = b"STEKSEAL\x01" + bytes.fromhex(kek_id(kek))
+    nonce = os.urandom(12)
+    legacy = header + nonce + AESGCM(kek).encrypt(nonce, ring.to_bytes(), header)
+    cell: dict[str, object] = {"value": legacy, "version": 1}
+    store = FakeShared(Sealer(kek), cell)
+    with pytest.raises(SealingError, match=r"format 1.*stek rekey"):
+        store.read()
+    assert store.reseal(Sealer(kek)).keys == ring.keys
+    assert isinstance(cell["value"], bytes) and cell["value"][8] == 2
+    assert FakeShared(Sealer(kek), cell).read() == ring
+
+
+def test_planted_key_beyond_the_policy_is_refused() -> None:
+    """A KEK holder cannot plant a key that outlives the ring's policy."""
+    sealer = Sealer(os.urandom(KEK_LEN))
+    cell: dict[str, object] = {"value": None, "version": 0}
+    ring = init_ring(FakeShared(sealer, cell), POLICY).ring
+    now = int(time.time())
+    far = generate_key(size=80, activates_at=now + 86400, retires_at=now + 86400 + STEP,
+                       expires_at=now + 86400 + STEP + 3600)
+    planted = Keyring(POLICY, (*ring.keys, far), ring.generation + 1)
+    cell["value"] = sealer.seal(planted.to_bytes(), RID, planted.generation)
+    with pytest.raises(StoreCorrupt, match="further ahead than the policy's publish_ahead"):
+        FakeShared(sealer, cell).read()
+    with pytest.raises(StoreCorrupt, match="publish_ahead"):
+        rotate(FakeShared(sealer, cell))
+
+
+# -- KEK files another user could read or plant are refused ------------------------------
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o620, 0o644])
+def test_kek_file_readable_or_writable_by_others_is_refused(tmp_path: Path, mode: int) -> None:
+    path = tmp_path / "fleet.kek"
+    write_kek_file(path)
+    os.chmod(path, mode)
+    with pytest.raises(ConfigError, match=r"refusing it: .* by (group|others)") as info:
+        read_kek_file(path)
+    assert "\n" not in str(info.value)
+    with pytest.raises(ConfigError):
+        sealer_from("redis://h", kek_file=path, env={})
+
+
+def test_kek_file_owned_by_another_user_is_refused(tmp_path: Path) -> None:
+    import pwd
+
+    path = tmp_path / "fleet.kek"
+    write_kek_file(path)
+    os.chown(path, pwd.getpwnam("nobody").pw_uid, -1)
+    with pytest.raises(ConfigError, match="owned by uid"):
+        read_kek_file(path)
+
+
+def test_kek_file_behind_a_symlink_is_read_and_checked(tmp_path: Path) -> None:
+    """Secret mounts are links to the real file: the file they lead to is what counts."""
+    real = tmp_path / "data" / "fleet.kek"
+    kek = write_kek_file(real)
+    link = tmp_path / "fleet.kek"
+    link.symlink_to(real)
+    assert read_kek_file(link) == [kek]
+    os.chmod(real, 0o644)
+    with pytest.raises(ConfigError, match="readable by group and others"):
+        read_kek_file(link)
+
+
+def test_kek_file_parents_are_0700_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0)
+    try:
+        write_kek_file(tmp_path / "a" / "b" / "fleet.kek")
+    finally:
+        os.umask(old)
+    for d in (tmp_path / "a", tmp_path / "a" / "b"):
+        assert stat.S_IMODE(os.stat(d).st_mode) == 0o700

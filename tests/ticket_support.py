@@ -32,7 +32,7 @@ def key_in_state(state: str, now: int, size: int = 80) -> TicketKey:
     """A fresh random key whose window puts it in ``state`` at ``now``."""
     windows = {
         "pending": (now + HOUR, now + 2 * HOUR, now + 3 * HOUR),
-        "active": (now - 60, now + HOUR, now + 2 * HOUR),
+        "active": (now - 60, now + HOUR - 60, now + 2 * HOUR),  # within Policy()
         "decrypt-only": (now - 2 * HOUR, now - HOUR, now + HOUR),
         # Still in the ring, but its accept window ended a moment ago.
         "expired": (now - 3 * HOUR, now - 2 * HOUR, now - 5),

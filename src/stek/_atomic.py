@@ -86,11 +86,50 @@ def write_file(path: str | os.PathLike[str], data: bytes, mode: int = KEY_FILE_M
     return True
 
 
-def ensure_dir(path: str | os.PathLike[str]) -> Path:
-    """Create ``path`` (and parents) with mode 0700 if missing; return it."""
+def ensure_dir(path: str | os.PathLike[str], mode: int = DIR_MODE) -> Path:
+    """Create ``path`` and any missing parent with ``mode``, whatever the umask; return it.
+
+    ``Path.mkdir(parents=True)`` gives the parents it creates 0777 minus the
+    umask (0777 itself under umask 000), and ``mkdir(2)`` applies the umask
+    to ``mode`` too: so each directory created here is chmod-ed explicitly.
+    Directories that already exist are left as they are.
+    """
     p = Path(path)
-    p.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+    missing = []
+    for d in (p, *p.parents):
+        if d.is_dir():
+            break
+        missing.append(d)
+    for d in reversed(missing):
+        try:
+            os.mkdir(d, mode)
+        except FileExistsError:
+            if not d.is_dir():
+                raise
+            continue  # created by another process meanwhile: not ours to chmod
+        os.chmod(d, mode)
     return p
+
+
+def unsafe_reason(st: os.stat_result, *, owners: tuple[int, ...] = (),
+                  forbidden: int = 0o022) -> str | None:
+    """Why a file or directory with status ``st`` must not be trusted, or None.
+
+    Trusted: owned by the current user, by root, or by one of ``owners``,
+    and with none of the ``forbidden`` mode bits (group/world-writable by
+    default).  Otherwise another user could have planted it, or could
+    change it (a shared directory such as /tmp).
+    """
+    uid = os.geteuid()
+    if st.st_uid not in (uid, 0, *owners):
+        return f"owned by uid {st.st_uid}, not by this user (uid {uid}) or root"
+    bad = stat.S_IMODE(st.st_mode) & forbidden
+    if bad:
+        who = " and ".join(w for w, bits in (("group", 0o070), ("others", 0o007)) if bad & bits)
+        what = " and ".join(w for w, bits in (("readable", 0o044), ("writable", 0o022))
+                            if bad & bits)
+        return f"{what} by {who} (mode {stat.S_IMODE(st.st_mode):o})"
+    return None
 
 
 def remove_file(path: str | os.PathLike[str]) -> bool:

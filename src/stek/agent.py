@@ -513,6 +513,9 @@ class AgentCollector(Collector):
         yield _counter("stek_store_failures", "Passes that could not read or write the store.",
                        a.store_failures)
         yield from _store_health(a.store)
+        yield _counter("stek_store_rollbacks_refused",
+                       "Store values refused for carrying an older generation than one seen.",
+                       getattr(a.store, "rollbacks_refused", 0))
         yield _gauge("stek_agent_last_pass_timestamp_seconds",
                      "When the last successful pass ran.", a.last_pass_ok)
         if ring is not None:

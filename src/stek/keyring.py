@@ -19,14 +19,16 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import KeyringError, StoreCorrupt
+from .errors import ConfigError, KeyringError, StoreCorrupt
 from .keys import TicketKey
 from .schedule import (
+    MAX_INSTANT,
     MAX_KEYS,
     Answer,
     Plan,
     Policy,
     State,
+    check_windows,
     decrypt_answer,
     encrypting_key,
     state_of,
@@ -34,6 +36,23 @@ from .schedule import (
 
 FORMAT = "stek-keyring"
 FORMAT_VERSION = 1
+#: A serialized ring of MAX_KEYS keys is about 20 KB; anything far larger is
+#: not a ring, and is refused before it is parsed.
+MAX_RING_BYTES = 1 << 20
+#: Generations fit the sealed header's unsigned 64-bit field (stores/sealing.py).
+MAX_GENERATION = 2**63 - 1
+
+
+def _reject_constant(name: str) -> Any:
+    # json.loads accepts NaN, Infinity and -Infinity by default (not JSON, RFC 8259 section 6).
+    raise ValueError(f"{name} is not a number")
+
+
+def _int(value: Any, label: str, high: int, low: int = 0) -> int:
+    """A JSON integer in [low, high]: never a float, a string or a bool."""
+    if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= high:
+        raise KeyringError(f"{label} must be an integer from {low} to {high}")
+    return value
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -93,7 +112,24 @@ class Keyring:
         return Keyring(self.policy, tuple(keys), self.generation + 1)
 
     def with_policy(self, policy: Policy) -> Keyring:
-        return Keyring(policy, self.keys, self.generation + 1)
+        """The same keys under ``policy``, each window cut down to what ``policy`` allows.
+
+        Readers refuse keys whose windows exceed the ring's policy
+        (:func:`~stek.schedule.check_windows`), so a shorter policy shortens
+        the keys already in the ring; a longer one leaves them as they are.
+        """
+        keys = []
+        for k in self.keys:
+            retires = min(k.retires_at, k.activates_at + policy.rotate_every)
+            expires = min(k.expires_at, retires + policy.accept_for)
+            if (retires, expires) != (k.retires_at, k.expires_at):
+                k = TicketKey(k.name, k.aes_key, k.hmac_key, k.activates_at, retires, expires)
+            keys.append(k)
+        return Keyring(policy, tuple(keys), self.generation + 1)
+
+    def check(self, now: float | None = None) -> None:
+        """Raise :class:`~stek.errors.KeyringError` if a key's windows exceed the policy."""
+        check_windows(self.keys, self.policy, now)
 
     # -- serialization ----------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
@@ -119,46 +155,70 @@ class Keyring:
         return (json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n").encode()
 
     @classmethod
-    def from_bytes(cls, data: bytes, where: str = "keyring") -> Keyring:
+    def from_bytes(cls, data: bytes, where: str = "keyring", now: float | None = None) -> Keyring:
         """Parse a serialized ring; anything else raises :class:`StoreCorrupt`.
 
+        Whatever the bytes, this returns a valid ring or raises StoreCorrupt,
+        never any other error (tests/test_keyring_fuzz.py).  Every key's
+        windows are checked against the ring's policy, and with ``now``, how
+        far ahead it activates too (:func:`~stek.schedule.check_windows`).
         Messages name the problem and never quote the content (it may be keys).
         """
+        if len(data) > MAX_RING_BYTES:
+            raise StoreCorrupt(f"{where}: not a stek keyring (larger than {MAX_RING_BYTES} bytes)")
         try:
-            doc = json.loads(data)
-        except (UnicodeDecodeError, json.JSONDecodeError):
+            doc = json.loads(data, parse_constant=_reject_constant)
+        except (ValueError, RecursionError):
+            # ValueError covers UnicodeDecodeError, JSONDecodeError, NaN/Infinity
+            # and integers past CPython's digit limit; RecursionError, deep nesting.
             raise StoreCorrupt(f"{where}: not a stek keyring (not JSON)") from None
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise StoreCorrupt(f"{where}: not a stek keyring (no '{FORMAT}' marker)")
-        if doc.get("version") != FORMAT_VERSION:
+        if doc.get("version") != FORMAT_VERSION or isinstance(doc.get("version"), bool):
+            shown = doc.get("version")
+            shown = shown if isinstance(shown, int) and abs(shown) < 10**6 else "?"
             raise StoreCorrupt(
-                f"{where}: keyring format version {doc.get('version')!r} is not supported "
+                f"{where}: keyring format version {shown!r} is not supported "
                 f"(this stek reads version {FORMAT_VERSION})"
             )
         try:
-            pol = doc["policy"]
-            policy = Policy(
-                rotate_every=int(pol["rotate_every"]),
-                accept_for=int(pol["accept_for"]),
-                publish_ahead=int(pol["publish_ahead"]),
-                key_size=int(pol.get("key_size", 80)),
-            )
-            keys = tuple(
-                TicketKey(
-                    name=bytes.fromhex(item["name"]),
-                    aes_key=base64.b64decode(item["aes_key"], validate=True),
-                    hmac_key=base64.b64decode(item["hmac_key"], validate=True),
-                    activates_at=int(item["activates_at"]),
-                    retires_at=int(item["retires_at"]),
-                    expires_at=int(item["expires_at"]),
-                )
-                for item in doc["keys"]
-            )
-            return cls(policy, keys, int(doc.get("generation", 0)))
+            ring = cls._from_doc(doc)
+            ring.check(now)
         except (KeyError, TypeError, ValueError, binascii.Error) as exc:
-            # KeyringError is a ValueError: its message names the invariant.
-            detail = str(exc) if isinstance(exc, KeyringError) else type(exc).__name__
+            # KeyringError and ConfigError are ValueErrors whose messages name
+            # the invariant (never key bytes); others are named by type only.
+            detail = str(exc) if isinstance(exc, (KeyringError, ConfigError)) \
+                else type(exc).__name__
             raise StoreCorrupt(f"{where}: invalid keyring ({detail})") from None
+        return ring
+
+    @classmethod
+    def _from_doc(cls, doc: dict[str, Any]) -> Keyring:
+        pol = doc["policy"]
+        policy = Policy(
+            rotate_every=_int(pol["rotate_every"], "rotate_every", MAX_INSTANT),
+            accept_for=_int(pol["accept_for"], "accept_for", MAX_INSTANT),
+            publish_ahead=_int(pol["publish_ahead"], "publish_ahead", MAX_INSTANT),
+            key_size=_int(pol.get("key_size", 80), "key_size", 80),
+        )
+        items = doc["keys"]
+        if not isinstance(items, list) or len(items) > MAX_KEYS:
+            raise KeyringError(f"keys must be a list of at most {MAX_KEYS} keys")
+        keys = []
+        for item in items:
+            name, aes, mac = item["name"], item["aes_key"], item["hmac_key"]
+            if not all(isinstance(v, str) for v in (name, aes, mac)):
+                raise TypeError("key fields must be strings")
+            keys.append(TicketKey(
+                name=bytes.fromhex(name),
+                aes_key=base64.b64decode(aes, validate=True),
+                hmac_key=base64.b64decode(mac, validate=True),
+                activates_at=_int(item["activates_at"], "activates_at", MAX_INSTANT),
+                retires_at=_int(item["retires_at"], "retires_at", MAX_INSTANT),
+                expires_at=_int(item["expires_at"], "expires_at", MAX_INSTANT),
+            ))
+        generation = _int(doc.get("generation", 0), "generation", MAX_GENERATION)
+        return cls(policy, tuple(keys), generation)
 
 
 def validate_keys(keys: Iterable[TicketKey], key_size: int) -> None:

@@ -12,10 +12,10 @@ import logging
 import time
 from dataclasses import dataclass
 
-from .errors import NotInitialized, StekError
+from .errors import KeyringError, NotInitialized, StekError, StoreCorrupt
 from .keyring import Keyring
 from .keys import TicketKey
-from .schedule import Policy, plan
+from .schedule import Plan, Policy, plan
 from .stores import KeyStore
 
 log = logging.getLogger("stek.rotation")
@@ -59,7 +59,11 @@ def init_ring(
                 f"(its keys are kept)"
             )
         base = Keyring(pol) if current is None else current.with_policy(pol)
-        change = plan(base.keys, pol, t)
+        # A shorter publish_ahead: keys published further ahead than it now
+        # allows are dropped (readers would refuse them); plan() refills the gap.
+        early = tuple(k.name for k in base.keys if k.activates_at > t + pol.publish_ahead)
+        change = plan([k for k in base.keys if k.name not in early], pol, t)
+        change = Plan(change.add, change.drop + early)
         ring = base.apply(change)
         outcome["r"] = Rotation(ring, change.add, change.drop, created=current is None)
         return ring
@@ -86,6 +90,7 @@ def rotate(
             if create is None:
                 raise NotInitialized(f"{store.url}: no keyring yet (run 'stek init')")
             current, created = Keyring(create), True
+        _check(current, t, store.url)
         change = plan(current.keys, current.policy, t)
         ring = current.apply(change)
         outcome["r"] = Rotation(ring, change.add, change.drop, created=created)
@@ -103,6 +108,19 @@ def rotate(
     for name in result.dropped:
         log.info("dropped expired key %s", name.hex())
     return result
+
+
+def _check(ring: Keyring, now: float, where: str) -> None:
+    """Refuse to rotate (and so to export) a ring holding a key its policy forbids.
+
+    "Too far ahead" is measured from the later of ``now`` and the wall
+    clock: a rotation planned for another instant (a test, a replay of a
+    schedule) judges keys by the latest time it knows of.
+    """
+    try:
+        ring.check(max(now, time.time()))
+    except KeyringError as exc:
+        raise StoreCorrupt(f"{where}: invalid keyring ({exc})") from exc
 
 
 def _iso(t: int) -> str:

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, TypeVar
 
 from ._duration import format_duration
-from .errors import ConfigError
+from .errors import ConfigError, KeyringError
 from .keys import SIZES, Random, TicketKey, generate_key
 
 #: RFC 8446 section 4.6.1: "Servers MUST NOT use any value greater than 604800
@@ -51,6 +51,13 @@ MAX_ACCEPT_WINDOW = 7 * 86400
 WARN_ACCEPT_WINDOW = 48 * 3600
 #: Hard bound on keys in one ring; the schedule must fit well inside it.
 MAX_KEYS = 64
+#: Clock difference between hosts tolerated when a reader checks how far
+#: ahead a key activates: the writer planned with its clock, the reader
+#: checks with its own (see :func:`check_windows`).
+MAX_CLOCK_SKEW = 300
+#: Latest instant a key may carry: 9999-12-31T23:59:59Z, the end of the range
+#: ``time.gmtime`` renders, far inside the C callback's 64-bit ``time_t``.
+MAX_INSTANT = 253_402_300_799
 
 
 class StekWarning(UserWarning):
@@ -325,6 +332,39 @@ def plan(
         )
         cursor = retires
     return Plan(add=tuple(add), drop=drop)
+
+
+def check_windows(keys: Iterable[Windowed], policy: Policy, now: float | None = None) -> None:
+    """Refuse keys whose windows exceed what ``policy`` lets :func:`plan` make.
+
+    :func:`plan` never makes a key active longer than ``rotate_every``,
+    accepted longer than ``accept_for`` after it retires, or activating more
+    than ``publish_ahead`` after ``now``.  A reader holds every key it loads
+    to the same bounds (plus :data:`MAX_CLOCK_SKEW` for the ahead check), so
+    whoever can write a ring cannot plant a key that outlives its policy.
+    ``now=None`` skips the ahead check (it needs a clock).
+    Raises :class:`~stek.errors.KeyringError` naming the key by its public name.
+    """
+    for k in keys:
+        name = getattr(k, "name", b"")
+        label = f"key {name.hex()}" if isinstance(name, bytes) else "key"
+        active, accepted = k.retires_at - k.activates_at, k.expires_at - k.retires_at
+        if active > policy.rotate_every:
+            raise KeyringError(
+                f"{label} is active for {format_duration(active)}, longer than the policy's "
+                f"rotate_every ({format_duration(policy.rotate_every)})"
+            )
+        if accepted > policy.accept_for:
+            raise KeyringError(
+                f"{label} is accepted for {format_duration(accepted)} after retiring, longer "
+                f"than the policy's accept_for ({format_duration(policy.accept_for)})"
+            )
+        if now is not None and k.activates_at > now + policy.publish_ahead + MAX_CLOCK_SKEW:
+            ahead = int(k.activates_at - now)
+            raise KeyringError(
+                f"{label} activates {format_duration(ahead)} from now, further ahead than the "
+                f"policy's publish_ahead ({format_duration(policy.publish_ahead)})"
+            )
 
 
 def next_change(keys: Sequence[Windowed], policy: Policy, now: float) -> float:

@@ -85,7 +85,9 @@ def migrate(src_url: str, dst_url: str, force: bool, to_kek_file: str | None) ->
     """Copy a ring between two stores (file:, redis://, etcd://), keys and policy.
 
     A destination that already holds a ring is left alone unless --force.
-    The copy is one atomic write on the destination; the source is untouched.
+    The copy is one atomic write on the destination, sealed for the
+    destination (a sealed value names the ring it belongs to); the source is
+    untouched.
     """
     src = open_cli_store(src_url)
     dst_opts: dict[str, Any] = {"kek_file": to_kek_file} if to_kek_file else {}
@@ -98,7 +100,12 @@ def migrate(src_url: str, dst_url: str, force: bool, to_kek_file: str | None) ->
                     f"{dst.url} already holds a ring ({_describe(current)}); "
                     f"use --force to replace it"
                 )
-            return Keyring(ring.policy, ring.keys, ring.generation)
+            # Readers refuse a generation older than one they have seen, so a
+            # replaced ring continues the destination's count.  The write seals
+            # it for the destination's own ring id (stores/sealing.py).
+            generation = ring.generation if current is None else \
+                max(ring.generation, current.generation + 1)
+            return Keyring(ring.policy, ring.keys, generation)
 
         # A destination that cannot be opened (wrong KEK, corrupt) raises
         # inside update(), before anything is written, even with --force.

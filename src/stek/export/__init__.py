@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .._atomic import ensure_dir, fsync_dir, remove_file, write_file
+from .._atomic import ensure_dir, fsync_dir, remove_file, unsafe_reason, write_file
 from ..errors import StekError
 from ..keyring import Keyring
 from ..keys import TicketKey
@@ -131,6 +131,7 @@ def write(rendered: Rendered, out: str | os.PathLike[str]) -> WriteResult:
     written: list[Path] = []
     unchanged: list[Path] = []
     removed: list[Path] = []
+    _check_dir(path if rendered.directory else path.parent)
     try:
         if rendered.directory:
             ensure_dir(path)
@@ -168,6 +169,20 @@ def _not_a_directory(directory: Path) -> str | None:
         if p.exists() or p.is_symlink():
             return None if p.is_dir() else f"{p} is not a directory"
     return None
+
+
+def _check_dir(directory: Path) -> None:
+    """Refuse an existing directory another user owns or may write: keys go nowhere
+    another user could read them from, or swap files in."""
+    try:
+        st = os.stat(directory)
+    except FileNotFoundError:
+        return  # ensure_dir creates it, 0700
+    except OSError as exc:
+        raise ExportError(f"cannot use {directory}: {exc.strerror}") from exc
+    reason = unsafe_reason(st)
+    if reason is not None:
+        raise ExportError(f"refusing to write keys under {directory}: it is {reason}")
 
 
 Renderer = Callable[[Keyring, float, Path], Rendered]

@@ -65,9 +65,9 @@ def open_store(url: str | KeyStore | None = None, **options: Any) -> KeyStore:
     scheme = scheme.lower() if sep else ""
     if scheme == "file":
         path = rest[2:] if rest.startswith("//") else rest
-        if not path:
+        if not path or path.startswith("?"):
             raise ConfigError(f"{text!r}: no path (use file:PATH)")
-        return FileStore(path)
+        return FileStore.from_url(path)
     if scheme == "memory":
         return MemoryStore()
     if scheme in REDIS_SCHEMES:

@@ -225,6 +225,11 @@ class EtcdStore(SharedStore[int]):
         return cls(_Members(u, timeout), url=safe, key=f"{prefix}/keyring", sealer=sealer,
                    timeout=timeout)
 
+    @property
+    def ring_id(self) -> str:
+        """Sealed values are bound to the key (not the host: see sealing.py)."""
+        return f"etcd key {self.key}"
+
     def __repr__(self) -> str:
         return f"EtcdStore({self.url!r}, {self.sealer.describe})"
 

@@ -7,6 +7,13 @@
   concurrent processes never lose a key and never create two for one slot.
 * Content that is not a valid stek keyring raises StoreCorrupt and is never
   overwritten.
+* Nothing another user could have planted is trusted: the keyring and its
+  lock are opened with ``O_NOFOLLOW`` (a symbolic link is refused, never
+  followed), must be regular files owned by this user or root, and the
+  keyring must not be group- or world-writable.  ``file:PATH?owner=NAME``
+  also trusts a keyring owned by user NAME (a per-host mirror written by the
+  agent's user and read by workers running as another).  Missing parent
+  directories are created 0700 whatever the umask.
 * Change notification: one inotify watch on the file's directory, shared by
   the whole process, or one shared ``stat()`` loop (see stek.stores._filewatch).
 
@@ -21,12 +28,15 @@ import errno
 import fcntl
 import logging
 import os
+import pwd
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from urllib.parse import parse_qsl
 
-from .._atomic import write_file
-from ..errors import NotInitialized, StoreUnavailable
-from ..keyring import Keyring
+from .._atomic import ensure_dir, unsafe_reason, write_file
+from ..errors import ConfigError, NotInitialized, StoreUnavailable
+from ..keyring import MAX_RING_BYTES, Keyring
 from ._filewatch import watch
 from .base import Mutator, Subscription
 
@@ -47,24 +57,71 @@ def default_path() -> Path:
     return Path.home() / ".local" / "state" / "stek" / "keyring.json"
 
 
-class FileStore:
-    """A keyring in one local file (URL ``file:PATH``)."""
+def _uid_of(name: str) -> int:
+    try:
+        return int(name) if name.isdigit() else pwd.getpwnam(name).pw_uid
+    except KeyError:
+        raise ConfigError(f"file store: owner={name!r}: no such user") from None
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+
+#: open(2) flags for the keyring and its lock: never follow a symbolic link
+#: (ELOOP), never block on a FIFO planted in its place.
+_NOFOLLOW = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+
+
+class FileStore:
+    """A keyring in one local file (URL ``file:PATH``, or ``file:PATH?owner=NAME``)."""
+
+    def __init__(self, path: str | os.PathLike[str], owner: str | None = None) -> None:
         self.path = Path(path).expanduser()
-        self.url = f"file:{self.path}"
+        self.owner = owner
+        self._owners = (_uid_of(owner),) if owner else ()
+        self.url = f"file:{self.path}" + (f"?owner={owner}" if owner else "")
         self._lock_path = self.path.with_name(self.path.name + ".lock")
+
+    @classmethod
+    def from_url(cls, spec: str) -> FileStore:
+        """``PATH`` or ``PATH?owner=NAME`` (what follows ``file:``)."""
+        path, _, query = spec.partition("?")
+        options = dict(parse_qsl(query, keep_blank_values=True))
+        unknown = sorted(set(options) - {"owner"})
+        if unknown:
+            raise ConfigError(f"file store: unknown option(s): {', '.join(unknown)} "
+                              f"(file:PATH?owner=NAME)")
+        return cls(path, owner=options.get("owner") or None)
 
     def __repr__(self) -> str:
         return f"FileStore({str(self.path)!r})"
 
     # -- reading ----------------------------------------------------------------
+    def _open_checked(self, path: Path, flags: int, what: str) -> int:
+        """Open ``path`` without following a link; refuse what another user could plant."""
+        fd = os.open(path, flags | _NOFOLLOW, 0o600)
+        try:
+            st = os.fstat(fd)
+            reason = "not a regular file" if not stat.S_ISREG(st.st_mode) else \
+                unsafe_reason(st, owners=self._owners)
+            if reason is not None:
+                raise StoreUnavailable(f"{path}: refusing this {what}: {reason}")
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
     def _read_bytes(self) -> bytes | None:
         try:
-            with open(self.path, "rb") as f:
-                return f.read()
+            fd = self._open_checked(self.path, os.O_RDONLY, "keyring")
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise StoreUnavailable(
+                    f"{self.path}: refusing this keyring: it is a symbolic link") from exc
+            raise StoreUnavailable(f"{self.path}: cannot read: {exc.strerror}") from exc
+        try:
+            with os.fdopen(fd, "rb") as f:
+                # One byte more than a ring may hold: Keyring.from_bytes refuses it.
+                return f.read(MAX_RING_BYTES + 1)
         except OSError as exc:
             raise StoreUnavailable(f"{self.path}: cannot read: {exc.strerror}") from exc
 
@@ -72,6 +129,9 @@ class FileStore:
         data = self._read_bytes()
         if data is None:
             raise NotInitialized(f"{self.path}: no keyring yet (run 'stek init')")
+        # Window lengths are checked against the policy; how far ahead a key
+        # activates is checked where a KEK holder could plant one (shared
+        # stores) and before every rotation (stek.rotation).
         return Keyring.from_bytes(data, str(self.path))
 
     def _signature(self) -> tuple[int, int, int] | None:
@@ -85,10 +145,11 @@ class FileStore:
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         try:
-            self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            ensure_dir(self.path.parent)
+            fd = self._open_checked(self._lock_path, os.O_RDWR | os.O_CREAT, "lock file")
         except OSError as exc:
-            raise StoreUnavailable(f"{self.path}: cannot lock: {exc.strerror}") from exc
+            why = "it is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
+            raise StoreUnavailable(f"{self._lock_path}: cannot lock: {why}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             yield

@@ -214,6 +214,12 @@ class RedisStore(SharedStore[bytes | None]):
         return cls(client, url=safe, prefix=p.prefix, sealer=sealer,
                    secrets=p.url.all_secrets(), parsed=p)
 
+    @property
+    def ring_id(self) -> str:
+        """Sealed values are bound to the database and key (not the host: see sealing.py)."""
+        db = self._client.connection_pool.connection_kwargs.get("db", 0)
+        return f"redis db {db} key {self.key}"
+
     def __repr__(self) -> str:
         return f"RedisStore({self.url!r}, {self.sealer.describe})"
 

@@ -8,14 +8,36 @@ the value tamper-evident: whoever can write the store but lacks the KEK
 cannot slip in a key of their own (which would let them mint tickets, that
 is, forge resumed sessions).
 
-Sealed value layout (version 1)::
+Sealed value layout (version 2)::
 
     "STEKSEAL"  8 bytes   magic
-    0x01        1 byte    format version
+    0x02        1 byte    format version
     kek_id      8 bytes   SHA-256("stek kek id" 0x00 || KEK)[:8], to say
                           *which* KEK is needed without revealing it
+    ring_fp     8 bytes   SHA-256("stek ring id" 0x00 || ring id)[:8]: which
+                          ring (store location) this value was sealed for
+    generation  8 bytes   the ring's generation, unsigned big-endian
     nonce       12 bytes  random (NIST SP 800-38D section 8.2.2)
-    ciphertext  n+16      AES-256-GCM(KEK, nonce, ring, aad=the 17 bytes above)
+    ciphertext  n+16      AES-256-GCM(KEK, nonce, ring,
+                          aad = the 33 bytes above || 0x00 || ring id)
+
+The additional data binds the value to its ring and its generation, so that
+whoever can write the store but lacks the KEK cannot steer servers with
+sealed values that are genuine but out of place:
+
+* A value copied from another ring sealed under the same KEK (another
+  prefix, another database: staging into prod) is refused by every reader,
+  fresh or running.  A ring's id is where it lives: the backend's kind, its
+  database and its key (``redis db 0 key stek:keyring``, ``etcd key
+  /stek/keyring``), never the host name, which differs from host to host.
+* A replayed older value of the same ring is refused by any reader that has
+  seen a newer generation (:meth:`SharedStore.read` and ``update`` keep the
+  highest generation seen and count refusals in ``rollbacks_refused``):
+  a running server keeps serving its newer snapshot.  A process that starts
+  after the replay has no memory to compare against; see docs/fleet.md.
+
+Version 1 values (no ring id, no generation) are refused by readers; ``stek
+rekey`` (with the same or a new KEK) re-seals them as version 2.
 
 A KEK is 32 random bytes, given as a file (``STEK_KEK_FILE``: one base64 line
 per KEK, the first seals, the others only open, for rolling a new KEK out) or
@@ -49,7 +71,7 @@ from typing import Any, Generic, TypeVar
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from .._atomic import write_file
+from .._atomic import ensure_dir, unsafe_reason, write_file
 from ..errors import ConfigError, NotInitialized, SealingError, StekError, StoreUnavailable
 from ..keyring import Keyring
 from .base import Mutator
@@ -61,9 +83,12 @@ KEK_ENV = "STEK_KEK"
 INSECURE_ENV = "STEK_INSECURE_PLAINTEXT"
 KEK_LEN = 32  # AES-256
 MAGIC = b"STEKSEAL"
-VERSION = 1
-_HEADER_LEN = len(MAGIC) + 1 + 8
+VERSION = 2
+LEGACY_VERSION = 1
+_V1_HEADER_LEN = len(MAGIC) + 1 + 8
+_HEADER_LEN = len(MAGIC) + 1 + 8 + 8 + 8
 _NONCE_LEN = 12  # NIST SP 800-38D: 96-bit IVs for random nonces
+_TAG_LEN = 16
 
 #: Attempts of an update's compare-and-set before giving up (each conflict
 #: means another writer succeeded, so progress is being made fleet-wide).
@@ -73,6 +98,11 @@ MAX_ATTEMPTS = 64
 def kek_id(kek: bytes) -> str:
     """A public fingerprint of a KEK (hex): says which KEK sealed a value."""
     return hashlib.sha256(b"stek kek id\x00" + kek).digest()[:8].hex()
+
+
+def ring_fingerprint(ring_id: str) -> str:
+    """A public fingerprint of a ring id (hex), carried in the sealed header."""
+    return hashlib.sha256(b"stek ring id\x00" + ring_id.encode()).digest()[:8].hex()
 
 
 def generate_kek() -> bytes:
@@ -92,16 +122,26 @@ def _parse_kek(text: str, where: str) -> bytes:
 
 
 def read_kek_file(path: str | os.PathLike[str]) -> list[bytes]:
-    """The KEKs in a KEK file: the first seals, any further ones only open."""
+    """The KEKs in a KEK file: the first seals, any further ones only open.
+
+    The file must be owned by this user or root and readable by nobody else
+    (mode 0600 or 0400): a KEK others can read opens every sealed ring, and a
+    file others can write lets them choose it.  A symbolic link is followed
+    (secret mounts are made of them); the file it leads to is what is checked.
+    """
     p = Path(path).expanduser()
     try:
-        text = p.read_text(encoding="ascii")
-        mode = p.stat().st_mode
+        with open(p, "rb") as f:
+            st = os.fstat(f.fileno())
+            raw = f.read(64 * 1024) if stat.S_ISREG(st.st_mode) else b""
+        text = raw.decode("ascii")
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) else "not a text file"
         raise ConfigError(f"KEK file {p}: cannot read: {reason}") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        log.warning("KEK file %s is readable by others (mode %o); chmod 600 it", p, mode & 0o777)
+    reason = "not a regular file" if not stat.S_ISREG(st.st_mode) else \
+        unsafe_reason(st, forbidden=0o077)
+    if reason is not None:
+        raise ConfigError(f"KEK file {p}: refusing it: {reason}; chmod 600 it, as its owner")
     lines = [ln for ln in text.splitlines() if ln.strip() and not ln.lstrip().startswith("#")]
     if not lines:
         raise ConfigError(f"KEK file {p}: holds no key")
@@ -122,7 +162,7 @@ def write_kek_file(path: str | os.PathLike[str], kek: bytes | None = None, *,
     body = (f"# stek key-encryption key {kek_id(key)} (AES-256-GCM, base64)\n"
             f"{base64.b64encode(key).decode()}\n").encode()
     try:
-        p.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        ensure_dir(p.parent)
         write_file(p, body)
     except OSError as exc:
         raise StekError(f"{p}: cannot write KEK file: {exc.strerror}") from None
@@ -149,12 +189,21 @@ class Sealer:
     def describe(self) -> str:
         return f"sealed under KEK {self.kek_id}"
 
-    def seal(self, plain: bytes) -> bytes:
-        header = MAGIC + bytes([VERSION]) + bytes.fromhex(self.kek_id)
+    def seal(self, plain: bytes, ring_id: str, generation: int) -> bytes:
+        """Seal ``plain`` (the ring at ``generation``) for the ring ``ring_id``."""
+        header = (MAGIC + bytes([VERSION]) + bytes.fromhex(self.kek_id)
+                  + bytes.fromhex(ring_fingerprint(ring_id)) + generation.to_bytes(8, "big"))
         nonce = os.urandom(_NONCE_LEN)
-        return header + nonce + self._seal.encrypt(nonce, plain, header)
+        return header + nonce + self._seal.encrypt(nonce, plain, _aad(header, ring_id))
 
-    def open(self, blob: bytes, where: str) -> bytes:
+    def open(self, blob: bytes, where: str, ring_id: str, *,
+             legacy: bool = False) -> tuple[bytes, int | None]:
+        """The ring bytes in ``blob`` and the generation it was sealed at.
+
+        Raises :class:`SealingError` for anything but a genuine value sealed
+        for ``ring_id`` under a KEK this sealer holds.  ``legacy`` also opens
+        version 1 values (generation None): only re-sealing asks for that.
+        """
         if not blob.startswith(MAGIC):
             if blob.lstrip().startswith(b"{"):
                 # Accepting it would let anyone with write access to the
@@ -165,22 +214,58 @@ class Sealer:
                     f"--new-kek-file PATH')"
                 )
             raise SealingError(f"{where}: not a sealed stek keyring")
-        if len(blob) < _HEADER_LEN + _NONCE_LEN + 16 or blob[len(MAGIC)] != VERSION:
+        version = blob[len(MAGIC)] if len(blob) > len(MAGIC) else None
+        if version == LEGACY_VERSION:
+            if not legacy:
+                raise SealingError(
+                    f"{where}: sealed in format 1, which binds neither the store nor the "
+                    f"generation; re-seal it with 'stek rekey --new-kek-file PATH' "
+                    f"(the same KEK file will do)"
+                )
+            return self._open_v1(blob, where), None
+        if version != VERSION or len(blob) < _HEADER_LEN + _NONCE_LEN + _TAG_LEN:
             raise SealingError(f"{where}: sealed value is truncated or of an unknown version")
         header, nonce = blob[:_HEADER_LEN], blob[_HEADER_LEN:_HEADER_LEN + _NONCE_LEN]
-        wanted = header[len(MAGIC) + 1:].hex()
+        aead = self._aead(header[len(MAGIC) + 1:len(MAGIC) + 9].hex(), where)
+        sealed_for, mine = header[17:25].hex(), ring_fingerprint(ring_id)
+        if sealed_for != mine:
+            raise SealingError(
+                f"{where}: holds a ring sealed for another store ({sealed_for}, this one is "
+                f"{mine}): copied from another prefix or database; refusing it"
+            )
+        try:
+            plain = aead.decrypt(nonce, blob[_HEADER_LEN + _NONCE_LEN:], _aad(header, ring_id))
+        except InvalidTag:
+            raise SealingError(
+                f"{where}: sealed value fails its integrity check (altered or damaged)"
+            ) from None
+        return plain, int.from_bytes(header[25:33], "big")
+
+    def _aead(self, wanted: str, where: str) -> AESGCM:
         aead = self._open.get(wanted)
         if aead is None:
             raise SealingError(
                 f"{where}: sealed under KEK {wanted}, but the KEK given is {self.kek_id}: "
                 f"wrong key-encryption key"
             )
+        return aead
+
+    def _open_v1(self, blob: bytes, where: str) -> bytes:
+        if len(blob) < _V1_HEADER_LEN + _NONCE_LEN + _TAG_LEN:
+            raise SealingError(f"{where}: sealed value is truncated or of an unknown version")
+        header = blob[:_V1_HEADER_LEN]
+        nonce = blob[_V1_HEADER_LEN:_V1_HEADER_LEN + _NONCE_LEN]
+        aead = self._aead(header[len(MAGIC) + 1:].hex(), where)
         try:
-            return aead.decrypt(nonce, blob[_HEADER_LEN + _NONCE_LEN:], header)
+            return aead.decrypt(nonce, blob[_V1_HEADER_LEN + _NONCE_LEN:], header)
         except InvalidTag:
             raise SealingError(
                 f"{where}: sealed value fails its integrity check (altered or damaged)"
             ) from None
+
+
+def _aad(header: bytes, ring_id: str) -> bytes:
+    return header + b"\x00" + ring_id.encode()
 
 
 class Plaintext:
@@ -193,16 +278,17 @@ class Plaintext:
     def __repr__(self) -> str:
         return "Plaintext()"
 
-    def seal(self, plain: bytes) -> bytes:
+    def seal(self, plain: bytes, ring_id: str, generation: int) -> bytes:
         return plain
 
-    def open(self, blob: bytes, where: str) -> bytes:
+    def open(self, blob: bytes, where: str, ring_id: str, *,
+             legacy: bool = False) -> tuple[bytes, int | None]:
         if blob.startswith(MAGIC):
             raise SealingError(
                 f"{where}: holds a sealed ring; give its key-encryption key "
                 f"(--kek-file, ${KEK_FILE_ENV} or ${KEK_ENV})"
             )
-        return blob
+        return blob, None
 
 
 AnySealer = Sealer | Plaintext
@@ -355,6 +441,17 @@ class SharedStore(abc.ABC, Generic[T]):
         #: Round trips to the store, by kind: the benchmark reports them per rotation.
         self.ops: dict[str, int] = {"read": 0, "cas": 0, "conflict": 0}
         self._ops_lock = threading.Lock()
+        #: The highest generation this store object has read or written, and
+        #: how many older (rolled-back, replayed) values it has refused.
+        self.seen_generation = -1
+        self.rollbacks_refused = 0
+        self._logged_rollback: tuple[int, int] | None = None
+
+    @property
+    def ring_id(self) -> str:
+        """What sealed values are bound to: where the ring lives (backends say it
+        without the host name, which differs from host to host)."""
+        return self.url
 
     def _count(self, kind: str) -> None:
         with self._ops_lock:
@@ -370,8 +467,44 @@ class SharedStore(abc.ABC, Generic[T]):
         """Write ``data`` if the value still has version ``token``; False on conflict."""
 
     # -- KeyStore --------------------------------------------------------------------
-    def _decode(self, blob: bytes) -> Keyring:
-        return Keyring.from_bytes(self.sealer.open(blob, self.url), self.url)
+    def _decode(self, blob: bytes, floor: int, now: float | None = None) -> Keyring:
+        """Open ``blob``, loaded after this store had seen generation ``floor``."""
+        plain, generation = self.sealer.open(blob, self.url, self.ring_id)
+        ring = Keyring.from_bytes(plain, self.url, now)
+        if generation is not None and generation != ring.generation:
+            raise SealingError(f"{self.url}: sealed generation {generation} does not match "
+                               f"the ring's ({ring.generation})")
+        self._admit(ring.generation, floor)
+        return ring
+
+    def _note(self, generation: int) -> None:
+        with self._ops_lock:
+            self.seen_generation = max(self.seen_generation, generation)
+
+    def _admit(self, generation: int, floor: int) -> None:
+        """Refuse a generation older than one seen before the value was loaded.
+
+        The refusal is an error, so whoever reads (the installation's
+        refresher, the agent) keeps the newer snapshot it already holds.
+        Only ``floor``, what was seen when the load was sent, counts: another
+        thread may have seen a newer value while this load was in flight.
+        """
+        with self._ops_lock:
+            seen = floor
+            if generation >= floor:
+                self.seen_generation = max(self.seen_generation, generation)
+                return
+            self.rollbacks_refused += 1
+            first = self._logged_rollback != (seen, generation)
+            self._logged_rollback = (seen, generation)
+        if first:
+            log.warning("%s: refusing keyring generation %d, older than generation %d "
+                        "already seen (a replayed or rolled-back value)", self.url,
+                        generation, seen)
+        raise SealingError(
+            f"{self.url}: holds keyring generation {generation}, older than generation "
+            f"{seen} already seen: refusing a rolled-back (replayed) ring"
+        )
 
     def read_raw(self) -> bytes | None:
         """The value exactly as stored (sealed): for inspection and tests."""
@@ -380,24 +513,28 @@ class SharedStore(abc.ABC, Generic[T]):
 
     def read(self) -> Keyring:
         self._count("read")
+        floor = self.seen_generation
         blob, _ = self._load()
         if blob is None:
             raise NotInitialized(f"{self.url}: no keyring yet (run 'stek init')")
-        return self._decode(blob)
+        return self._decode(blob, floor, time.time())
 
     def update(self, mutate: Mutator) -> Keyring:
         for attempt in range(MAX_ATTEMPTS):
             self._count("read")
+            floor = self.seen_generation
             blob, token = self._load()
-            # Unreadable content (wrong KEK, corrupt) raises here, before any write.
-            current = self._decode(blob) if blob is not None else None
+            # Unreadable content (wrong KEK, corrupt, rolled back) raises here,
+            # before any write.
+            current = self._decode(blob, floor) if blob is not None else None
             new = mutate(current)
             if new is None or new is current:
                 if current is None:
                     raise NotInitialized(f"{self.url}: no keyring yet (run 'stek init')")
                 return current
             self._count("cas")
-            if self._swap(token, self.sealer.seal(new.to_bytes())):
+            if self._swap(token, self.sealer.seal(new.to_bytes(), self.ring_id, new.generation)):
+                self._note(new.generation)
                 return new
             # Another writer got there first: re-read and re-plan.  Jitter keeps
             # a crowd of racers from colliding in lock step.
@@ -410,17 +547,20 @@ class SharedStore(abc.ABC, Generic[T]):
 
         The ring's bytes are carried over unchanged: no key is lost, and a
         concurrent rotation either lands before (and is re-sealed) or after
-        (and is sealed under ``new`` by a writer that holds it).
+        (and is sealed under ``new`` by a writer that holds it).  A value in
+        the older format 1 is opened too, and re-sealed in the current format.
         """
         for _ in range(MAX_ATTEMPTS):
             self._count("read")
+            floor = self.seen_generation
             blob, token = self._load()
             if blob is None:
                 raise NotInitialized(f"{self.url}: no keyring yet (run 'stek init')")
-            plain = self.sealer.open(blob, self.url)
+            plain, _ = self.sealer.open(blob, self.url, self.ring_id, legacy=True)
             ring = Keyring.from_bytes(plain, self.url)
+            self._admit(ring.generation, floor)
             self._count("cas")
-            if self._swap(token, new.seal(plain)):
+            if self._swap(token, new.seal(plain, self.ring_id, ring.generation)):
                 self.sealer = new
                 return ring
             self._count("conflict")
