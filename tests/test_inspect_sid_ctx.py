@@ -26,7 +26,7 @@ from stek.keyring import Keyring
 from stek.stores.file import FileStore
 from support import s_client
 from ticket_support import pem_der, stek_server
-from tlsservers import haproxy, live_store, nginx, set_session_id_context
+from tlsservers import haproxy, live_store, nginx
 
 
 def inspect(pem: Path, store: FileStore, *server: str) -> tuple[int, dict]:
@@ -42,9 +42,7 @@ def python_server_resumes(certs: Certs, workdir: Path, ring: Keyring, pem: Path,
                           version: ssl.TLSVersion, sid_ctx: bytes | None = None) -> bool:
     """Present the session file to a real stek Python server on ``ring``
     (under ``sid_ctx`` when given, else Python's own context)."""
-    with stek_server(certs, workdir, ring) as srv:
-        if sid_ctx is not None:
-            set_session_id_context(srv.server.ctx, sid_ctx)
+    with stek_server(certs, workdir, ring, session_id_context=sid_ctx) as srv:
         resumed = srv.resumes(version, pem_der(pem), name="foreign")
         assert srv.installation.counters.errors == 0
         return resumed
