@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from conftest import free_port
-from servers_fleet import RedisServer
+from servers_fleet import EtcdServer, RedisServer
 from stek.errors import SealingError, StoreCorrupt, StoreUnavailable
 from stek.rotation import init_ring
 from stek.schedule import Policy
@@ -232,8 +232,10 @@ def test_permanent_store_error_is_said_once_and_targets_keep_their_keys(
         assert text.count("not a stek keyring") == 1, text
         line = next(x for x in text.splitlines() if "not a stek keyring" in x)
         assert " ERROR " in line and "permanent" in line
+        assert line.count(str(path)) == 1, line  # the store is named once
         code, health = http_get(port, "/healthz")
         assert code == 503 and "permanent" in health
+        assert health.count(str(path)) == 1, health
         assert keys.read_bytes() == exported
         path.write_bytes(good)  # the file store's change notification wakes the agent
         wait_for("recovery", lambda: http_get(port, "/healthz")[0] == 200, timeout=40)
@@ -254,3 +256,84 @@ def test_which_store_errors_are_permanent() -> None:
     assert not is_permanent(caused(StoreUnavailable("x"), ConnectionRefusedError()))
     assert not is_permanent(StoreUnavailable("lock held"))
 
+
+
+def _store_failures(port: int) -> float:
+    _, text = http_get(port, "/metrics")
+    match = re.search(r"^stek_store_failures_total (\S+)$", text, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
+@pytest.mark.servers
+def test_wrong_kek_on_a_sealed_redis_ring_is_permanent_and_targets_keep_their_keys(
+        tmp_path: Path, kek_file: Path) -> None:
+    """A real agent on a real sealed Redis ring: with the right KEK it exports; restarted
+    with a wrong one, it logs one ERROR saying the error is permanent (not again when a
+    write to the ring wakes it and it fails again), /healthz fails with "(permanent)",
+    and the export target keeps the keys it had."""
+    from stek.keyring import Keyring
+    from stek.stores import open_store
+    from stek.stores.sealing import write_kek_file
+
+    wrong = tmp_path / "wrong.kek"
+    write_kek_file(wrong)
+    keys = tmp_path / "keys"
+    port = free_port()
+    with RedisServer(tmp_path / "redis") as redis:
+        cmd = agent_cmd(redis.url, "--metrics-addr", f"127.0.0.1:{port}",
+                        "--export", f"openssl:{keys}")
+        log = tmp_path / "agent-right.log"
+        with agent(cmd, log, {"STEK_KEK_FILE": str(kek_file)}) as proc:
+            wait_for("the export", lambda: keys.exists() and "serving /metrics" in
+                     log.read_text())
+            stop(proc)
+        exported = keys.read_bytes()
+
+        log = tmp_path / "agent-wrong.log"
+        with agent(cmd, log, {"STEK_KEK_FILE": str(wrong)}) as proc:
+            wait_for("the error", lambda: "permanent" in log.read_text() and
+                     "serving /metrics" in log.read_text())
+            time.sleep(1)  # let the first reads settle (subscribing also wakes the agent)
+            failures = _store_failures(port)
+            assert failures >= 1
+            # A write under the right KEK: the change notification wakes the agent,
+            # which reads again and fails the same way.
+            store = open_store(redis.url, kek_file=str(kek_file))
+            store.update(lambda r: Keyring(r.policy, r.keys, r.generation + 1) if r else None)
+            wait_for("another failure", lambda: _store_failures(port) > failures)
+            code, health = http_get(port, "/healthz")
+            stop(proc)
+        assert proc.returncode == 0
+    text = log.read_text()
+    errors = [line for line in text.splitlines() if "wrong key-encryption key" in line]
+    assert len(errors) == 1, text
+    assert " ERROR " in errors[0] and "this is permanent" in errors[0]
+    assert errors[0].count(redis.url) == 1 and health.count(redis.url) == 1, (errors, health)
+    assert code == 503 and "(permanent)" in health and "wrong key-encryption key" in health
+    assert keys.read_bytes() == exported
+    assert wrong.read_text().strip() not in text and kek_file.read_text().strip() not in text
+
+
+@pytest.mark.servers
+def test_store_errors_name_the_store_once(tmp_path: Path, kek_file: Path) -> None:
+    """A real etcd that goes away: each retry's WARNING and /healthz name the store's
+    URL once ("store URL: cannot read ...", not "store URL: URL: cannot read ...")."""
+    port = free_port()
+    log = tmp_path / "agent.log"
+    with EtcdServer(tmp_path / "etcd") as etcd:
+        url = etcd.url
+        cmd = agent_cmd(url, "--metrics-addr", f"127.0.0.1:{port}")
+        with agent(cmd, log, {"STEK_KEK_FILE": str(kek_file)}) as proc:
+            wait_for("the ring", lambda: "keyring generation 1" in log.read_text() and
+                     "serving /metrics" in log.read_text())
+            etcd.kill()
+            wait_for("two retries", lambda: log.read_text().count("cannot read") >= 2)
+            code, health = http_get(port, "/healthz")
+            stop(proc)
+    lines = [x for x in log.read_text().splitlines() if "stek.agent: store " in x]
+    assert len(lines) >= 2, log.read_text()
+    for line in lines:
+        assert line.count(url) == 1, line
+    assert lines[0].split(" stek.agent: ")[1].startswith(f"store {url}: cannot read")
+    assert code == 503 and health.count(url) == 1, health
+    assert f"store {url}: cannot read" in health

@@ -3,7 +3,9 @@
 In-process: N resumed reconnects show as N in stek_tickets_resumed_total,
 a ticket under an unknown key as a rejection by reason, a store failure as
 stek_server_store_ok 0.  Under a real gunicorn with 4 workers (multiprocess
-mode), /metrics is the sum of every worker's counters.
+mode), /metrics is the sum of every worker's counters; likewise under a real
+uvicorn with 4 workers, ``track`` called from the app module and /metrics
+routed to ``asgi_app``.
 """
 
 from __future__ import annotations
@@ -150,5 +152,46 @@ def test_gunicorn_four_workers_sum(certs: Certs, tmp_path: Path,
     assert len(resumers) >= 2, run.counters  # the sum spans several workers
     assert sum(c["resumed"] for c in run.counters.values()) <= total
     assert m[("stek_tickets_issued_total", ())] >= 1
+    assert m[("stek_ticket_callback_errors_total", ())] == 0  # shown at 0, not absent
+    assert m[("stek_server_store_ok", ())] == 1
+    assert len([f for f in files if f.startswith("counter_")]) >= 2
+
+
+@TLS_VERSIONS
+def test_uvicorn_four_workers_sum(certs: Certs, tmp_path: Path,
+                                  tls_version: ssl.TLSVersion) -> None:
+    """uvicorn --workers 4 (spawned workers): each imports the app module, which calls
+    track(stek.contrib.uvicorn.installation); /metrics (asgi_app) sums the workers."""
+    mpdir = tmp_path / "prom"
+    mpdir.mkdir()
+    port = free_port()
+    cmd = [sys.executable, str(APPS / "uvicorn_main.py"), str(port), str(certs.cert),
+           str(certs.key), str(WORKERS), "stek", "asgi_metrics_app:app"]
+    env = env_with(STEK_STORE=f"file:{tmp_path}/ring.json",
+                   PROMETHEUS_MULTIPROC_DIR=str(mpdir))
+    cctx = client_context(certs, tls_version)
+    with running(cmd, tmp_path / "uvicorn.log", env=env) as proc:
+        pids = proc.wait_output(r"Started server process \[(\d+)\]", WORKERS)
+        wait_https(port, client_context(certs, ssl.TLSVersion.TLSv1_3), proc)
+        run = reconnect_run(port, cctx, RECONNECTS)
+        deadline = time.monotonic() + 30
+        while True:
+            m = samples(fetch(port, cctx, "/metrics"))
+            total = m.get(("stek_tickets_resumed_total", ()), 0)
+            if total >= run.resumed or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        files = os.listdir(mpdir)
+    print(f"uvicorn {tls_version.name}: {run.resumed}/{RECONNECTS} resumed; "
+          f"per worker {[c['resumed'] for c in run.counters.values()]}; /metrics {total}")
+    assert len(set(pids)) == WORKERS
+    assert run.resumed >= RECONNECTS - 1
+    # No other client resumed anything: the sum over workers is what the client saw.
+    assert total == run.resumed
+    resumers = [pid for pid, c in run.counters.items() if c["resumed"] > 0]
+    assert len(resumers) >= 2, run.counters  # the sum spans several workers
+    assert set(resumers) <= {int(p) for p in pids}
+    assert m[("stek_tickets_issued_total", ())] >= 1
+    assert m[("stek_ticket_callback_errors_total", ())] == 0
     assert m[("stek_server_store_ok", ())] == 1
     assert len([f for f in files if f.startswith("counter_")]) >= 2

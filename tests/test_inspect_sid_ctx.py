@@ -42,7 +42,7 @@ def python_server_resumes(certs: Certs, workdir: Path, ring: Keyring, pem: Path,
                           version: ssl.TLSVersion, sid_ctx: bytes | None = None) -> bool:
     """Present the session file to a real stek Python server on ``ring``
     (under ``sid_ctx`` when given, else Python's own context)."""
-    with stek_server(certs, workdir, ring, sid_ctx) as srv:
+    with stek_server(certs, workdir, ring, session_id_context=sid_ctx) as srv:
         resumed = srv.resumes(version, pem_der(pem), name="foreign")
         assert srv.installation.counters.errors == 0
         return resumed
@@ -86,6 +86,33 @@ def test_nginx_ticket_is_judged_by_the_servers_context(
     assert code == 0 and doc["verdict"] == "resume", doc
     assert python_server_resumes(certs, tmp_path / "py-nginx-ctx", ring, sess, tls_version,
                                  sid_ctx=ctx)
+
+
+@TLS_VERSIONS
+def test_server_nginx_computes_the_context_from_nginx_files(
+        tmp_path: Path, certs: Certs, tls_version: ssl.TLSVersion) -> None:
+    """--server nginx:CERT[:CLIENT_CA] computes the context from the files nginx reads:
+    a real nginx with ssl_client_certificate + ssl_verify_client optional issues a
+    ticket that resumes for nginx:CERT:CLIENT_CA, not for nginx:CERT (that is the
+    context of an nginx that does not verify clients), nor for python."""
+    store, now = live_store(tmp_path)
+    ring = store.read()
+    out = tmp_path / "nginx-keys"
+    export("nginx", ring, now, out)
+    sess = tmp_path / "nginx-sess.pem"
+    with nginx(tmp_path, certs, out / "tickets.conf", client_ca=certs.ca) as ngx:
+        full = s_client(ngx.port, tls_version, tmp_path, sess_out=sess, ca=certs.ca)
+    assert sess.exists(), full
+
+    code, doc = inspect(sess, store, f"nginx:{certs.cert}:{certs.ca}")
+    assert code == 0 and doc["verdict"] == "resume", doc
+    assert doc["server_session_id_context"]["hex"] == doc["session_id_context"]["hex"]
+    without_ca = f"nginx:{certs.cert}"
+    code, doc = inspect(sess, store, without_ca)
+    assert code == 1 and doc["reason"].startswith("session id context"), doc
+    assert doc["server_session_id_context"]["hex"] == nginx_context(certs).hex()
+    code, doc = inspect(sess, store, "python")
+    assert code == 1, doc
 
 
 @TLS_VERSIONS
@@ -149,9 +176,28 @@ def test_server_option_is_validated_and_documented() -> None:
                               capture_output=True, text=True, timeout=60)
 
     bad = cli("-", "--server", "apache")
-    assert bad.returncode == 2 and "expected 'python', 'haproxy'" in bad.stderr
+    assert bad.returncode == 2 and "expected 'python', 'haproxy', 'nginx:" in bad.stderr
     long = cli("-", "--server", "00" * 33)
     assert long.returncode == 2 and "at most 32 bytes" in long.stderr
     helptext = " ".join(cli("--help").stdout.split())
-    assert "--server python|haproxy|HEX" in helptext
+    assert "--server python|haproxy|nginx:CERT[:CLIENT_CA]|HEX" in helptext
     assert "resumes a session only in the context it was made in" in helptext
+    assert "ssl_client_certificate" in helptext
+
+
+def test_server_nginx_files_are_checked(tmp_path: Path, certs: Certs) -> None:
+    """nginx:PATH with a missing or non-certificate file: one line, exit 2, nothing read."""
+    def cli(server: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "stek.cli", "inspect", "-",
+                               "--server", server], input="", capture_output=True,
+                              text=True, timeout=60)
+
+    missing = cli(f"nginx:{tmp_path / 'none.pem'}")
+    assert missing.returncode == 2, missing.stderr
+    assert "cannot read the certificate chain" in missing.stderr
+    assert "Traceback" not in missing.stderr
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate")
+    bad_ca = cli(f"nginx:{certs.cert}:{junk}")
+    assert bad_ca.returncode == 2 and "no PEM certificate (client CA file)" in bad_ca.stderr
+    assert cli("nginx:").returncode == 2

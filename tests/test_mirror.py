@@ -172,6 +172,21 @@ def test_stek_rotate_refuses_a_mirror(tmp_path: Path, capsys: pytest.CaptureFixt
     refuse_rotation(FileStore(tmp_path / "missing.json"))  # not a mirror: no objection
 
 
+@pytest.mark.parametrize("force", [["--force"], []], ids=["force", "plain"])
+def test_stek_init_refuses_a_mirror(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                    force: list[str]) -> None:
+    """`stek init [--force]` on a mirror: one line, exit 2, the file (marker, policy and
+    keys) untouched, as `stek rotate`."""
+    from stek.cli import main
+
+    path, _ = _mirror_file(tmp_path)
+    before = path.read_bytes()
+    assert main(["init", *force, "--rotate-every", "2h", "--store", f"file:{path}"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a mirror of" in err and "Traceback" not in err
+    assert path.read_bytes() == before
+
+
 # -- the agent hook ----------------------------------------------------------------------
 
 

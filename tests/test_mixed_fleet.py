@@ -11,12 +11,17 @@ are checked against the ones nginx and HAProxy seal inside their tickets.
 
 from __future__ import annotations
 
+import datetime
 import ssl
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 import stek
 from conftest import TLS_VERSIONS, Certs, client_context, server_context
@@ -130,6 +135,55 @@ def test_nginx_context_with_client_ca_list(certs: Certs, tmp_path: Path) -> None
     assert nginx_session_id_context(certs.cert, doubled) == with_ca
     assert with_ca != nginx_session_id_context(certs.cert)
     assert len(with_ca) == 20
+
+
+def _self_signed_ca(cn: str) -> bytes:
+    """A throwaway CA certificate (PEM) whose subject is ``CN=cn``."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+@TLS_VERSIONS
+def test_nginx_context_with_client_cas_is_the_one_nginx_seals(
+        certs: Certs, tmp_path: Path, tls_version: ssl.TLSVersion) -> None:
+    """A real nginx with ``ssl_client_certificate`` (two CAs, one repeated) and
+    ``ssl_verify_client optional`` seals in its tickets exactly the context
+    nginx_session_id_context(cert, client_ca) computes: the CA names count, in
+    file order, each once; and a Python server under it resumes nginx's ticket."""
+    client_ca = tmp_path / "client-cas.pem"
+    test_ca = certs.ca.read_bytes()
+    client_ca.write_bytes(test_ca + _self_signed_ca("stek second client CA") + test_ca)
+    expected = nginx_session_id_context(certs.cert, client_ca)
+    assert expected != nginx_session_id_context(certs.cert)
+    swapped = tmp_path / "swapped.pem"
+    swapped.write_bytes(_self_signed_ca("stek second client CA") + test_ca)
+    assert nginx_session_id_context(certs.cert, swapped) != expected
+
+    store, now = live_store(tmp_path)
+    ring = store.read()
+    out = tmp_path / "nginx-keys"
+    export("nginx", ring, now, out)
+    cctx = client_context(certs, tls_version)
+    sctx = server_context(certs)
+    handle = stek.install(sctx, store, session_id_context=expected)
+    with nginx(tmp_path, certs, out / "tickets.conf", client_ca=client_ca) as ngx, \
+            TLSServer(sctx) as py:
+        theirs = get(ngx.port, cctx)
+        assert theirs.ticket, "nginx issued no ticket"
+        assert decode(open_ticket(theirs.ticket, ring).state).sid_ctx == expected
+        assert get(ngx.port, cctx, theirs.session).reused
+        assert connect(py.port, cctx, theirs.session).reused
+        assert not py.errors
+    assert handle.counters.resumed == 1 and handle.counters.errors == 0
+    handle.uninstall()
 
 
 def test_nginx_context_of_a_missing_file_is_a_clear_error(tmp_path: Path) -> None:

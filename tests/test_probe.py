@@ -24,14 +24,14 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 import stek
-from conftest import Certs, server_context
+from conftest import Certs, find_program, free_port, server_context
 from procs import stek_cli
 from stek.export import export
 from stek.rotation import init_ring
 from stek.schedule import Policy
 from stek.stores.file import FileStore
 from support import TLSServer
-from tlsservers import haproxy, live_store, nginx
+from tlsservers import Server, haproxy, live_store, nginx
 
 pytestmark = pytest.mark.servers
 
@@ -290,3 +290,36 @@ def test_nothing_listening_and_usage_errors() -> None:
         proc = stek_cli("probe", *args)
         assert proc.returncode == 2, args
         assert "Traceback" not in proc.stderr
+
+
+@contextlib.contextmanager
+def s_server(tmp_path: Path, certs: Certs, version: str) -> Iterator[int]:
+    """``openssl s_server -www`` limited to one TLS version (``-tls1_2`` or ``-tls1_3``)."""
+    port = free_port()
+    flag = {"1.2": "-tls1_2", "1.3": "-tls1_3"}[version]
+    cmd = [find_program("openssl"), "s_server", "-accept", f"127.0.0.1:{port}", "-www",
+           flag, "-cert", str(certs.cert), "-key", str(certs.key)]
+    server = Server(cmd, tmp_path / f"s_server-{version}.log", port)
+    try:
+        yield port
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize("only", ["1.2", "1.3"])
+def test_endpoint_refusing_a_version_is_named_with_a_hint(
+        tmp_path: Path, certs: Certs, only: str) -> None:
+    """A real s_server limited to one TLS version, probed with the default --tls both:
+    one line naming the refused version and suggesting --tls; exit 2.  With that
+    --tls, the probe runs."""
+    refused = {"1.2": "1.3", "1.3": "1.2"}[only]
+    with s_server(tmp_path, certs, only) as port:
+        code, doc, err = probe(addr(port))
+        assert code == 2 and not doc, err
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and "Traceback" not in err, err
+        assert lines[0].startswith(f"stek: error: {addr(port)} refuses TLS {refused}"), err
+        assert f"--tls {only}" in lines[0], err
+        code, doc, err = probe(addr(port), "--tls", only)
+    assert code == 0, (err, doc)
+    assert {e["tls"] for e in doc["endpoints"]} == {only}

@@ -92,14 +92,15 @@ class StekServer:
 
 
 @contextlib.contextmanager
-def stek_server(certs: Certs, workdir: Path, ring: Keyring,
-                sid_ctx: bytes | None = None) -> Iterator[StekServer]:
-    """A stek Python server on ``ring`` (under session id context ``sid_ctx`` if given)."""
+def stek_server(certs: Certs, workdir: Path, ring: Keyring, *,
+                session_id_context: bytes | None = None) -> Iterator[StekServer]:
+    """A stek Python server on ``ring``, under ``session_id_context`` when given
+    (else Python's own)."""
     workdir.mkdir(parents=True, exist_ok=True)
     store = FileStore(str(workdir / "ring.json"))
     write_ring(store, ring)
     ctx = server_context(certs)
-    inst = install(ctx, store, session_id_context=sid_ctx)
+    inst = install(ctx, store, session_id_context=session_id_context)
     try:
         with TLSServer(ctx) as srv:
             yield StekServer(srv, inst, store, certs, workdir)

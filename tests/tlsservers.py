@@ -142,7 +142,7 @@ http {{
         # No session cache: a resumption here can only come from a ticket.
         ssl_session_cache none;
         ssl_session_timeout 1h;
-        include {include};
+{client_ca}        include {include};
         location / {{ return 200 "{label}\\n"; }}
     }}
 }}
@@ -150,15 +150,24 @@ http {{
 
 
 @contextlib.contextmanager
-def nginx(workdir: Path, certs: Certs, include: Path, label: str = "nginx") -> Iterator[Server]:
-    """nginx 1.22 with ``include`` (stek's tickets.conf) in its server block."""
+def nginx(workdir: Path, certs: Certs, include: Path, label: str = "nginx", *,
+          client_ca: Path | None = None) -> Iterator[Server]:
+    """nginx 1.22 with ``include`` (stek's tickets.conf) in its server block.
+
+    With ``client_ca``: ``ssl_client_certificate client_ca`` and
+    ``ssl_verify_client optional`` (nginx then asks for, but does not require,
+    a client certificate, and hashes the CA names into its session id context).
+    """
     exe = find_program("nginx")
     prefix = workdir / f"nginx-{label}"
     (prefix / "tmp").mkdir(parents=True, exist_ok=True)
     port = free_port()
     conf = prefix / "nginx.conf"
+    verify = (f"        ssl_client_certificate {client_ca};\n"
+              f"        ssl_verify_client optional;\n") if client_ca is not None else ""
     conf.write_text(NGINX_CONF.format(tmp=prefix / "tmp", port=port, cert=certs.cert,
-                                      key=certs.key, include=include, label=label))
+                                      key=certs.key, include=include, label=label,
+                                      client_ca=verify))
     log = prefix / "error.log"
     globals_ = f"daemon off; pid {prefix / 'nginx.pid'}; error_log {log} notice;"
     cmd = [exe, "-p", str(prefix), "-c", str(conf), "-e", str(log), "-g", globals_]

@@ -38,6 +38,14 @@ QUIET = 0.2
 
 TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
+#: OpenSSL reasons meaning "not this TLS version": the server's protocol_version
+#: alert (RFC 8446 section 6.2, RFC 5246 section 7.2.2), or the client's own
+#: refusal of the version the server chose (ssl_choose_client_version in
+#: ssl/statem/statem_lib.c: UNSUPPORTED_PROTOCOL; WRONG_SSL_VERSION for a
+#: record of another version).
+VERSION_REFUSED = frozenset({"TLSV1_ALERT_PROTOCOL_VERSION", "UNSUPPORTED_PROTOCOL",
+                             "WRONG_SSL_VERSION"})
+
 
 class ProbeError(StekError):
     """``stek probe`` could not do what it was asked (exit status 2)."""
@@ -143,6 +151,13 @@ class TLSConnector:
             return self._handshake(target, tls, session, want_tickets)
         except ssl.SSLCertVerificationError as exc:
             raise ProbeConnectionError(f"{what}: certificate: {exc.verify_message}") from exc
+        except ssl.SSLError as exc:
+            if exc.reason not in VERSION_REFUSED:
+                raise ProbeConnectionError(f"{what}: {exc.reason or exc}") from exc
+            others = " or ".join(f"--tls {v}" for v in TLS_VERSIONS if v != tls)
+            raise ProbeConnectionError(
+                f"{target.label} refuses TLS {tls} ({exc.reason}): probe only the versions "
+                f"it accepts ({others})") from exc
         except (OSError, ValueError, UnicodeError, StekError) as exc:
             # ssl.SSLError, TimeoutError and ConnectionError are OSErrors.
             reason = getattr(exc, "reason", None) or str(exc) or type(exc).__name__

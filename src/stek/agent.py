@@ -395,7 +395,7 @@ class Agent:
         :func:`is_permanent`) once, as an ERROR, then re-read every BACKOFF_MAX.
         """
         self.store_failures += 1
-        message = str(exc)
+        message = about_store(self.store, exc)
         if is_permanent(exc):
             retry_in = BACKOFF_MAX
             if not self.store_error_permanent or message != self.store_error:
@@ -429,7 +429,7 @@ class Agent:
             sub = self.store.subscribe(self.wake_event.set)
         except StekError as exc:
             log.warning("store %s: no change notification (%s); polling every %gs",
-                        self.store.url, exc, self.interval)
+                        self.store.url, about_store(self.store, exc), self.interval)
         try:
             while not self.stop_event.is_set():
                 try:
@@ -477,6 +477,18 @@ class Agent:
         for check in self.health_checks:
             problems.extend(check(t))
         return problems
+
+
+def about_store(store: KeyStore, exc: BaseException) -> str:
+    """``exc``'s message without the store's name in front, for lines that begin
+    "store URL: ": stores start their messages with their URL (already scrubbed of
+    credentials) or, for a file, its path."""
+    message = str(exc)
+    for name in (store.url, getattr(store, "path", None)):
+        prefix = f"{name}: "
+        if name and message.startswith(prefix):
+            return message[len(prefix):]
+    return message
 
 
 def is_permanent(exc: BaseException) -> bool:
@@ -705,6 +717,7 @@ __all__ = [
     "MetricsServer",
     "Target",
     "TargetSpec",
+    "about_store",
     "build_targets",
     "check_metrics_host",
     "is_permanent",

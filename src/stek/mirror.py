@@ -103,13 +103,17 @@ def mirror_source(store: KeyStore | str | os.PathLike[str]) -> str | None:
     return str(doc[MARKER].get("source", "a fleet store"))
 
 
-def refuse_rotation(store: KeyStore) -> None:
-    """Raise :class:`MirroredRing` if ``store`` is a mirror: the one check every rotator makes."""
+def refuse_rotation(store: KeyStore, advice: str | None = None) -> None:
+    """Raise :class:`MirroredRing` if ``store`` is a mirror: the one check every writer
+    but the agent makes (rotators, ``stek init``).  ``advice`` replaces the default
+    last clause of the message."""
     source = mirror_source(store)
     if source is not None:
+        advice = advice or ("rotate the fleet store (the agent does), and install without "
+                            "rotate=True")
         raise MirroredRing(
             f"{store.url} is a mirror of {source} kept by 'stek agent --mirror': it is read-only "
-            f"here; rotate the fleet store (the agent does), and install without rotate=True"
+            f"here; {advice}"
         )
 
 

@@ -1,6 +1,8 @@
 """Run uvicorn with N workers, with or without stek's ssl_context_factory.
 
-usage: uvicorn_main.py PORT CERT KEY WORKERS stek|plain
+usage: uvicorn_main.py PORT CERT KEY WORKERS stek|plain [MODULE:APP]
+
+MODULE:APP is the app's import string (default asgi_app:app).
 
 uvicorn has no command-line flag for ssl_context_factory, so this is how a
 deployment wires it: uvicorn.run() with an import string (needed for
@@ -20,7 +22,7 @@ if __name__ == "__main__":
 
     port, cert, key, workers, mode = sys.argv[1:6]
     uvicorn.run(
-        "asgi_app:app",
+        sys.argv[6] if len(sys.argv) > 6 else "asgi_app:app",
         host="127.0.0.1",
         port=int(port),
         workers=int(workers),

@@ -6,7 +6,8 @@ alike, all formatted here (:func:`main`), never per command.  Exit statuses:
 2 for a usage or configuration mistake, 1 for an operational error (the
 store cannot be read or written, is corrupt, or the key-encryption key is
 wrong; a file cannot be written).  A command whose status 1 means something
-of its own (``stek inspect``: "would not resume") exits 2 for both.
+of its own (``stek inspect``: "would not resume"; ``stek probe``: "some pair
+does not resume") exits 2 for both.
 Tracebacks are for bugs only.
 """
 
@@ -37,7 +38,7 @@ _COMMAND_MODULES = (
 EXIT_USAGE = 2
 EXIT_FAILED = 1
 #: Commands whose exit status 1 has a meaning of its own.
-_OWN_STATUS_1 = frozenset({"inspect"})
+_OWN_STATUS_1 = frozenset({"inspect", "probe"})
 
 
 class CommandFailed(click.ClickException):

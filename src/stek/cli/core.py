@@ -48,6 +48,7 @@ def init(store_url: str | None, rotate_every: int, accept_for: int, publish_ahea
     for note in policy.warnings:
         click.echo(f"stek: warning: {note}", err=True)
     store = open_cli_store(store_url)
+    refuse_rotation(store, "run 'stek init' on the fleet store it mirrors")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", StekWarning)
         result = init_ring(store, policy, force=force)

@@ -9,7 +9,12 @@ import time
 
 import click
 
-from ..compat import HAPROXY_SESSION_ID_CONTEXT, PYTHON_SESSION_ID_CONTEXT
+from ..compat import (
+    HAPROXY_SESSION_ID_CONTEXT,
+    PYTHON_SESSION_ID_CONTEXT,
+    nginx_session_id_context,
+)
+from ..errors import ConfigError
 from ..inspect import MAX_SID_CTX_LEN, Inspection, inspect_ticket, iso, read_input, sid_ctx_label
 from ..recognize import MAX_INPUT_LEN, looks_inline
 from ..session import SessionInfo
@@ -75,17 +80,37 @@ def _read(argument: str) -> bytes:
     return data
 
 
+def _nginx_sid_ctx(paths: str) -> bytes:
+    """``nginx:CERT[:CLIENT_CA]``: the context nginx computes from those files.
+
+    CERT alone when it names an existing file (a path may hold a colon);
+    otherwise the last colon separates CLIENT_CA.
+    """
+    cert, client_ca = paths, None
+    if not os.path.isfile(paths) and ":" in paths:
+        cert, client_ca = paths.rsplit(":", 1)
+    if not cert or client_ca == "":
+        raise click.BadParameter("expected nginx:CERT or nginx:CERT:CLIENT_CA (the files "
+                                 "of ssl_certificate and ssl_client_certificate)")
+    try:
+        return nginx_session_id_context(cert, client_ca)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
 def _server_sid_ctx(_ctx: click.Context, _param: click.Parameter,
                     value: str | None) -> bytes | None:
     if value is None:
         return None
     if value.lower() in _SERVERS:
         return _SERVERS[value.lower()]
+    if value.lower().startswith("nginx:"):
+        return _nginx_sid_ctx(value[len("nginx:"):])
     try:
         sid_ctx = bytes.fromhex(value)
     except ValueError:
-        raise click.BadParameter("expected 'python', 'haproxy' or a session id context "
-                                 "in hex") from None
+        raise click.BadParameter("expected 'python', 'haproxy', 'nginx:CERT[:CLIENT_CA]' "
+                                 "or a session id context in hex") from None
     if len(sid_ctx) > MAX_SID_CTX_LEN:  # SSL_CTX_set_session_id_context refuses more
         raise click.BadParameter(f"a session id context is at most {MAX_SID_CTX_LEN} "
                                  f"bytes, this is {len(sid_ctx)}")
@@ -150,13 +175,16 @@ def _print_text(result: Inspection, store_url: str, form: str) -> None:
 @click.command("inspect")
 @click.argument("input_path", metavar="INPUT")
 @store_option
-@click.option("--server", "sid_ctx", metavar="python|haproxy|HEX", default=None,
-              callback=_server_sid_ctx,
+@click.option("--server", "sid_ctx", metavar="python|haproxy|nginx:CERT[:CLIENT_CA]|HEX",
+              default=None, callback=_server_sid_ctx,
               help="Judge for this server's session id context: 'python' (Python's ssl, "
-                   "b'Python\\0'), 'haproxy', or the context in hex (nginx's is a SHA-1 "
-                   "over its certificates; the output shows each session's).  OpenSSL "
-                   "resumes a session only in the context it was made in.  Without it "
-                   "the context is shown, not checked.")
+                   "b'Python\\0'), 'haproxy', 'nginx:CERT' for an nginx server block "
+                   "whose ssl_certificate is the file CERT, 'nginx:CERT:CLIENT_CA' when "
+                   "it also verifies clients (ssl_verify_client on or optional) with "
+                   "ssl_client_certificate CLIENT_CA, or the context in hex (the output "
+                   "shows each session's).  OpenSSL resumes a session only in the "
+                   "context it was made in.  Without it the context is shown, not "
+                   "checked.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def inspect_cmd(ctx: click.Context, input_path: str, store_url: str | None,

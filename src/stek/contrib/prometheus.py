@@ -183,9 +183,12 @@ class _Mirror:
                 key = (name, tuple(sorted(labels.items())))
                 delta = value - self._last.get(key, 0.0)
                 self._last[key] = value
+                # Made even at zero: in multiprocess mode a counter shows only once
+                # its child exists, and one process's sample reads as 0, not absent.
+                c = self._counter(name, labels)
+                child = c.labels(**labels) if labels else c
                 if delta > 0:
-                    c = self._counter(name, labels)
-                    (c.labels(**labels) if labels else c).inc(delta)
+                    child.inc(delta)
             for name, value in _health(handle, time.time()).items():
                 g = self._gauges.get(name)
                 if g is None:
