@@ -220,6 +220,8 @@ class EtcdMember(_Server):
         self.peer_port = free_port()
         self.cluster = ""
         self.state = "new"
+        #: More etcd flags (e.g. ``--auth-token-ttl``).
+        self.extra: list[str] = []
 
     def _cmd(self) -> list[str]:
         p = self.pki
@@ -237,7 +239,7 @@ class EtcdMember(_Server):
                 "--peer-trusted-ca-file", str(p.ca), "--peer-client-cert-auth",
                 # Short elections: a lost leader is replaced in about a second.
                 "--heartbeat-interval", "50", "--election-timeout", "500",
-                "--logger", "zap", "--log-outputs", "stderr"]
+                "--logger", "zap", "--log-outputs", "stderr", *self.extra]
 
     def start_async(self) -> None:
         with open(self.log, "ab") as out:
