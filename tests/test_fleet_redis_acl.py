@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -101,8 +101,9 @@ def test_server_user_reads_and_follows_but_cannot_write(redis_acl: AclRedis, cer
         inst.uninstall()
     before = rw.read()
     # Cannot write: neither the compare-and-set nor a forced re-initialisation.
-    for attempt in (lambda: rotate(ro, now=base + 10 * step),
-                    lambda: init_ring(ro, Policy(), force=True)):
+    attempts: list[Callable[[], object]] = [lambda: rotate(ro, now=base + 10 * step),
+                                             lambda: init_ring(ro, Policy(), force=True)]
+    for attempt in attempts:
         with pytest.raises(StoreUnavailable, match="NoPermission") as info:
             attempt()
         assert redis_acl.admin_pw not in str(info.value)
