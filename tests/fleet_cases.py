@@ -1,7 +1,8 @@
-"""Scenarios every fleet store must pass, run by test_store_redis.py and test_store_etcd.py.
+"""Scenarios every fleet store must pass, run by test_fleet_stores.py.
 
-Each takes a running server (servers_fleet.RedisServer / EtcdServer): real
-processes, real handshakes, real kills.
+Each takes a running server (servers_fleet.RedisServer, RedisTLSServer,
+EtcdServer or EtcdCluster: ``url``, ``kill()``, ``start()``, ``raw_values()``):
+real processes, real handshakes, real kills.
 """
 
 from __future__ import annotations

@@ -220,6 +220,8 @@ class EtcdMember(_Server):
         self.peer_port = free_port()
         self.cluster = ""
         self.state = "new"
+        #: More etcd flags (e.g. ``--auth-token-ttl``).
+        self.extra: list[str] = []
 
     def _cmd(self) -> list[str]:
         p = self.pki
@@ -237,7 +239,7 @@ class EtcdMember(_Server):
                 "--peer-trusted-ca-file", str(p.ca), "--peer-client-cert-auth",
                 # Short elections: a lost leader is replaced in about a second.
                 "--heartbeat-interval", "50", "--election-timeout", "500",
-                "--logger", "zap", "--log-outputs", "stderr"]
+                "--logger", "zap", "--log-outputs", "stderr", *self.extra]
 
     def start_async(self) -> None:
         with open(self.log, "ab") as out:
@@ -384,6 +386,70 @@ class RedisNode(_Server):
 
     def _cmd(self) -> list[str]:
         return [self.exe, str(self.conf)]
+
+
+class RedisTLSServer(RedisNode):
+    """One TLS-only redis-server with an ACL user for stek (``password_file=``).
+
+    ``default`` holds an admin password (for raw_values); ``stek`` gets the
+    rotating user's command set from docs/fleet.md on every key, so that the
+    shared scenarios may use other prefixes.  Persisted like RedisServer (AOF,
+    fsync always), so a kill and a restart keep the ring.
+    """
+
+    prefix = "stektest"
+
+    def __init__(self, workdir: Path, pki: Any) -> None:
+        from fleet_tls import password_file
+
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.pki = pki
+        self.admin_pw = password_file(workdir, "admin")[1]
+        self.pw_file, self.password = password_file(workdir, "stek")
+        # Later lines win over write_conf's defaults (redis.conf: the last value counts).
+        super().__init__(workdir, [
+            f"requirepass {self.admin_pw}",
+            f"user stek on >{self.password} ~* &* +@all -@dangerous +role +wait",
+            "appendonly yes", "appendfsync always"])
+        self.write_conf(pki)
+
+    def url_for(self, prefix: str) -> str:
+        p = self.pki
+        return (f"rediss://stek@127.0.0.1:{self.port}/0?prefix={prefix}&cacert={p.ca}"
+                f"&cert={p.client_cert}&key={p.client_key}&password_file={self.pw_file}")
+
+    @property
+    def url(self) -> str:
+        return self.url_for(self.prefix)
+
+    def admin(self) -> Any:
+        import redis
+
+        p = self.pki
+        return redis.Redis(host="127.0.0.1", port=self.port, password=self.admin_pw, ssl=True,
+                           ssl_ca_certs=str(p.ca), ssl_certfile=str(p.client_cert),
+                           ssl_keyfile=str(p.client_key), socket_timeout=2)
+
+    def _ready(self) -> None:
+        # AOF replay done and accepting commands (PING answers LOADING until then).
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                c = self.admin()
+                try:
+                    if c.ping():
+                        return
+                finally:
+                    c.close()
+            time.sleep(0.05)
+        raise RuntimeError("redis-server (TLS) not answering PING")
+
+    def raw_values(self) -> dict[bytes, bytes]:
+        c = self.admin()
+        try:
+            return {k: c.get(k) or b"" for k in c.scan_iter("*") if c.type(k) == b"string"}
+        finally:
+            c.close()
 
 
 class RedisSentinelSet:

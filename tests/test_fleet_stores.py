@@ -1,6 +1,7 @@
-"""The fleet stores' shared behaviour, run on a real redis-server and a real etcd.
+"""The fleet stores' shared behaviour, run on real redis-server and etcd, plain and TLS.
 
-Each test runs once per store (the ``server`` fixture), started on 127.0.0.1
+Each test runs once per store (the ``server`` fixture: plaintext Redis, Redis with
+TLS and an ACL user, plaintext etcd, 3 etcd members with TLS and users), started on 127.0.0.1
 by the test and killed at its end; the scenarios live in tests/fleet_cases.py.
 Store-specific checks stay in test_store_redis.py and test_store_etcd.py.
 """
@@ -16,18 +17,20 @@ import pytest
 import fleet_cases as cases
 from conftest import TLS_VERSIONS, Certs
 from fleet_tls import make_pki
-from servers_fleet import EtcdCluster, EtcdServer, RedisServer
+from servers_fleet import EtcdCluster, EtcdServer, RedisServer, RedisTLSServer
 
 pytestmark = [pytest.mark.servers, pytest.mark.usefixtures("no_kek_env")]
 
-FleetServer = RedisServer | EtcdServer | EtcdCluster
+FleetServer = RedisServer | RedisTLSServer | EtcdServer | EtcdCluster
 
 
-@pytest.fixture(params=["redis", "etcd", "etcd-tls-auth"])
+@pytest.fixture(params=["redis", "redis-tls-acl", "etcd", "etcd-tls-auth"])
 def server(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[FleetServer]:
     srv: FleetServer
     if request.param == "redis":
         srv = RedisServer(tmp_path / "redis")
+    elif request.param == "redis-tls-acl":  # rediss://: CA, client cert, ACL user, password file
+        srv = RedisTLSServer(tmp_path / "redis", make_pki(tmp_path / "pki"))
     elif request.param == "etcd":
         srv = EtcdServer(tmp_path / "etcd")
     else:  # three members, TLS on client and peer URLs, a user with a password file

@@ -74,6 +74,8 @@ TIMEOUT = 2.0
 WATCH_IDLE = 60.0
 #: Bytes: the longest watch line kept in memory (a ring is a few KB).
 MAX_WATCH_LINE = 4 * 1024 * 1024
+#: Bytes read from a watch stream at a time.
+_READ = 65536
 DEFAULT_PREFIX = "/stek"
 _ERRORS = (etcd_exc.Etcd3Exception, requests.RequestException, ValueError, KeyError, TypeError)
 _OPTIONS = ("kek", "kek_file", "insecure_plaintext", "env", "timeout")
@@ -335,10 +337,17 @@ class EtcdStore(SharedStore[int]):
                         self._m.authenticate(client)
                     raise etcd_exc.Etcd3Exception("watch ended by etcd")
                 result = doc.get("result", {})
+                if result.get("canceled"):
+                    # A watch etcd will not create comes back "created" *and*
+                    # "canceled" (watch_id -1; etcd 3.4 api/v3rpc/watch.go
+                    # recvLoop), e.g. for a token it has expired: renew it, or
+                    # the stream would sit silent.
+                    reason = str(result.get("cancel_reason", ""))
+                    if "invalid auth token" in reason:
+                        self._m.authenticate(client)
+                    raise etcd_exc.Etcd3Exception(f"watch canceled by etcd ({reason})")
                 if result.get("created"):
                     watch.ready()
-                elif result.get("canceled"):
-                    raise etcd_exc.Etcd3Exception("watch canceled by etcd")
                 elif result.get("events"):
                     watch.changed()
         except requests.exceptions.ConnectionError as exc:
@@ -372,10 +381,29 @@ class EtcdStore(SharedStore[int]):
             self._m.session.close()
 
 
+def _chunks(resp: requests.Response) -> Iterator[bytes]:
+    """The body as it arrives, never more than :data:`_READ` bytes at a time.
+
+    etcd's gateway streams a watch with chunked transfer coding (one
+    WatchResponse per chunk), and urllib3 hands each chunk over as soon as it
+    is read.  A body that is not chunked (an HTTP/1.0 proxy, a body delimited
+    by closing the connection) is read with ``read1``: what one receive
+    returns.  ``iter_content(chunk_size=None)`` would read it to its end,
+    holding all of it and seeing no event until the connection closes.
+    """
+    raw = resp.raw
+    if getattr(raw, "chunked", False) or not hasattr(raw, "read1"):
+        # urllib3 < 2.3 has no read1: bounded still, events wait for _READ bytes.
+        yield from resp.iter_content(chunk_size=_READ)
+        return
+    while data := raw.read1(_READ):
+        yield data
+
+
 def _lines(resp: requests.Response) -> Iterator[bytes]:
-    """Lines of a streamed body as they arrive (each chunk is yielded when received)."""
+    """Lines of a streamed body as they arrive; a line over MAX_WATCH_LINE raises."""
     buf = b""
-    for chunk in resp.iter_content(chunk_size=None):
+    for chunk in _chunks(resp):
         buf += chunk
         *lines, buf = buf.split(b"\n")
         yield from (ln for ln in lines if ln.strip())
