@@ -321,11 +321,20 @@ def _cross_resumption(host: Host, cctx: ssl.SSLContext) -> None:
     assert ask(b.port, cctx, g1.session).reused
 
 
+#: A ring whose rotations, simulated a few periods ahead, stay within what a
+#: reader accepts (stek.schedule.MAX_CLOCK_SKEW past publish_ahead).
+FAST = Policy(rotate_every=60, accept_for=600, publish_ahead=30)
+
+
 def _rotate_and_wait(host: Host, fleet: Any, cctx: ssl.SSLContext, step: int,
                      timeout: float) -> float:
     """Rotate the fleet store (a new key) and return the seconds until every worker had it."""
     t0 = time.monotonic()
-    ring = rotate(fleet, now=time.time() + step * Policy().rotate_every).ring
+    # A rotation ``step`` periods ahead.  Readers refuse a key that activates
+    # further ahead than publish_ahead (plus clock skew), so the ring's period
+    # is short enough (FAST) for the step to stay inside that bound.
+    period = fleet.read().policy.rotate_every
+    ring = rotate(fleet, now=time.time() + step * period).ring
     assert ring.generation > 1
     latest = host.generations(cctx, ring.generation, t0 + timeout)
     took = time.monotonic() - t0
@@ -350,7 +359,7 @@ def test_agent_mirror_serves_workers_without_the_kek(kind: str, certs: Certs, ke
     server.start()
     try:
         fleet = shared(server.url, kek_file)
-        init_ring(fleet, Policy())
+        init_ring(fleet, FAST)
         mirror = tmp_path / "run" / "stek" / "mirror.json"
         agent_cmd = [sys.executable, "-m", "stek.cli", "agent", "--store", server.url,
                      "--kek-file", str(kek_file), "--mirror", f"file:{mirror}",
