@@ -165,6 +165,25 @@ def reconnect_run(port: int, cctx: ssl.SSLContext, n: int) -> Run:
                [r.body["pid"] for r in replies], counters, replies)
 
 
+def wait_every_worker_on(port: int, cctx: ssl.SSLContext, generation: int, workers: int,
+                         timeout: float = 20) -> None:
+    """Until each of ``workers`` worker processes has answered with ring ``generation``.
+
+    Connections land on workers at random, so a run of answers can miss a worker
+    that is still on its old ring: count distinct pids instead.
+    """
+    ready: set[int] = set()
+    deadline = time.monotonic() + timeout
+    while len(ready) < workers and time.monotonic() < deadline:
+        body = https_get(port, cctx).body
+        if body["generation"] == generation:
+            ready.add(body["pid"])
+        else:
+            time.sleep(0.1)
+    assert len(ready) == workers, f"after {timeout}s only {sorted(ready)} hold generation " \
+        f"{generation}"
+
+
 def stek_cli(*args: str, env: dict[str, str] | None = None,
              timeout: float = 60) -> subprocess.CompletedProcess[str]:
     """The real command line, as a separate process (``python -m stek.cli``)."""

@@ -22,7 +22,17 @@ import pytest
 
 import stek
 from conftest import TLS_VERSIONS, Certs, client_context, free_port, server_context
-from procs import APPS, Proc, Reply, env_with, https_get, reconnect_run, running, wait_https
+from procs import (
+    APPS,
+    Proc,
+    Reply,
+    env_with,
+    https_get,
+    reconnect_run,
+    running,
+    wait_every_worker_on,
+    wait_https,
+)
 from stek.contrib import PerProcessContext
 from stek.contrib import gunicorn as stek_gunicorn
 
@@ -311,12 +321,7 @@ def test_gunicorn_with_dead_redis_serves_then_picks_up_the_ring(
         with redis:
             store = stek.open_store(redis.url, kek_file=str(kek_file))
             ring = stek.rotate(store, create=stek.Policy()).ring  # workers may race: one ring
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                if all(https_get(port, cctx).body["generation"] == ring.generation
-                       for _ in range(2 * WORKERS)):
-                    break
-                time.sleep(0.2)
+            wait_every_worker_on(port, cctx, ring.generation, WORKERS)
             run = reconnect_run(port, cctx, RECONNECTS)
             issuer, replies = cross_worker(port, cctx, 5)
             log = proc.output()

@@ -11,7 +11,6 @@ import contextlib
 import re
 import ssl
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -20,7 +19,16 @@ import uvicorn
 
 import stek
 from conftest import TLS_VERSIONS, Certs, client_context, free_port
-from procs import APPS, Proc, env_with, https_get, reconnect_run, running, wait_https
+from procs import (
+    APPS,
+    Proc,
+    env_with,
+    https_get,
+    reconnect_run,
+    running,
+    wait_every_worker_on,
+    wait_https,
+)
 from stek.contrib import PerProcessContext
 from stek.contrib import uvicorn as stek_uvicorn
 
@@ -150,12 +158,7 @@ def test_uvicorn_with_dead_redis_serves_then_picks_up_the_ring(
         with redis:
             store = stek.open_store(redis.url, kek_file=str(kek_file))
             ring = stek.rotate(store, create=stek.Policy()).ring
-            deadline = time.monotonic() + 20
-            while time.monotonic() < deadline:
-                if all(https_get(port, cctx).body["generation"] == ring.generation
-                       for _ in range(2 * WORKERS)):
-                    break
-                time.sleep(0.2)
+            wait_every_worker_on(port, cctx, ring.generation, WORKERS)
             run = reconnect_run(port, cctx, RECONNECTS)
             log = proc.output()
     moved = [r for r, m in zip(run.replies, run.moves) if m]
