@@ -41,12 +41,15 @@ The ring lives, sealed (see :mod:`stek.stores.sealing`), in the string
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
+from redis.connection import Connection
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
@@ -67,8 +70,9 @@ from .url import StoreURL, parse
 CONNECT_TIMEOUT = 1.0
 SOCKET_TIMEOUT = 2.0
 DEFAULT_PREFIX = "stek"
-#: Seconds a write waits for a replica's acknowledgement (``WAIT``).
-WAIT_TIMEOUT = 2.0
+#: Seconds a write waits for a replica's acknowledgement (``WAIT``); shorter
+#: than SOCKET_TIMEOUT, so that Redis answers before the client gives up.
+WAIT_TIMEOUT = 1.5
 
 log = logging.getLogger("stek.store")
 
@@ -83,6 +87,7 @@ if (ARGV[1] == '0' and cur == false) or (ARGV[1] == '1' and cur == ARGV[2]) then
 end
 return 0
 """
+_CAS_SHA = hashlib.sha1(_CAS.encode()).hexdigest()  # noqa: S324 - the script's name in Redis
 
 
 _OPTIONS = ("kek", "kek_file", "insecure_plaintext", "env", "connect_timeout", "socket_timeout")
@@ -111,6 +116,44 @@ def _tls_kwargs(u: StoreURL, tls: bool) -> dict[str, Any]:
     if u.secret("ssl_password"):
         kw["ssl_password"] = u.secret("ssl_password")
     return kw
+
+
+class _Link:
+    """One connection checked out of the pool: a write, ``ROLE`` and ``WAIT`` all on it.
+
+    ``WAIT`` counts the replicas that acknowledged the writes *of the
+    connection it runs on* (https://redis.io/docs/latest/commands/wait/).
+    Sent on another pooled connection, whose own writes are older (an earlier
+    write, a ``PUBLISH``), it answers at once with replicas that need not hold
+    this write.  So the write and its ``WAIT`` never go through the shared
+    pool one command at a time (other threads, the agent's health probe among
+    them, use it too), and never through redis-py's retry either: a
+    reconnection between them would leave ``WAIT`` on another connection.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def call(self, *args: Any) -> Any:
+        # No health check either: its PING may reconnect the socket.
+        self.conn.send_command(*args, check_health=False)
+        return self.conn.read_response()
+
+    def cas(self, key: str, *args: Any) -> bool:
+        try:
+            done = self.call("EVALSHA", _CAS_SHA, 1, key, *args)
+        except redis.exceptions.NoScriptError:
+            done = self.call("EVAL", _CAS, 1, key, *args)  # loads it, for the next EVALSHA
+        return bool(done)
+
+
+def _checkout(pool: redis.ConnectionPool) -> Connection:
+    # redis-py 5.3 and later take no argument (and warn about one); earlier
+    # versions want a command name, which they ignore.
+    wanted = inspect.signature(pool.get_connection).parameters.get("command_name")
+    if wanted is not None and wanted.default is inspect.Parameter.empty:
+        return pool.get_connection("EVALSHA")
+    return pool.get_connection()  # type: ignore[call-arg]
 
 
 class _Parsed:
@@ -193,7 +236,6 @@ class RedisStore(SharedStore[bytes | None]):
         self.channel = f"{prefix}:changed"
         #: Stable name of the ring: engine, database and prefix (no host, no credential).
         self.identity = parsed.identity if parsed else f"redis:0/{prefix}"
-        self._cas = client.register_script(_CAS)
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisStore:
@@ -207,10 +249,14 @@ class RedisStore(SharedStore[bytes | None]):
             insecure_plaintext=options.get("insecure_plaintext"), env=options.get("env"),
         )
         try:
+            socket_timeout = float(options.get("socket_timeout", SOCKET_TIMEOUT))
             client = p.client(float(options.get("connect_timeout", CONNECT_TIMEOUT)),
-                              float(options.get("socket_timeout", SOCKET_TIMEOUT)))
+                              socket_timeout)
         except (ValueError, TypeError, redis.RedisError) as exc:
             raise ConfigError(f"bad redis URL {safe!r}: {type(exc).__name__}") from None
+        if p.wait_timeout >= socket_timeout:
+            raise ConfigError(f"{safe}: wait_timeout must be shorter than the socket timeout "
+                              f"({socket_timeout:g}s), or the reply to WAIT is not waited for")
         return cls(client, url=safe, prefix=p.prefix, sealer=sealer,
                    secrets=p.url.all_secrets(), parsed=p)
 
@@ -235,13 +281,25 @@ class RedisStore(SharedStore[bytes | None]):
             value = bytes(value)
         return value, value
 
+    @contextlib.contextmanager
+    def _link(self) -> Iterator[_Link]:
+        pool = self._client.connection_pool
+        conn = _checkout(pool)
+        try:
+            yield _Link(conn)
+        except BaseException:
+            conn.disconnect()  # a reply may be pending: never hand it back half-read
+            raise
+        finally:
+            pool.release(conn)
+
     def _swap(self, token: bytes | None, data: bytes) -> bool:
         args = ["0", b""] if token is None else ["1", token]
         try:
-            done = self._cas(keys=[self.key], args=[*args, data])
-            if not done:
-                return False
-            self._replicated()
+            with self._link() as link:
+                if not link.cas(self.key, *args, data):
+                    return False
+                self._replicated(link)
         except redis.RedisError as exc:
             raise self._fail("write", exc) from exc
         # Announced only once durable: a watcher never loads a key a failover could lose.
@@ -252,17 +310,17 @@ class RedisStore(SharedStore[bytes | None]):
                         "see it at their next periodic read", self.url, type(exc).__name__)
         return True
 
-    def _replicated(self) -> None:
-        """Block until the last write is on enough replicas (``WAIT``), or raise."""
+    def _replicated(self, link: _Link) -> None:
+        """Block until the link's last write is on enough replicas (``WAIT``), or raise."""
         p = self._parsed
         need = p.min_replicas if p else None
         if need is None:
-            role = self._client.execute_command("ROLE")
+            role = link.call("ROLE")
             need = 1 if role and role[0] in (b"master", "master") and role[2] else 0
         if need == 0:
             return
         timeout = p.wait_timeout if p else WAIT_TIMEOUT
-        got = int(self._client.execute_command("WAIT", need, int(timeout * 1000)))
+        got = int(link.call("WAIT", need, int(timeout * 1000)))
         if got < need:
             raise StoreUnavailable(
                 f"{self.url}: cannot write: {got} of {need} replica(s) acknowledged within "
