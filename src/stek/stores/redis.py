@@ -22,12 +22,18 @@ The ring lives, sealed (see :mod:`stek.stores.sealing`), in the string
 * Durability across a failover: Redis replicates asynchronously, so a write
   acknowledged by a primary that dies before replicating is lost
   (https://redis.io/docs/latest/operate/oss_and_stack/management/replication/).
-  A write counts only once ``WAIT`` reports it on at least one replica
-  (``min_replicas=``, by default 1 when the primary has replicas connected,
-  0 when it has none); only then is the change announced, so watching
-  servers load a key after it is on two machines.  When no replica answers
-  within ``wait_timeout`` the write is reported as failed (StoreUnavailable);
-  the primary may still hold it, and the next rotation sees it.
+  A write counts only once ``WAIT``, on the connection that wrote, reports it
+  on at least one replica (``min_replicas=``, by default 1 when the primary
+  has replicas connected, 0 when it has none); only then is the change
+  announced.  A write no replica acknowledges within ``wait_timeout`` is
+  reported as failed (StoreUnavailable) but stays on the primary, where
+  servers' periodic reads may find it; so a rotation pass that finds a value
+  it has not seen acknowledged confirms it (writes it again, unchanged, and
+  waits) or fails, and no writer writes on top of an unacknowledged value.
+  At most one generation is then ever unreplicated, and a failover loses at
+  most that one: the rotator that finds the ring back at the last value it
+  saw acknowledged re-issues it above the lost generation (see
+  :meth:`RedisStore.update`), which readers holding the lost one admit.
 * Change notification: pub/sub on ``{prefix}:changed``.  Messages published
   while a subscriber is disconnected are lost, so every (re)subscription
   also notifies, and the consumer re-reads; ``install()``'s periodic re-read
@@ -44,6 +50,7 @@ import contextlib
 import hashlib
 import inspect
 import logging
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -53,8 +60,9 @@ from redis.connection import Connection
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from ..errors import ConfigError, StoreUnavailable
-from .base import Endpoint, StoreHealth
+from ..errors import ConfigError, SealingError, StoreUnavailable
+from ..keyring import Keyring
+from .base import Endpoint, Mutator, StoreHealth
 from .sealing import (
     AnySealer,
     SharedStore,
@@ -156,6 +164,16 @@ def _checkout(pool: redis.ConnectionPool) -> Connection:
     return pool.get_connection()  # type: ignore[call-arg]
 
 
+class _LostWrites(SealingError):
+    """The ring is back at the last value a replica acknowledged, below a generation seen."""
+
+    def __init__(self, url: str, generation: int, seen: int) -> None:
+        super().__init__(f"{url}: holds keyring generation {generation}, older than generation "
+                         f"{seen} already seen: refusing a rolled-back (replayed) ring")
+        self.generation = generation
+        self.seen = seen
+
+
 class _Parsed:
     """What a Redis URL asks for: where, how, and under which name."""
 
@@ -236,6 +254,14 @@ class RedisStore(SharedStore[bytes | None]):
         self.channel = f"{prefix}:changed"
         #: Stable name of the ring: engine, database and prefix (no host, no credential).
         self.identity = parsed.identity if parsed else f"redis:0/{prefix}"
+        #: The last value this object saw a replica acknowledge (WAIT), and the
+        #: last one it needs not confirm again (acknowledged, or written or read
+        #: while the primary had no replica to wait for).
+        self._confirmed: bytes | None = None
+        self._settled: bytes | None = None
+        #: Rings re-issued after a failover lost writes no replica had acknowledged.
+        self.lost_writes_reissued = 0
+        self._local = threading.local()  # this thread's last value read; whether it wrote
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisStore:
@@ -279,6 +305,7 @@ class RedisStore(SharedStore[bytes | None]):
             raise self._fail("read", exc) from exc
         if value is not None and not isinstance(value, bytes):
             value = bytes(value)
+        self._local.loaded = value
         return value, value
 
     @contextlib.contextmanager
@@ -297,11 +324,19 @@ class RedisStore(SharedStore[bytes | None]):
         args = ["0", b""] if token is None else ["1", token]
         try:
             with self._link() as link:
+                need = self._need(link)
+                if need and token is not None and token != self._settled:
+                    # Never write on top of a value no replica holds: a failover
+                    # then loses at most one generation (see update()).
+                    if not link.cas(self.key, "1", token, token):
+                        return False
+                    self._wait(link, need, token, "the ring it would replace is")
                 if not link.cas(self.key, *args, data):
                     return False
-                self._replicated(link)
+                self._wait(link, need, data, "the write is")
         except redis.RedisError as exc:
             raise self._fail("write", exc) from exc
+        self._local.wrote = True
         # Announced only once durable: a watcher never loads a key a failover could lose.
         try:
             self._client.publish(self.channel, "changed")
@@ -310,21 +345,90 @@ class RedisStore(SharedStore[bytes | None]):
                         "see it at their next periodic read", self.url, type(exc).__name__)
         return True
 
-    def _replicated(self, link: _Link) -> None:
-        """Block until the link's last write is on enough replicas (``WAIT``), or raise."""
+    def _need(self, link: _Link) -> int:
+        """Replicas a write must reach: ``min_replicas``, or (auto) 1 if the primary has one."""
         p = self._parsed
-        need = p.min_replicas if p else None
-        if need is None:
-            role = link.call("ROLE")
-            need = 1 if role and role[0] in (b"master", "master") and role[2] else 0
-        if need == 0:
-            return
-        timeout = p.wait_timeout if p else WAIT_TIMEOUT
-        got = int(link.call("WAIT", need, int(timeout * 1000)))
-        if got < need:
-            raise StoreUnavailable(
-                f"{self.url}: cannot write: {got} of {need} replica(s) acknowledged within "
-                f"{timeout:g}s; the write may be lost in a failover, so it does not count")
+        if p and p.min_replicas is not None:
+            return p.min_replicas
+        role = link.call("ROLE")
+        return 1 if role and role[0] in (b"master", "master") and role[2] else 0
+
+    def _wait(self, link: _Link, need: int, value: bytes, what: str) -> None:
+        """Until the link's writes (``value``) are on ``need`` replicas (``WAIT``), or raise."""
+        if need:
+            timeout = self._parsed.wait_timeout if self._parsed else WAIT_TIMEOUT
+            got = int(link.call("WAIT", need, int(timeout * 1000)))
+            if got < need:
+                raise StoreUnavailable(
+                    f"{self.url}: {got} of {need} replica(s) acknowledged within {timeout:g}s: "
+                    f"{what} not on a replica and may be lost in a failover, so it does not "
+                    f"count")
+            self._confirmed = value
+        self._settled = value
+
+    def update(self, mutate: Mutator) -> Keyring:
+        """:meth:`SharedStore.update`, counted only once its result is on a replica.
+
+        * A pass that changes nothing confirms the value it read (it writes it
+          again, unchanged, and waits for a replica), once per value: a write
+          whose ``WAIT`` failed stays on the primary, and seen there it must
+          not count either.
+        * After a failover that lost the one generation no replica had
+          acknowledged, the ring is back at the last value this object saw a
+          replica acknowledge, older than a generation seen: that value is
+          re-issued unchanged at a generation above any that was lost, which
+          every reader admits, and the pass goes on from it.
+        """
+        self._local.updating, self._local.wrote = True, False
+        try:
+            try:
+                ring = super().update(mutate)
+            except _LostWrites as lost:
+                self._reissue(lost)
+                ring = super().update(mutate)
+            loaded = getattr(self._local, "loaded", None)
+            if not self._local.wrote and loaded is not None and loaded != self._settled:
+                self._confirm(loaded)
+            return ring
+        finally:
+            self._local.updating = False
+
+    def _admit(self, generation: int, floor: int) -> None:
+        if generation < floor and getattr(self._local, "updating", False) and \
+                self._confirmed is not None and self._local.loaded == self._confirmed:
+            raise _LostWrites(self.url, generation, max(floor, self.seen_generation))
+        super()._admit(generation, floor)
+
+    def _confirm(self, value: bytes) -> None:
+        try:
+            with self._link() as link:
+                need = self._need(link)
+                # Changed meanwhile: its writer waits for its own write.
+                if need and not link.cas(self.key, "1", value, value):
+                    return
+                self._wait(link, need, value, "the ring read is")
+        except redis.RedisError as exc:
+            raise self._fail("confirm", exc) from exc
+
+    def _reissue(self, lost: _LostWrites) -> None:
+        blob = self._confirmed
+        if blob is None:
+            raise lost
+        plain, _ = self.sealer.open(blob, self.url, self.ring_id)
+        ring = Keyring.from_bytes(plain, self.url)
+        # At most one generation above the last acknowledged one can have
+        # been written (_swap confirms before it writes), so one above both
+        # that and anything seen is above every generation lost.
+        generation = max(lost.seen, ring.generation + 1) + 1
+        log.warning(
+            "%s: the ring is back at generation %d, the last one a replica acknowledged, "
+            "older than generation %d seen: a failover lost writes no replica had "
+            "acknowledged; re-issuing generation %d with the same keys, so that readers "
+            "holding a lost key drop it", self.url, ring.generation, lost.seen, generation)
+        again = Keyring(ring.policy, ring.keys, generation)
+        if self._swap(blob, self.sealer.seal(again.to_bytes(), self.ring_id, generation)):
+            self._note(generation)
+            self.lost_writes_reissued += 1
 
     def _listen(self, watch: WatchThread) -> None:
         pubsub = self._client.pubsub(ignore_subscribe_messages=True)
