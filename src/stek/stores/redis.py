@@ -22,12 +22,18 @@ The ring lives, sealed (see :mod:`stek.stores.sealing`), in the string
 * Durability across a failover: Redis replicates asynchronously, so a write
   acknowledged by a primary that dies before replicating is lost
   (https://redis.io/docs/latest/operate/oss_and_stack/management/replication/).
-  A write counts only once ``WAIT`` reports it on at least one replica
-  (``min_replicas=``, by default 1 when the primary has replicas connected,
-  0 when it has none); only then is the change announced, so watching
-  servers load a key after it is on two machines.  When no replica answers
-  within ``wait_timeout`` the write is reported as failed (StoreUnavailable);
-  the primary may still hold it, and the next rotation sees it.
+  A write counts only once ``WAIT``, on the connection that wrote, reports it
+  on at least one replica (``min_replicas=``, by default 1 when the primary
+  has replicas connected, 0 when it has none); only then is the change
+  announced.  A write no replica acknowledges within ``wait_timeout`` is
+  reported as failed (StoreUnavailable) but stays on the primary, where
+  servers' periodic reads may find it; so a rotation pass that finds a value
+  it has not seen acknowledged confirms it (writes it again, unchanged, and
+  waits) or fails, and no writer writes on top of an unacknowledged value.
+  At most one generation is then ever unreplicated, and a failover loses at
+  most that one: the rotator that finds the ring back at the last value it
+  saw acknowledged re-issues it above the lost generation (see
+  :meth:`RedisStore.update`), which readers holding the lost one admit.
 * Change notification: pub/sub on ``{prefix}:changed``.  Messages published
   while a subscriber is disconnected are lost, so every (re)subscription
   also notifies, and the consumer re-reads; ``install()``'s periodic re-read
@@ -41,17 +47,22 @@ The ring lives, sealed (see :mod:`stek.stores.sealing`), in the string
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import inspect
 import logging
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
+from redis.connection import Connection
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
-from ..errors import ConfigError, StoreUnavailable
-from .base import Endpoint, StoreHealth
+from ..errors import ConfigError, SealingError, StoreUnavailable
+from ..keyring import Keyring
+from .base import Endpoint, Mutator, StoreHealth
 from .sealing import (
     AnySealer,
     SharedStore,
@@ -67,8 +78,9 @@ from .url import StoreURL, parse
 CONNECT_TIMEOUT = 1.0
 SOCKET_TIMEOUT = 2.0
 DEFAULT_PREFIX = "stek"
-#: Seconds a write waits for a replica's acknowledgement (``WAIT``).
-WAIT_TIMEOUT = 2.0
+#: Seconds a write waits for a replica's acknowledgement (``WAIT``); shorter
+#: than SOCKET_TIMEOUT, so that Redis answers before the client gives up.
+WAIT_TIMEOUT = 1.5
 
 log = logging.getLogger("stek.store")
 
@@ -83,6 +95,7 @@ if (ARGV[1] == '0' and cur == false) or (ARGV[1] == '1' and cur == ARGV[2]) then
 end
 return 0
 """
+_CAS_SHA = hashlib.sha1(_CAS.encode()).hexdigest()  # noqa: S324 - the script's name in Redis
 
 
 _OPTIONS = ("kek", "kek_file", "insecure_plaintext", "env", "connect_timeout", "socket_timeout")
@@ -111,6 +124,54 @@ def _tls_kwargs(u: StoreURL, tls: bool) -> dict[str, Any]:
     if u.secret("ssl_password"):
         kw["ssl_password"] = u.secret("ssl_password")
     return kw
+
+
+class _Link:
+    """One connection checked out of the pool: a write, ``ROLE`` and ``WAIT`` all on it.
+
+    ``WAIT`` counts the replicas that acknowledged the writes *of the
+    connection it runs on* (https://redis.io/docs/latest/commands/wait/).
+    Sent on another pooled connection, whose own writes are older (an earlier
+    write, a ``PUBLISH``), it answers at once with replicas that need not hold
+    this write.  So the write and its ``WAIT`` never go through the shared
+    pool one command at a time (other threads, the agent's health probe among
+    them, use it too), and never through redis-py's retry either: a
+    reconnection between them would leave ``WAIT`` on another connection.
+    """
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+
+    def call(self, *args: Any) -> Any:
+        # No health check either: its PING may reconnect the socket.
+        self.conn.send_command(*args, check_health=False)
+        return self.conn.read_response()
+
+    def cas(self, key: str, *args: Any) -> bool:
+        try:
+            done = self.call("EVALSHA", _CAS_SHA, 1, key, *args)
+        except redis.exceptions.NoScriptError:
+            done = self.call("EVAL", _CAS, 1, key, *args)  # loads it, for the next EVALSHA
+        return bool(done)
+
+
+def _checkout(pool: redis.ConnectionPool) -> Connection:
+    # redis-py 5.3 and later take no argument (and warn about one); earlier
+    # versions want a command name, which they ignore.
+    wanted = inspect.signature(pool.get_connection).parameters.get("command_name")
+    if wanted is not None and wanted.default is inspect.Parameter.empty:
+        return pool.get_connection("EVALSHA")
+    return pool.get_connection()  # type: ignore[call-arg]
+
+
+class _LostWrites(SealingError):
+    """The ring is back at the last value a replica acknowledged, below a generation seen."""
+
+    def __init__(self, url: str, generation: int, seen: int) -> None:
+        super().__init__(f"{url}: holds keyring generation {generation}, older than generation "
+                         f"{seen} already seen: refusing a rolled-back (replayed) ring")
+        self.generation = generation
+        self.seen = seen
 
 
 class _Parsed:
@@ -193,7 +254,14 @@ class RedisStore(SharedStore[bytes | None]):
         self.channel = f"{prefix}:changed"
         #: Stable name of the ring: engine, database and prefix (no host, no credential).
         self.identity = parsed.identity if parsed else f"redis:0/{prefix}"
-        self._cas = client.register_script(_CAS)
+        #: The last value this object saw a replica acknowledge (WAIT), and the
+        #: last one it needs not confirm again (acknowledged, or written or read
+        #: while the primary had no replica to wait for).
+        self._confirmed: bytes | None = None
+        self._settled: bytes | None = None
+        #: Rings re-issued after a failover lost writes no replica had acknowledged.
+        self.lost_writes_reissued = 0
+        self._local = threading.local()  # this thread's last value read; whether it wrote
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisStore:
@@ -207,10 +275,14 @@ class RedisStore(SharedStore[bytes | None]):
             insecure_plaintext=options.get("insecure_plaintext"), env=options.get("env"),
         )
         try:
+            socket_timeout = float(options.get("socket_timeout", SOCKET_TIMEOUT))
             client = p.client(float(options.get("connect_timeout", CONNECT_TIMEOUT)),
-                              float(options.get("socket_timeout", SOCKET_TIMEOUT)))
+                              socket_timeout)
         except (ValueError, TypeError, redis.RedisError) as exc:
             raise ConfigError(f"bad redis URL {safe!r}: {type(exc).__name__}") from None
+        if p.wait_timeout >= socket_timeout:
+            raise ConfigError(f"{safe}: wait_timeout must be shorter than the socket timeout "
+                              f"({socket_timeout:g}s), or the reply to WAIT is not waited for")
         return cls(client, url=safe, prefix=p.prefix, sealer=sealer,
                    secrets=p.url.all_secrets(), parsed=p)
 
@@ -233,17 +305,38 @@ class RedisStore(SharedStore[bytes | None]):
             raise self._fail("read", exc) from exc
         if value is not None and not isinstance(value, bytes):
             value = bytes(value)
+        self._local.loaded = value
         return value, value
+
+    @contextlib.contextmanager
+    def _link(self) -> Iterator[_Link]:
+        pool = self._client.connection_pool
+        conn = _checkout(pool)
+        try:
+            yield _Link(conn)
+        except BaseException:
+            conn.disconnect()  # a reply may be pending: never hand it back half-read
+            raise
+        finally:
+            pool.release(conn)
 
     def _swap(self, token: bytes | None, data: bytes) -> bool:
         args = ["0", b""] if token is None else ["1", token]
         try:
-            done = self._cas(keys=[self.key], args=[*args, data])
-            if not done:
-                return False
-            self._replicated()
+            with self._link() as link:
+                need = self._need(link)
+                if need and token is not None and token != self._settled:
+                    # Never write on top of a value no replica holds: a failover
+                    # then loses at most one generation (see update()).
+                    if not link.cas(self.key, "1", token, token):
+                        return False
+                    self._wait(link, need, token, "the ring it would replace is")
+                if not link.cas(self.key, *args, data):
+                    return False
+                self._wait(link, need, data, "the write is")
         except redis.RedisError as exc:
             raise self._fail("write", exc) from exc
+        self._local.wrote = True
         # Announced only once durable: a watcher never loads a key a failover could lose.
         try:
             self._client.publish(self.channel, "changed")
@@ -252,21 +345,90 @@ class RedisStore(SharedStore[bytes | None]):
                         "see it at their next periodic read", self.url, type(exc).__name__)
         return True
 
-    def _replicated(self) -> None:
-        """Block until the last write is on enough replicas (``WAIT``), or raise."""
+    def _need(self, link: _Link) -> int:
+        """Replicas a write must reach: ``min_replicas``, or (auto) 1 if the primary has one."""
         p = self._parsed
-        need = p.min_replicas if p else None
-        if need is None:
-            role = self._client.execute_command("ROLE")
-            need = 1 if role and role[0] in (b"master", "master") and role[2] else 0
-        if need == 0:
-            return
-        timeout = p.wait_timeout if p else WAIT_TIMEOUT
-        got = int(self._client.execute_command("WAIT", need, int(timeout * 1000)))
-        if got < need:
-            raise StoreUnavailable(
-                f"{self.url}: cannot write: {got} of {need} replica(s) acknowledged within "
-                f"{timeout:g}s; the write may be lost in a failover, so it does not count")
+        if p and p.min_replicas is not None:
+            return p.min_replicas
+        role = link.call("ROLE")
+        return 1 if role and role[0] in (b"master", "master") and role[2] else 0
+
+    def _wait(self, link: _Link, need: int, value: bytes, what: str) -> None:
+        """Until the link's writes (``value``) are on ``need`` replicas (``WAIT``), or raise."""
+        if need:
+            timeout = self._parsed.wait_timeout if self._parsed else WAIT_TIMEOUT
+            got = int(link.call("WAIT", need, int(timeout * 1000)))
+            if got < need:
+                raise StoreUnavailable(
+                    f"{self.url}: {got} of {need} replica(s) acknowledged within {timeout:g}s: "
+                    f"{what} not on a replica and may be lost in a failover, so it does not "
+                    f"count")
+            self._confirmed = value
+        self._settled = value
+
+    def update(self, mutate: Mutator) -> Keyring:
+        """:meth:`SharedStore.update`, counted only once its result is on a replica.
+
+        * A pass that changes nothing confirms the value it read (it writes it
+          again, unchanged, and waits for a replica), once per value: a write
+          whose ``WAIT`` failed stays on the primary, and seen there it must
+          not count either.
+        * After a failover that lost the one generation no replica had
+          acknowledged, the ring is back at the last value this object saw a
+          replica acknowledge, older than a generation seen: that value is
+          re-issued unchanged at a generation above any that was lost, which
+          every reader admits, and the pass goes on from it.
+        """
+        self._local.updating, self._local.wrote = True, False
+        try:
+            try:
+                ring = super().update(mutate)
+            except _LostWrites as lost:
+                self._reissue(lost)
+                ring = super().update(mutate)
+            loaded = getattr(self._local, "loaded", None)
+            if not self._local.wrote and loaded is not None and loaded != self._settled:
+                self._confirm(loaded)
+            return ring
+        finally:
+            self._local.updating = False
+
+    def _admit(self, generation: int, floor: int) -> None:
+        if generation < floor and getattr(self._local, "updating", False) and \
+                self._confirmed is not None and self._local.loaded == self._confirmed:
+            raise _LostWrites(self.url, generation, max(floor, self.seen_generation))
+        super()._admit(generation, floor)
+
+    def _confirm(self, value: bytes) -> None:
+        try:
+            with self._link() as link:
+                need = self._need(link)
+                # Changed meanwhile: its writer waits for its own write.
+                if need and not link.cas(self.key, "1", value, value):
+                    return
+                self._wait(link, need, value, "the ring read is")
+        except redis.RedisError as exc:
+            raise self._fail("confirm", exc) from exc
+
+    def _reissue(self, lost: _LostWrites) -> None:
+        blob = self._confirmed
+        if blob is None:
+            raise lost
+        plain, _ = self.sealer.open(blob, self.url, self.ring_id)
+        ring = Keyring.from_bytes(plain, self.url)
+        # At most one generation above the last acknowledged one can have
+        # been written (_swap confirms before it writes), so one above both
+        # that and anything seen is above every generation lost.
+        generation = max(lost.seen, ring.generation + 1) + 1
+        log.warning(
+            "%s: the ring is back at generation %d, the last one a replica acknowledged, "
+            "older than generation %d seen: a failover lost writes no replica had "
+            "acknowledged; re-issuing generation %d with the same keys, so that readers "
+            "holding a lost key drop it", self.url, ring.generation, lost.seen, generation)
+        again = Keyring(ring.policy, ring.keys, generation)
+        if self._swap(blob, self.sealer.seal(again.to_bytes(), self.ring_id, generation)):
+            self._note(generation)
+            self.lost_writes_reissued += 1
 
     def _listen(self, watch: WatchThread) -> None:
         pubsub = self._client.pubsub(ignore_subscribe_messages=True)
