@@ -52,8 +52,20 @@ def _cert(cn: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name,
          .serial_number(x509.random_serial_number())
          .not_valid_before(now - datetime.timedelta(hours=1))
          .not_valid_after(now + datetime.timedelta(days=2))
-         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if not ca:
+         .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+         # Python 3.13's default contexts verify with VERIFY_X509_STRICT, which
+         # wants both key identifiers (RFC 5280 section 4.2.1.1-2) and a CA's
+         # keyCertSign usage (section 4.2.1.3).
+         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()),
+                        critical=False)
+         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(
+             issuer_key.public_key()), critical=False))
+    if ca:
+        b = b.add_extension(x509.KeyUsage(
+            digital_signature=False, content_commitment=False, key_encipherment=False,
+            data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+            encipher_only=False, decipher_only=False), critical=True)
+    else:
         usages = [ExtendedKeyUsageOID.CLIENT_AUTH]
         if server:
             usages.append(ExtendedKeyUsageOID.SERVER_AUTH)
