@@ -223,7 +223,7 @@ def test_deep_nesting_needs_no_stack_even_with_a_raised_recursion_limit(tmp_path
     assert "nested more than 16 levels deep" in done.stdout
 
 
-@pytest.mark.parametrize("command", [["status"]])
+@pytest.mark.parametrize("command", [["status"], ["rotate"], ["init"]])
 def test_deep_nesting_is_one_line_from_the_cli(tmp_path: Path, command: list[str]) -> None:
     """`stek status|rotate|init|agent` on a deeply nested keyring: one line, no traceback."""
     path = tmp_path / "ring.json"

@@ -11,8 +11,10 @@ import contextlib
 import grp
 import json
 import os
+import re
 import ssl
 import stat
+import subprocess
 import sys
 import threading
 import time
@@ -185,6 +187,77 @@ def test_stek_init_refuses_a_mirror(tmp_path: Path, capsys: pytest.CaptureFixtur
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is a mirror of" in err and "Traceback" not in err
     assert path.read_bytes() == before
+
+
+# -- the marker is read as the ring is: every check of the file store ------------------
+
+
+def _hostile_mirror(tmp_path: Path, kind: str) -> tuple[Path, str]:
+    """A keyring path the file store refuses, each once a mirror; and the refusal's words."""
+    path, _ = _mirror_file(tmp_path)
+    target = tmp_path / kind
+    if kind == "fifo":  # opening it for reading without O_NONBLOCK waits for a writer
+        os.mkfifo(target, 0o600)
+        return target, "not a regular file"
+    if kind == "symlink":  # to a genuine mirror: following it would find the marker
+        target.symlink_to(path)
+        return target, "symbolic link"
+    if kind == "huge":  # a genuine mirror, padded past MAX_RING_BYTES
+        target.write_bytes(path.read_bytes() + b" " * (2 << 20))
+        os.chmod(target, 0o600)
+        return target, "larger than"
+    assert kind == "deep"
+    target.write_bytes(b"[" * 1_000_000)
+    os.chmod(target, 0o600)
+    return target, "nested more than 16 levels deep"
+
+
+HOSTILE = ["fifo", "symlink", "huge", "deep"]
+
+
+@pytest.mark.parametrize("kind", HOSTILE)
+def test_cli_refuses_what_the_file_store_refuses(tmp_path: Path, kind: str) -> None:
+    """`stek rotate`, `stek init`, `stek agent` on a FIFO, a symbolic link, an oversized or
+    deeply nested file: the file store's one-line refusal, never a hang or a traceback."""
+    path, reason = _hostile_mirror(tmp_path, kind)
+    for command in (["rotate"], ["init"]):
+        done = subprocess.run([sys.executable, "-m", "stek", *command, "--store", f"file:{path}"],
+                              env=child_env(), capture_output=True, text=True, timeout=60)
+        assert done.returncode in (1, 2), (command, done)
+        assert done.stderr.count("\n") == 1 and reason in done.stderr, (command, done.stderr)
+    cmd = [sys.executable, "-m", "stek", "agent", "--no-metrics", "--interval", "1s",
+           "--store", f"file:{path}"]
+    with running(cmd, tmp_path / "agent.log", env=child_env()) as agent:
+        agent.wait_output(f"({re.escape(reason)})")
+        log = agent.output()
+    assert "Traceback" not in log and "is a mirror" not in log, log
+    if kind != "fifo":
+        assert os.path.islink(path) == (kind == "symlink")
+
+
+@pytest.mark.parametrize("kind", HOSTILE[1:])
+def test_install_rotate_reports_what_the_file_store_refuses(tmp_path: Path, certs: Certs,
+                                                            kind: str) -> None:
+    """install(rotate=True) (the gunicorn and uvicorn hooks' default): the store's error,
+    reported as any unreadable store is (not strict: TLS serves, without tickets)."""
+    path, reason = _hostile_mirror(tmp_path, kind)
+    assert mirror_source(path) is None and mirror_source(FileStore(path)) is None
+    with pytest.raises(stek.StoreError, match=re.escape(reason)):
+        stek.install(server_context(certs), FileStore(path), rotate=True, strict=True)
+    inst = stek.install(server_context(certs), FileStore(path), rotate=True)
+    try:
+        assert not inst.store_ok and len(inst.ring) == 0
+    finally:
+        inst.uninstall()
+
+
+@pytest.mark.parametrize("kind", HOSTILE)
+def test_mirror_prepare_refuses_what_the_file_store_refuses(tmp_path: Path, kind: str) -> None:
+    """--mirror on such a path: a ConfigError naming why, and the path left as it was."""
+    path, reason = _hostile_mirror(tmp_path, kind)
+    with pytest.raises(ConfigError, match=re.escape(reason)):
+        open_mirror(f"file:{path}", None, MemoryStore())
+    assert os.path.lexists(path)
 
 
 # -- the agent hook ----------------------------------------------------------------------

@@ -48,8 +48,8 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from ._atomic import write_file
-from .errors import ConfigError
-from .keyring import Keyring
+from .errors import ConfigError, StoreError
+from .keyring import Keyring, parse_document
 from .stores import KeyStore
 from .stores.file import FileStore
 
@@ -75,12 +75,32 @@ class MirroredRing(ConfigError):
 # -- the marker ---------------------------------------------------------------------
 
 
+def read_marker(store: FileStore) -> str | None:
+    """The store the file mirrors, or None if it is missing or a keyring that is no mirror.
+
+    Read as the file store reads the ring (:meth:`FileStore.read_bytes`: no
+    symbolic link, no FIFO, owner and mode checked, size capped) and parsed
+    as it parses it (:func:`~stek.keyring.parse_document`: depth capped).
+    Raises the StoreError that reading the ring itself would raise.
+    """
+    data = store.read_bytes()
+    if data is None:
+        return None
+    doc = parse_document(data, str(store.path))
+    marker = doc.get(MARKER) if isinstance(doc, dict) else None
+    if not isinstance(marker, dict):
+        return None
+    source = marker.get("source")
+    # The source is shown in one-line errors: nothing but a printable string.
+    return source if isinstance(source, str) and source.isprintable() else "a fleet store"
+
+
 def mirror_source(store: KeyStore | str | os.PathLike[str]) -> str | None:
     """The store a keyring file mirrors, or None if it is not a mirror (or not a file store).
 
     ``store``: a store, a store URL or a path.  Unreadable or invalid files
-    answer None: reading them is the caller's business, and its own error
-    says what is wrong.
+    answer None: reading them is the caller's business, and its own read
+    (through the same checks) says what is wrong.
     """
     if isinstance(store, str):
         scheme, sep, rest = store.partition(":")
@@ -88,19 +108,14 @@ def mirror_source(store: KeyStore | str | os.PathLike[str]) -> str | None:
             store = Path(rest[2:] if rest.startswith("//") else rest)
         elif sep and not store.startswith(("/", ".", "~")):
             return None  # redis://, etcd://, memory:
-    if isinstance(store, FileStore):
-        path = store.path
-    elif isinstance(store, (str, os.PathLike)):
-        path = Path(store).expanduser()
-    else:
+    if isinstance(store, (str, os.PathLike)):
+        store = FileStore(store)
+    if not isinstance(store, FileStore):
         return None
     try:
-        doc = json.loads(path.read_bytes())
-    except (OSError, ValueError):
+        return read_marker(store)
+    except StoreError:
         return None
-    if not isinstance(doc, dict) or not isinstance(doc.get(MARKER), dict):
-        return None
-    return str(doc[MARKER].get("source", "a fleet store"))
 
 
 def refuse_rotation(store: KeyStore, advice: str | None = None) -> None:
@@ -178,7 +193,11 @@ class Mirror:
         """Check the set-up before the first pass; raise ConfigError with what to change."""
         if isinstance(store, FileStore) and store.path.absolute() == self.path:
             raise ConfigError(f"--mirror {self.path} is the agent's own --store")
-        if self.path.exists() and mirror_source(self.path) is None:
+        try:
+            source = read_marker(FileStore(self.path))
+        except StoreError as exc:
+            raise ConfigError(f"--mirror: {exc}; move it away or choose another path") from exc
+        if source is None and os.path.lexists(self.path):
             raise ConfigError(
                 f"--mirror {self.path}: the file exists and is not a stek mirror (a host's own "
                 f"keyring?); move it away or choose another path"
@@ -290,5 +309,6 @@ __all__ = [
     "mirror_source",
     "open_mirror",
     "parse_target",
+    "read_marker",
     "refuse_rotation",
 ]
