@@ -11,11 +11,14 @@ import contextlib
 import grp
 import json
 import os
+import pwd
 import re
+import shutil
 import ssl
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -258,6 +261,90 @@ def test_mirror_prepare_refuses_what_the_file_store_refuses(tmp_path: Path, kind
     with pytest.raises(ConfigError, match=re.escape(reason)):
         open_mirror(f"file:{path}", None, MemoryStore())
     assert os.path.lexists(path)
+
+
+# -- workers read the mirror as another user ---------------------------------------------
+
+
+def test_owner_option_is_parsed_not_taken_for_the_path(tmp_path: Path, certs: Certs,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """file:PATH?owner=NAME (what workers are told to use): the marker is found, and the
+    hooks' PerProcessContext installs without rotating instead of raising MirroredRing."""
+    from stek.contrib import PerProcessContext
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the mirror is chowned to another user")
+    path, ring = _mirror_file(tmp_path)
+    os.chown(path, pwd.getpwnam(AGENT_USER).pw_uid, -1)
+    url = f"file:{path}?owner={AGENT_USER}"
+    assert mirror_source(url) == "redis://127.0.0.1:6379/0?prefix=stek"
+    assert mirror_source(open_store(url)) == "redis://127.0.0.1:6379/0?prefix=stek"
+    assert mirror_source(f"file:{path}") is None  # owned by another user: refused, unread
+    assert mirror_source(f"file:{path}?owner=no-such-user-stek") is None
+    monkeypatch.setenv("STEK_STORE", url)
+    hook = PerProcessContext("stek.test")
+    hook.get(lambda: server_context(certs))
+    inst = hook.installation()
+    assert inst is not None
+    try:
+        assert inst.store_ok and inst.ring == ring and inst.store.url == url
+    finally:
+        inst.uninstall()
+
+
+AGENT_USER = "daemon"
+WORKER_USER = "nobody"
+SHARED_GROUP = "nogroup"
+
+
+def test_group_mirror_is_read_by_a_worker_running_as_another_user(certs: Certs,
+                                                                  tmp_path: Path) -> None:
+    """--mirror-group for real: the agent's user owns the 0640 file, in a 2750 directory of
+    the group; two workers running as another user of that group (setuid after loading
+    their certificate) read it through file:PATH?owner=AGENT, the hooks' way, and resume
+    each other's tickets.  Without ?owner= a worker refuses the file and issues none."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: chown and setuid")
+    agent_uid = pwd.getpwnam(AGENT_USER).pw_uid
+    # tmp_path's parents are root's 0700: the mirror goes where the worker can reach it.
+    base = Path(tempfile.mkdtemp(prefix="stek-mirror-"))
+    servers: list[ServerProc] = []
+    try:
+        os.chmod(base, 0o755)
+        path = base / "run" / "mirror.json"
+        ring = _ring()
+        mirror = open_mirror(f"file:{path}", SHARED_GROUP, MemoryStore())
+        assert mirror.write(ring)
+        for p in (path.parent, path):
+            os.chown(p, agent_uid, -1)
+        st = path.stat()
+        assert (st.st_uid, st.st_gid) == (agent_uid, grp.getgrnam(SHARED_GROUP).gr_gid)
+        assert stat.S_IMODE(st.st_mode) == 0o640
+        env = child_env(FLEET_SERVER_USER=f"{WORKER_USER}:{SHARED_GROUP}")
+        url = f"file:{path}?owner={AGENT_USER}"
+        for i in range(2):
+            servers.append(ServerProc(certs, url, env, tmp_path / f"worker{i}.log"))
+        refusing = ServerProc(certs, f"file:{path}", env, tmp_path / "no-owner.log")
+        servers.append(refusing)
+        worker_uid = pwd.getpwnam(WORKER_USER).pw_uid
+        for s in servers:
+            assert Path(f"/proc/{s.proc.pid}/status").read_text().count(f"\t{worker_uid}") >= 4
+        for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+            cctx = client_context(certs, version)
+            first = ask(servers[0].port, cctx)
+            assert not first.reused and first.doc["generation"] == ring.generation
+            again = ask(servers[1].port, cctx, first.session)
+            assert again.reused and again.doc["counters"]["resumed"] >= 1
+            assert ask(servers[0].port, cctx, again.session).reused
+            assert not ask(refusing.port, cctx, again.session).reused
+        assert ask(refusing.port, cctx).doc["generation"] == 0
+        assert "unreadable at start" in refusing.log.read_text()
+        for s in servers[:2]:
+            assert "Traceback" not in s.log.read_text()
+    finally:
+        for s in servers:
+            s.stop()
+        shutil.rmtree(base)
 
 
 # -- the agent hook ----------------------------------------------------------------------

@@ -50,7 +50,7 @@ from prometheus_client.registry import Collector
 from ._atomic import write_file
 from .errors import ConfigError, StoreError
 from .keyring import Keyring, parse_document
-from .stores import KeyStore
+from .stores import KeyStore, open_store
 from .stores.file import FileStore
 
 if TYPE_CHECKING:
@@ -102,19 +102,17 @@ def mirror_source(store: KeyStore | str | os.PathLike[str]) -> str | None:
     answer None: reading them is the caller's business, and its own read
     (through the same checks) says what is wrong.
     """
-    if isinstance(store, str):
-        scheme, sep, rest = store.partition(":")
-        if sep and scheme.lower() == "file":
-            store = Path(rest[2:] if rest.startswith("//") else rest)
-        elif sep and not store.startswith(("/", ".", "~")):
-            return None  # redis://, etcd://, memory:
-    if isinstance(store, (str, os.PathLike)):
-        store = FileStore(store)
-    if not isinstance(store, FileStore):
-        return None
     try:
-        return read_marker(store)
-    except StoreError:
+        if isinstance(store, str):
+            scheme, sep, _ = store.strip().partition(":")
+            if sep and scheme.lower() != "file" and not store.startswith(("/", ".", "~")):
+                return None  # redis://, etcd://, memory: (never opened here)
+            # file:PATH?owner=NAME: the query is the store's to parse, never part of the path.
+            store = open_store(store)
+        elif isinstance(store, os.PathLike):
+            store = FileStore(store)
+        return read_marker(store) if isinstance(store, FileStore) else None
+    except (StoreError, ConfigError):
         return None
 
 
