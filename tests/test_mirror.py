@@ -52,6 +52,10 @@ from stek.stores import FileStore, MemoryStore, open_store
 #: every worker reading a mirror within this many seconds.
 PROPAGATION_BOUND = 2.0
 WORKERS = 4
+#: The end-to-end tests' ring rotates every 2 minutes, so the test's rotations (run
+#: one and two slots ahead of the clock) publish keys no further ahead than readers
+#: accept (publish_ahead plus MAX_CLOCK_SKEW, stek.schedule.check_windows).
+FAST = Policy(rotate_every=120, accept_for=3600, publish_ahead=600)
 
 
 def _ring() -> Keyring:
@@ -485,7 +489,7 @@ def _rotate_and_wait(host: Host, fleet: Any, cctx: ssl.SSLContext, step: int,
                      timeout: float) -> float:
     """Rotate the fleet store (a new key) and return the seconds until every worker had it."""
     t0 = time.monotonic()
-    ring = rotate(fleet, now=time.time() + step * Policy().rotate_every).ring
+    ring = rotate(fleet, now=time.time() + step * FAST.rotate_every).ring
     assert ring.generation > 1
     latest = host.generations(cctx, ring.generation, t0 + timeout)
     took = time.monotonic() - t0
@@ -510,7 +514,7 @@ def test_agent_mirror_serves_workers_without_the_kek(kind: str, certs: Certs, ke
     server.start()
     try:
         fleet = shared(server.url, kek_file)
-        init_ring(fleet, Policy())
+        init_ring(fleet, FAST)
         mirror = tmp_path / "run" / "stek" / "mirror.json"
         agent_cmd = [sys.executable, "-m", "stek.cli", "agent", "--store", server.url,
                      "--kek-file", str(kek_file), "--mirror", f"file:{mirror}",
