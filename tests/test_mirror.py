@@ -123,6 +123,48 @@ def test_mirror_group_makes_it_group_readable(tmp_path: Path) -> None:
     assert FileStore(path).read().generation == 1
 
 
+@contextlib.contextmanager
+def _umask(mask: int) -> Iterator[None]:
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize("group", [None, "shared"])
+def test_mirror_directories_are_private_whatever_the_umask(tmp_path: Path,
+                                                           group: str | None) -> None:
+    """Under umask 000, missing directories are 0700 (0711 above a --mirror-group one,
+    which is 2750), never 0777."""
+    path = tmp_path / "a" / "b" / "mirror.json"
+    with _umask(0):
+        m = open_mirror(f"file:{path}", _other_group() if group else None, MemoryStore())
+        assert m.write(_ring())
+    modes = [stat.S_IMODE(d.stat().st_mode) for d in (tmp_path / "a", path.parent)]
+    assert modes == ([0o700, 0o700] if group is None else [0o711, 0o2750])
+    assert stat.S_IMODE(path.stat().st_mode) == (0o600 if group is None else 0o640)
+
+
+def test_mirror_refuses_a_directory_others_could_write_or_own(tmp_path: Path) -> None:
+    """An existing directory must be safe, as for exports: not group- or world-writable,
+    and this user's or root's; nothing is written under one that is not."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    with pytest.raises(ConfigError, match=r"refusing to write keys under .*writable by group"):
+        open_mirror(f"file:{shared}/mirror.json", None, MemoryStore())
+    assert list(shared.iterdir()) == []
+    if os.geteuid() == 0:
+        theirs = tmp_path / "theirs"
+        theirs.mkdir(mode=0o755)
+        os.chown(theirs, pwd.getpwnam(AGENT_USER).pw_uid, -1)
+        with pytest.raises(ConfigError, match=r"refusing .* owned by uid"):
+            open_mirror(f"file:{theirs}/mirror.json", _other_group(), MemoryStore())
+        assert list(theirs.iterdir()) == []
+        assert stat.S_IMODE(theirs.stat().st_mode) == 0o755
+
+
 def test_unknown_group_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="no such group"):
         open_mirror(f"file:{tmp_path}/m.json", "no-such-group-stek", MemoryStore())

@@ -20,6 +20,10 @@ need neither.  The fleet store sees one client per host.
   group already (``open(2)``: "if the set-group-ID bit is set on the parent
   directory, then the group ownership is taken from the parent directory")
   and no reader ever sees the new file with the wrong group.
+* Missing directories are created 0700 whatever the umask (0711 above a
+  shared one, so the group can reach it); an existing directory must belong
+  to this user or root and be writable by no one else, as for exports
+  (:func:`stek._atomic.unsafe_dir_reason`).
 * The file is a normal stek keyring plus one top-level field, ``MARKER``,
   naming the store it mirrors.  :func:`refuse_rotation` looks for it: a
   worker must not rotate a mirror (its write would be overwritten by the next
@@ -47,7 +51,7 @@ from typing import TYPE_CHECKING
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ._atomic import write_file
+from ._atomic import ensure_dir, unsafe_dir_reason, write_file
 from .errors import ConfigError, StoreError
 from .keyring import Keyring, parse_document
 from .stores import KeyStore, open_store
@@ -191,6 +195,15 @@ class Mirror:
         """Check the set-up before the first pass; raise ConfigError with what to change."""
         if isinstance(store, FileStore) and store.path.absolute() == self.path:
             raise ConfigError(f"--mirror {self.path} is the agent's own --store")
+        directory = self.path.parent
+        try:
+            reason = unsafe_dir_reason(directory)
+        except OSError as exc:
+            raise ConfigError(f"--mirror {self.path}: cannot use {directory}: "
+                              f"{exc.strerror}") from exc
+        if reason is not None:  # the rule exports follow (stek.export.write)
+            raise ConfigError(f"--mirror {self.path}: refusing to write keys under {directory}: "
+                              f"it is {reason}")
         try:
             source = read_marker(FileStore(self.path))
         except StoreError as exc:
@@ -201,12 +214,16 @@ class Mirror:
                 f"keyring?); move it away or choose another path"
             )
         try:
-            self.path.parent.mkdir(mode=0o700 if self.gid is None else 0o750, parents=True,
-                                   exist_ok=True)
-            if self.gid is not None:
+            if self.gid is None:
+                ensure_dir(directory)  # and missing parents, 0700 whatever the umask
+            else:
+                # Missing parents: searchable by the workers (0711), never listable;
+                # the mirror's own directory admits the group alone (_share_dir).
+                ensure_dir(directory.parent, 0o711)
+                ensure_dir(directory, 0o750)
                 self._share_dir()
         except OSError as exc:
-            raise ConfigError(f"--mirror {self.path}: cannot prepare {self.path.parent}: "
+            raise ConfigError(f"--mirror {self.path}: cannot prepare {directory}: "
                               f"{exc.strerror}") from exc
 
     def _share_dir(self) -> None:
