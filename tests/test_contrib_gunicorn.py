@@ -35,6 +35,7 @@ from procs import (
 )
 from stek.contrib import PerProcessContext
 from stek.contrib import gunicorn as stek_gunicorn
+from stek.stores import MemoryStore
 
 WORKERS = 4
 RECONNECTS = 40
@@ -333,3 +334,38 @@ def test_gunicorn_with_dead_redis_serves_then_picks_up_the_ring(
     outages = re.findall(r"unreadable at start", log)
     assert 1 <= len(outages) <= WORKERS, log
     assert len(re.findall(r"is back", log)) <= WORKERS
+
+
+def test_gunicorn_workers_read_a_mirror_owned_by_the_agents_user(certs: Certs,
+                                                                 tmp_path: Path) -> None:
+    """STEK_STORE=file:MIRROR?owner=NAME, as docs/fleet.md sets it for workers, on a mirror
+    really owned by NAME: every worker boots (the hook sees a mirror: no rotation), serves
+    its ring and resumes the other workers' tickets; the mirror is left as it was."""
+    import pwd
+
+    from stek.mirror import Mirror
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the mirror is chowned to another user")
+    agent_user = pwd.getpwnam("daemon")
+    ring = stek.init_ring(MemoryStore(), stek.Policy()).ring
+    path = tmp_path / "run" / "mirror.json"
+    mirror = Mirror(path, source="redis://127.0.0.1:6379/0")
+    mirror.prepare(MemoryStore())
+    assert mirror.write(ring)
+    os.chown(path, agent_user.pw_uid, agent_user.pw_gid)
+    before = path.read_bytes()
+    env = env_with(STEK_STORE=f"file:{path}?owner={agent_user.pw_name}")
+    cctx = client_context(certs, ssl.TLSVersion.TLSv1_3)
+    with gunicorn(certs, tmp_path, with_stek=True, env=env) as (port, proc):
+        run = reconnect_run(port, cctx, RECONNECTS)
+        issuer, replies = cross_worker(port, cctx, 5)
+        log = proc.output()
+    assert run.resumed >= RECONNECTS - 1, run
+    assert issuer not in {r.body["pid"] for r in replies}
+    assert all(r.reused and r.body["counters"]["resumed"] >= 1 for r in replies)
+    assert {r.body["generation"] for r in [*run.replies, *replies]} == {ring.generation}
+    assert "Traceback" not in log and "is a mirror" not in log
+    assert len({r.body["pid"] for r in [*run.replies, *replies]}) >= 2  # workers, not one
+    assert path.read_bytes() == before and path.stat().st_uid == agent_user.pw_uid
+    assert not path.with_name("mirror.json.lock").exists()  # nobody tried to rotate it

@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 
 from servers_fleet import child_env
 from stek import Keyring, Policy, SealingError, StoreCorrupt
+from stek.keyring import nesting_depth
 from stek.rotation import init_ring
 from stek.stores import FileStore, MemoryStore
 from stek.stores.sealing import KEK_LEN, Sealer, SharedStore, WatchThread
@@ -157,10 +158,27 @@ def test_hostile_keyring_is_one_clear_line(tmp_path: Path, text: str, reason: st
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
 
 
-def test_deep_nesting_is_refused_in_a_small_thread_stack(tmp_path: Path) -> None:
-    """Refreshers run in threads: the refusal must not need a deep stack."""
+#: A small thread stack, as a refresher or a server's worker thread may have.
+SMALL_STACK = 256 * 1024
+DEEP = [b"[" * 1_000_000, b'{"a":' * 200_000, b'[{"k":"]]]\\\\"},' * 50_000]
+
+
+def _in_small_stack(target: Callable[[], None]) -> None:
+    """Run ``target`` in a thread with a SMALL_STACK stack; the default is restored."""
+    old = threading.stack_size(SMALL_STACK)
+    try:
+        t = threading.Thread(target=target)
+        t.start()
+    finally:
+        threading.stack_size(old)
+    t.join()
+
+
+@pytest.mark.parametrize("data", DEEP, ids=["arrays", "objects", "strings"])
+def test_deep_nesting_is_refused_in_a_small_thread_stack(tmp_path: Path, data: bytes) -> None:
+    """Refreshers run in threads: the refusal comes before the parser, which would recurse."""
     path = tmp_path / "ring.json"
-    path.write_bytes(b"[" * 1_000_000)
+    path.write_bytes(data)
     os.chmod(path, 0o600)
     errors: list[BaseException] = []
 
@@ -170,7 +188,64 @@ def test_deep_nesting_is_refused_in_a_small_thread_stack(tmp_path: Path) -> None
         except BaseException as exc:
             errors.append(exc)
 
-    t = threading.Thread(target=read)
-    t.start()
-    t.join()
-    assert len(errors) == 1 and isinstance(errors[0], StoreCorrupt)
+    _in_small_stack(read)
+    assert threading.stack_size() == 0
+    assert len(errors) == 1 and isinstance(errors[0], StoreCorrupt), errors
+    assert "nested more than 16 levels deep" in str(errors[0])
+
+
+def test_deep_nesting_needs_no_stack_even_with_a_raised_recursion_limit(tmp_path: Path) -> None:
+    """An application that raised sys.setrecursionlimit() (json's C parser then recursed until
+    the thread's stack overflowed: a segmentation fault) still gets StoreCorrupt."""
+    path = tmp_path / "ring.json"
+    path.write_bytes(DEEP[0])
+    os.chmod(path, 0o600)
+    code = (
+        "import sys, threading\n"
+        "from stek import StoreCorrupt\n"
+        "from stek.stores import FileStore\n"
+        "sys.setrecursionlimit(1_000_000)\n"
+        f"threading.stack_size({SMALL_STACK})\n"
+        "out = []\n"
+        "def read():\n"
+        "    try:\n"
+        f"        FileStore({str(path)!r}).read()\n"
+        "    except StoreCorrupt as exc:\n"
+        "        out.append(str(exc))\n"
+        "t = threading.Thread(target=read)\n"
+        "t.start()\n"
+        "t.join()\n"
+        "print(out)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=child_env(), capture_output=True,
+                          text=True, timeout=60)
+    assert done.returncode == 0, (done.returncode, done.stderr[-2000:])
+    assert "nested more than 16 levels deep" in done.stdout
+
+
+@pytest.mark.parametrize("command", [["status"], ["rotate"], ["init"]])
+def test_deep_nesting_is_one_line_from_the_cli(tmp_path: Path, command: list[str]) -> None:
+    """`stek status|rotate|init|agent` on a deeply nested keyring: one line, no traceback."""
+    path = tmp_path / "ring.json"
+    path.write_bytes(DEEP[0])
+    os.chmod(path, 0o600)
+    done = subprocess.run([sys.executable, "-m", "stek", *command, "--store", f"file:{path}"],
+                          env=child_env(), capture_output=True, text=True, timeout=60)
+    assert done.returncode in (1, 2), done
+    assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "nested more than 16 levels deep" in done.stderr
+    assert path.read_bytes() == DEEP[0]
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=json_values | st.recursive(st.text(alphabet='[]{}"\\a'), lambda inner:
+                                        st.lists(inner, max_size=3), max_leaves=30))
+def test_nesting_depth_is_the_parsers(value: Any) -> None:
+    """nesting_depth() agrees with the parsed value, brackets and escapes in strings included."""
+    def depth(v: Any) -> int:
+        children = v.values() if isinstance(v, dict) else v if isinstance(v, list) else None
+        return 0 if children is None else 1 + max(map(depth, children), default=0)
+
+    for ensure_ascii in (True, False):
+        text = json.dumps(value, ensure_ascii=ensure_ascii, allow_nan=True).encode()
+        assert nesting_depth(text) == depth(value)

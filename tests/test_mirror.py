@@ -11,9 +11,14 @@ import contextlib
 import grp
 import json
 import os
+import pwd
+import re
+import shutil
 import ssl
 import stat
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -47,6 +52,10 @@ from stek.stores import FileStore, MemoryStore, open_store
 #: every worker reading a mirror within this many seconds.
 PROPAGATION_BOUND = 2.0
 WORKERS = 4
+#: The end-to-end tests' ring rotates every 2 minutes, so the test's rotations (run
+#: one and two slots ahead of the clock) publish keys no further ahead than readers
+#: accept (publish_ahead plus MAX_CLOCK_SKEW, stek.schedule.check_windows).
+FAST = Policy(rotate_every=120, accept_for=3600, publish_ahead=600)
 
 
 def _ring() -> Keyring:
@@ -112,6 +121,48 @@ def test_mirror_group_makes_it_group_readable(tmp_path: Path) -> None:
     assert stat.S_IMODE(st.st_mode) == 0o640 and st.st_gid == gid
     assert stat.S_IMODE(dst.st_mode) == 0o2750 and dst.st_gid == gid
     assert FileStore(path).read().generation == 1
+
+
+@contextlib.contextmanager
+def _umask(mask: int) -> Iterator[None]:
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize("group", [None, "shared"])
+def test_mirror_directories_are_private_whatever_the_umask(tmp_path: Path,
+                                                           group: str | None) -> None:
+    """Under umask 000, missing directories are 0700 (0711 above a --mirror-group one,
+    which is 2750), never 0777."""
+    path = tmp_path / "a" / "b" / "mirror.json"
+    with _umask(0):
+        m = open_mirror(f"file:{path}", _other_group() if group else None, MemoryStore())
+        assert m.write(_ring())
+    modes = [stat.S_IMODE(d.stat().st_mode) for d in (tmp_path / "a", path.parent)]
+    assert modes == ([0o700, 0o700] if group is None else [0o711, 0o2750])
+    assert stat.S_IMODE(path.stat().st_mode) == (0o600 if group is None else 0o640)
+
+
+def test_mirror_refuses_a_directory_others_could_write_or_own(tmp_path: Path) -> None:
+    """An existing directory must be safe, as for exports: not group- or world-writable,
+    and this user's or root's; nothing is written under one that is not."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(shared, 0o777)
+    with pytest.raises(ConfigError, match=r"refusing to write keys under .*writable by group"):
+        open_mirror(f"file:{shared}/mirror.json", None, MemoryStore())
+    assert list(shared.iterdir()) == []
+    if os.geteuid() == 0:
+        theirs = tmp_path / "theirs"
+        theirs.mkdir(mode=0o755)
+        os.chown(theirs, pwd.getpwnam(AGENT_USER).pw_uid, -1)
+        with pytest.raises(ConfigError, match=r"refusing .* owned by uid"):
+            open_mirror(f"file:{theirs}/mirror.json", _other_group(), MemoryStore())
+        assert list(theirs.iterdir()) == []
+        assert stat.S_IMODE(theirs.stat().st_mode) == 0o755
 
 
 def test_unknown_group_is_a_config_error(tmp_path: Path) -> None:
@@ -185,6 +236,161 @@ def test_stek_init_refuses_a_mirror(tmp_path: Path, capsys: pytest.CaptureFixtur
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "is a mirror of" in err and "Traceback" not in err
     assert path.read_bytes() == before
+
+
+# -- the marker is read as the ring is: every check of the file store ------------------
+
+
+def _hostile_mirror(tmp_path: Path, kind: str) -> tuple[Path, str]:
+    """A keyring path the file store refuses, each once a mirror; and the refusal's words."""
+    path, _ = _mirror_file(tmp_path)
+    target = tmp_path / kind
+    if kind == "fifo":  # opening it for reading without O_NONBLOCK waits for a writer
+        os.mkfifo(target, 0o600)
+        return target, "not a regular file"
+    if kind == "symlink":  # to a genuine mirror: following it would find the marker
+        target.symlink_to(path)
+        return target, "symbolic link"
+    if kind == "huge":  # a genuine mirror, padded past MAX_RING_BYTES
+        target.write_bytes(path.read_bytes() + b" " * (2 << 20))
+        os.chmod(target, 0o600)
+        return target, "larger than"
+    assert kind == "deep"
+    target.write_bytes(b"[" * 1_000_000)
+    os.chmod(target, 0o600)
+    return target, "nested more than 16 levels deep"
+
+
+HOSTILE = ["fifo", "symlink", "huge", "deep"]
+
+
+@pytest.mark.parametrize("kind", HOSTILE)
+def test_cli_refuses_what_the_file_store_refuses(tmp_path: Path, kind: str) -> None:
+    """`stek rotate`, `stek init`, `stek agent` on a FIFO, a symbolic link, an oversized or
+    deeply nested file: the file store's one-line refusal, never a hang or a traceback."""
+    path, reason = _hostile_mirror(tmp_path, kind)
+    for command in (["rotate"], ["init"]):
+        done = subprocess.run([sys.executable, "-m", "stek", *command, "--store", f"file:{path}"],
+                              env=child_env(), capture_output=True, text=True, timeout=60)
+        assert done.returncode in (1, 2), (command, done)
+        assert done.stderr.count("\n") == 1 and reason in done.stderr, (command, done.stderr)
+    cmd = [sys.executable, "-m", "stek", "agent", "--no-metrics", "--interval", "1s",
+           "--store", f"file:{path}"]
+    with running(cmd, tmp_path / "agent.log", env=child_env()) as agent:
+        agent.wait_output(f"({re.escape(reason)})")
+        log = agent.output()
+    assert "Traceback" not in log and "is a mirror" not in log, log
+    if kind != "fifo":
+        assert os.path.islink(path) == (kind == "symlink")
+
+
+@pytest.mark.parametrize("kind", HOSTILE[1:])
+def test_install_rotate_reports_what_the_file_store_refuses(tmp_path: Path, certs: Certs,
+                                                            kind: str) -> None:
+    """install(rotate=True) (the gunicorn and uvicorn hooks' default): the store's error,
+    reported as any unreadable store is (not strict: TLS serves, without tickets)."""
+    path, reason = _hostile_mirror(tmp_path, kind)
+    assert mirror_source(path) is None and mirror_source(FileStore(path)) is None
+    with pytest.raises(stek.StoreError, match=re.escape(reason)):
+        stek.install(server_context(certs), FileStore(path), rotate=True, strict=True)
+    inst = stek.install(server_context(certs), FileStore(path), rotate=True)
+    try:
+        assert not inst.store_ok and len(inst.ring) == 0
+    finally:
+        inst.uninstall()
+
+
+@pytest.mark.parametrize("kind", HOSTILE)
+def test_mirror_prepare_refuses_what_the_file_store_refuses(tmp_path: Path, kind: str) -> None:
+    """--mirror on such a path: a ConfigError naming why, and the path left as it was."""
+    path, reason = _hostile_mirror(tmp_path, kind)
+    with pytest.raises(ConfigError, match=re.escape(reason)):
+        open_mirror(f"file:{path}", None, MemoryStore())
+    assert os.path.lexists(path)
+
+
+# -- workers read the mirror as another user ---------------------------------------------
+
+
+def test_owner_option_is_parsed_not_taken_for_the_path(tmp_path: Path, certs: Certs,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """file:PATH?owner=NAME (what workers are told to use): the marker is found, and the
+    hooks' PerProcessContext installs without rotating instead of raising MirroredRing."""
+    from stek.contrib import PerProcessContext
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root: the mirror is chowned to another user")
+    path, ring = _mirror_file(tmp_path)
+    os.chown(path, pwd.getpwnam(AGENT_USER).pw_uid, -1)
+    url = f"file:{path}?owner={AGENT_USER}"
+    assert mirror_source(url) == "redis://127.0.0.1:6379/0?prefix=stek"
+    assert mirror_source(open_store(url)) == "redis://127.0.0.1:6379/0?prefix=stek"
+    assert mirror_source(f"file:{path}") is None  # owned by another user: refused, unread
+    assert mirror_source(f"file:{path}?owner=no-such-user-stek") is None
+    monkeypatch.setenv("STEK_STORE", url)
+    hook = PerProcessContext("stek.test")
+    hook.get(lambda: server_context(certs))
+    inst = hook.installation()
+    assert inst is not None
+    try:
+        assert inst.store_ok and inst.ring == ring and inst.store.url == url
+    finally:
+        inst.uninstall()
+
+
+AGENT_USER = "daemon"
+WORKER_USER = "nobody"
+SHARED_GROUP = "nogroup"
+
+
+def test_group_mirror_is_read_by_a_worker_running_as_another_user(certs: Certs,
+                                                                  tmp_path: Path) -> None:
+    """--mirror-group for real: the agent's user owns the 0640 file, in a 2750 directory of
+    the group; two workers running as another user of that group (setuid after loading
+    their certificate) read it through file:PATH?owner=AGENT, the hooks' way, and resume
+    each other's tickets.  Without ?owner= a worker refuses the file and issues none."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root: chown and setuid")
+    agent_uid = pwd.getpwnam(AGENT_USER).pw_uid
+    # tmp_path's parents are root's 0700: the mirror goes where the worker can reach it.
+    base = Path(tempfile.mkdtemp(prefix="stek-mirror-"))
+    servers: list[ServerProc] = []
+    try:
+        os.chmod(base, 0o755)
+        path = base / "run" / "mirror.json"
+        ring = _ring()
+        mirror = open_mirror(f"file:{path}", SHARED_GROUP, MemoryStore())
+        assert mirror.write(ring)
+        for p in (path.parent, path):
+            os.chown(p, agent_uid, -1)
+        st = path.stat()
+        assert (st.st_uid, st.st_gid) == (agent_uid, grp.getgrnam(SHARED_GROUP).gr_gid)
+        assert stat.S_IMODE(st.st_mode) == 0o640
+        env = child_env(FLEET_SERVER_USER=f"{WORKER_USER}:{SHARED_GROUP}")
+        url = f"file:{path}?owner={AGENT_USER}"
+        for i in range(2):
+            servers.append(ServerProc(certs, url, env, tmp_path / f"worker{i}.log"))
+        refusing = ServerProc(certs, f"file:{path}", env, tmp_path / "no-owner.log")
+        servers.append(refusing)
+        worker_uid = pwd.getpwnam(WORKER_USER).pw_uid
+        for s in servers:
+            assert Path(f"/proc/{s.proc.pid}/status").read_text().count(f"\t{worker_uid}") >= 4
+        for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
+            cctx = client_context(certs, version)
+            first = ask(servers[0].port, cctx)
+            assert not first.reused and first.doc["generation"] == ring.generation
+            again = ask(servers[1].port, cctx, first.session)
+            assert again.reused and again.doc["counters"]["resumed"] >= 1
+            assert ask(servers[0].port, cctx, again.session).reused
+            assert not ask(refusing.port, cctx, again.session).reused
+        assert ask(refusing.port, cctx).doc["generation"] == 0
+        assert "unreadable at start" in refusing.log.read_text()
+        for s in servers[:2]:
+            assert "Traceback" not in s.log.read_text()
+    finally:
+        for s in servers:
+            s.stop()
+        shutil.rmtree(base)
 
 
 # -- the agent hook ----------------------------------------------------------------------
@@ -321,20 +527,11 @@ def _cross_resumption(host: Host, cctx: ssl.SSLContext) -> None:
     assert ask(b.port, cctx, g1.session).reused
 
 
-#: A ring whose rotations, simulated a few periods ahead, stay within what a
-#: reader accepts (stek.schedule.MAX_CLOCK_SKEW past publish_ahead).
-FAST = Policy(rotate_every=60, accept_for=600, publish_ahead=30)
-
-
 def _rotate_and_wait(host: Host, fleet: Any, cctx: ssl.SSLContext, step: int,
                      timeout: float) -> float:
     """Rotate the fleet store (a new key) and return the seconds until every worker had it."""
     t0 = time.monotonic()
-    # A rotation ``step`` periods ahead.  Readers refuse a key that activates
-    # further ahead than publish_ahead (plus clock skew), so the ring's period
-    # is short enough (FAST) for the step to stay inside that bound.
-    period = fleet.read().policy.rotate_every
-    ring = rotate(fleet, now=time.time() + step * period).ring
+    ring = rotate(fleet, now=time.time() + step * FAST.rotate_every).ring
     assert ring.generation > 1
     latest = host.generations(cctx, ring.generation, t0 + timeout)
     took = time.monotonic() - t0

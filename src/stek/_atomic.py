@@ -132,6 +132,22 @@ def unsafe_reason(st: os.stat_result, *, owners: tuple[int, ...] = (),
     return None
 
 
+def unsafe_dir_reason(directory: str | os.PathLike[str]) -> str | None:
+    """Why keys must not be written under ``directory``, or None.
+
+    None also when it does not exist yet (:func:`ensure_dir` creates it, 0700,
+    or fails naming what is in the way: ENOTDIR, a file where a parent
+    should be).  An existing one must pass :func:`unsafe_reason`: another user
+    could read key files from it, or swap files in.  Raises OSError if it
+    cannot be examined.
+    """
+    try:
+        st = os.stat(directory)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    return unsafe_reason(st)
+
+
 def remove_file(path: str | os.PathLike[str]) -> bool:
     """Unlink ``path``; False if it was already gone."""
     try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import itertools
 import json
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -39,6 +40,10 @@ FORMAT_VERSION = 1
 #: A serialized ring of MAX_KEYS keys is about 20 KB; anything far larger is
 #: not a ring, and is refused before it is parsed.
 MAX_RING_BYTES = 1 << 20
+#: A ring nests 3 deep (ring, its key list, a key).  CPython's json parser
+#: recurses once per level, in C, on the calling thread's stack (a
+#: refresher's may be small), so deeper text is refused before it is parsed.
+MAX_DEPTH = 16
 #: Generations fit the sealed header's unsigned 64-bit field (stores/sealing.py).
 MAX_GENERATION = 2**63 - 1
 
@@ -46,6 +51,49 @@ MAX_GENERATION = 2**63 - 1
 def _reject_constant(name: str) -> Any:
     # json.loads accepts NaN, Infinity and -Infinity by default (not JSON, RFC 8259 section 6).
     raise ValueError(f"{name} is not a number")
+
+
+# Brackets count +1 and -1 (as signed bytes); every other byte is dropped.
+_STEPS = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def nesting_depth(data: bytes) -> int:
+    """How deep the arrays and objects of the JSON text ``data`` nest; no recursion.
+
+    RFC 8259 section 7: inside a string a quotation mark is always escaped
+    and a backslash always starts an escape, so once escaped backslashes and
+    quotation marks are gone, the quotation marks left delimit the strings,
+    and the brackets outside them are the structure.  Exact for valid UTF-8
+    JSON; for invalid text, exact up to the first error, where a parser stops.
+    """
+    unescaped = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    outside = b"".join(unescaped.split(b'"')[::2])
+    steps = outside.translate(_STEPS, _NOT_BRACKETS)
+    return max(itertools.accumulate(memoryview(steps).cast("b")), default=0)
+
+
+def parse_document(data: bytes, where: str = "keyring") -> Any:
+    """The JSON value of a keyring file or sealed value; StoreCorrupt for anything else.
+
+    Sizes past :data:`MAX_RING_BYTES` and nesting past :data:`MAX_DEPTH` are
+    refused before parsing; the text must be UTF-8 (what ``to_bytes``
+    writes: ``json.loads`` would also guess UTF-16 or UTF-32 from bytes).
+    """
+    if len(data) > MAX_RING_BYTES:
+        raise StoreCorrupt(f"{where}: not a stek keyring (larger than {MAX_RING_BYTES} bytes)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise StoreCorrupt(f"{where}: not a stek keyring (not JSON)") from None
+    if nesting_depth(data) > MAX_DEPTH:
+        raise StoreCorrupt(f"{where}: not a stek keyring (not JSON: nested more than "
+                           f"{MAX_DEPTH} levels deep)")
+    try:
+        return json.loads(text, parse_constant=_reject_constant)
+    except ValueError:
+        # JSONDecodeError, NaN/Infinity and integers past CPython's digit limit.
+        raise StoreCorrupt(f"{where}: not a stek keyring (not JSON)") from None
 
 
 def _int(value: Any, label: str, high: int, low: int = 0) -> int:
@@ -164,14 +212,7 @@ class Keyring:
         far ahead it activates too (:func:`~stek.schedule.check_windows`).
         Messages name the problem and never quote the content (it may be keys).
         """
-        if len(data) > MAX_RING_BYTES:
-            raise StoreCorrupt(f"{where}: not a stek keyring (larger than {MAX_RING_BYTES} bytes)")
-        try:
-            doc = json.loads(data, parse_constant=_reject_constant)
-        except (ValueError, RecursionError):
-            # ValueError covers UnicodeDecodeError, JSONDecodeError, NaN/Infinity
-            # and integers past CPython's digit limit; RecursionError, deep nesting.
-            raise StoreCorrupt(f"{where}: not a stek keyring (not JSON)") from None
+        doc = parse_document(data, where)
         if not isinstance(doc, dict) or doc.get("format") != FORMAT:
             raise StoreCorrupt(f"{where}: not a stek keyring (no '{FORMAT}' marker)")
         if doc.get("version") != FORMAT_VERSION or isinstance(doc.get("version"), bool):

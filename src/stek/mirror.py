@@ -20,6 +20,10 @@ need neither.  The fleet store sees one client per host.
   group already (``open(2)``: "if the set-group-ID bit is set on the parent
   directory, then the group ownership is taken from the parent directory")
   and no reader ever sees the new file with the wrong group.
+* Missing directories are created 0700 whatever the umask (0711 above a
+  shared one, so the group can reach it); an existing directory must belong
+  to this user or root and be writable by no one else, as for exports
+  (:func:`stek._atomic.unsafe_dir_reason`).
 * The file is a normal stek keyring plus one top-level field, ``MARKER``,
   naming the store it mirrors.  :func:`refuse_rotation` looks for it: a
   worker must not rotate a mirror (its write would be overwritten by the next
@@ -47,10 +51,10 @@ from typing import TYPE_CHECKING
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ._atomic import write_file
-from .errors import ConfigError
-from .keyring import Keyring
-from .stores import KeyStore
+from ._atomic import ensure_dir, unsafe_dir_reason, write_file
+from .errors import ConfigError, StoreError
+from .keyring import Keyring, parse_document
+from .stores import KeyStore, open_store
 from .stores.file import FileStore
 
 if TYPE_CHECKING:
@@ -75,32 +79,45 @@ class MirroredRing(ConfigError):
 # -- the marker ---------------------------------------------------------------------
 
 
+def read_marker(store: FileStore) -> str | None:
+    """The store the file mirrors, or None if it is missing or a keyring that is no mirror.
+
+    Read as the file store reads the ring (:meth:`FileStore.read_bytes`: no
+    symbolic link, no FIFO, owner and mode checked, size capped) and parsed
+    as it parses it (:func:`~stek.keyring.parse_document`: depth capped).
+    Raises the StoreError that reading the ring itself would raise.
+    """
+    data = store.read_bytes()
+    if data is None:
+        return None
+    doc = parse_document(data, str(store.path))
+    marker = doc.get(MARKER) if isinstance(doc, dict) else None
+    if not isinstance(marker, dict):
+        return None
+    source = marker.get("source")
+    # The source is shown in one-line errors: nothing but a printable string.
+    return source if isinstance(source, str) and source.isprintable() else "a fleet store"
+
+
 def mirror_source(store: KeyStore | str | os.PathLike[str]) -> str | None:
     """The store a keyring file mirrors, or None if it is not a mirror (or not a file store).
 
     ``store``: a store, a store URL or a path.  Unreadable or invalid files
-    answer None: reading them is the caller's business, and its own error
-    says what is wrong.
+    answer None: reading them is the caller's business, and its own read
+    (through the same checks) says what is wrong.
     """
-    if isinstance(store, str):
-        scheme, sep, rest = store.partition(":")
-        if sep and scheme.lower() == "file":
-            store = Path(rest[2:] if rest.startswith("//") else rest)
-        elif sep and not store.startswith(("/", ".", "~")):
-            return None  # redis://, etcd://, memory:
-    if isinstance(store, FileStore):
-        path = store.path
-    elif isinstance(store, (str, os.PathLike)):
-        path = Path(store).expanduser()
-    else:
-        return None
     try:
-        doc = json.loads(path.read_bytes())
-    except (OSError, ValueError):
+        if isinstance(store, str):
+            scheme, sep, _ = store.strip().partition(":")
+            if sep and scheme.lower() != "file" and not store.startswith(("/", ".", "~")):
+                return None  # redis://, etcd://, memory: (never opened here)
+            # file:PATH?owner=NAME: the query is the store's to parse, never part of the path.
+            store = open_store(store)
+        elif isinstance(store, os.PathLike):
+            store = FileStore(store)
+        return read_marker(store) if isinstance(store, FileStore) else None
+    except (StoreError, ConfigError):
         return None
-    if not isinstance(doc, dict) or not isinstance(doc.get(MARKER), dict):
-        return None
-    return str(doc[MARKER].get("source", "a fleet store"))
 
 
 def refuse_rotation(store: KeyStore, advice: str | None = None) -> None:
@@ -178,18 +195,35 @@ class Mirror:
         """Check the set-up before the first pass; raise ConfigError with what to change."""
         if isinstance(store, FileStore) and store.path.absolute() == self.path:
             raise ConfigError(f"--mirror {self.path} is the agent's own --store")
-        if self.path.exists() and mirror_source(self.path) is None:
+        directory = self.path.parent
+        try:
+            reason = unsafe_dir_reason(directory)
+        except OSError as exc:
+            raise ConfigError(f"--mirror {self.path}: cannot use {directory}: "
+                              f"{exc.strerror}") from exc
+        if reason is not None:  # the rule exports follow (stek.export.write)
+            raise ConfigError(f"--mirror {self.path}: refusing to write keys under {directory}: "
+                              f"it is {reason}")
+        try:
+            source = read_marker(FileStore(self.path))
+        except StoreError as exc:
+            raise ConfigError(f"--mirror: {exc}; move it away or choose another path") from exc
+        if source is None and os.path.lexists(self.path):
             raise ConfigError(
                 f"--mirror {self.path}: the file exists and is not a stek mirror (a host's own "
                 f"keyring?); move it away or choose another path"
             )
         try:
-            self.path.parent.mkdir(mode=0o700 if self.gid is None else 0o750, parents=True,
-                                   exist_ok=True)
-            if self.gid is not None:
+            if self.gid is None:
+                ensure_dir(directory)  # and missing parents, 0700 whatever the umask
+            else:
+                # Missing parents: searchable by the workers (0711), never listable;
+                # the mirror's own directory admits the group alone (_share_dir).
+                ensure_dir(directory.parent, 0o711)
+                ensure_dir(directory, 0o750)
                 self._share_dir()
         except OSError as exc:
-            raise ConfigError(f"--mirror {self.path}: cannot prepare {self.path.parent}: "
+            raise ConfigError(f"--mirror {self.path}: cannot prepare {directory}: "
                               f"{exc.strerror}") from exc
 
     def _share_dir(self) -> None:
@@ -290,5 +324,6 @@ __all__ = [
     "mirror_source",
     "open_mirror",
     "parse_target",
+    "read_marker",
     "refuse_rotation",
 ]

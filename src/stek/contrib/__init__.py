@@ -32,6 +32,7 @@ import ssl
 import threading
 from collections.abc import Callable
 
+from .._refresh import shared_store
 from ..installation import Installation, install
 from ..mirror import mirror_source
 from ..stores import default_url
@@ -81,9 +82,11 @@ class PerProcessContext:
             # worker serves from its own context and counts its own handshakes.
             self._state = None
             ctx = build()
-            url = default_url()
+            # The URL is parsed once (file:PATH?owner=NAME included); the mirror
+            # check reads the very store that install() then reads.
+            store = shared_store(default_url())
             # A host's mirror (stek agent --mirror) is rotated by its agent only.
-            inst = install(ctx, url, rotate=mirror_source(url) is None,
+            inst = install(ctx, store, rotate=mirror_source(store) is None,
                            strict=strict_from_env())
             self._state = (pid, ctx, inst)
         self._log.info("stek installed in pid %d: store %s, generation %d, %d key(s)%s",

@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .._atomic import ensure_dir, fsync_dir, remove_file, unsafe_reason, write_file
+from .._atomic import ensure_dir, fsync_dir, remove_file, unsafe_dir_reason, write_file
 from ..errors import StekError
 from ..keyring import Keyring
 from ..keys import TicketKey
@@ -175,12 +175,9 @@ def _check_dir(directory: Path) -> None:
     """Refuse an existing directory another user owns or may write: keys go nowhere
     another user could read them from, or swap files in."""
     try:
-        st = os.stat(directory)
-    except FileNotFoundError:
-        return  # ensure_dir creates it, 0700
+        reason = unsafe_dir_reason(directory)
     except OSError as exc:
         raise ExportError(f"cannot use {directory}: {exc.strerror}") from exc
-    reason = unsafe_reason(st)
     if reason is not None:
         raise ExportError(f"refusing to write keys under {directory}: it is {reason}")
 

@@ -108,7 +108,14 @@ class FileStore:
             raise
         return fd
 
-    def _read_bytes(self) -> bytes | None:
+    def read_bytes(self) -> bytes | None:
+        """The file's raw bytes (None if it does not exist), read with every check above.
+
+        The one way stek reads a keyring file: :meth:`read`, :meth:`update` and
+        the mirror marker (:func:`stek.mirror.mirror_source`) all go through it.
+        Never blocks (``O_NONBLOCK``: a FIFO is refused as not a regular file)
+        and reads at most ``MAX_RING_BYTES + 1`` bytes.  Raises StoreUnavailable.
+        """
         try:
             fd = self._open_checked(self.path, os.O_RDONLY, "keyring")
         except FileNotFoundError:
@@ -126,7 +133,7 @@ class FileStore:
             raise StoreUnavailable(f"{self.path}: cannot read: {exc.strerror}") from exc
 
     def read(self) -> Keyring:
-        data = self._read_bytes()
+        data = self.read_bytes()
         if data is None:
             raise NotInitialized(f"{self.path}: no keyring yet (run 'stek init')")
         # Window lengths are checked against the policy; how far ahead a key
@@ -158,7 +165,7 @@ class FileStore:
 
     def update(self, mutate: Mutator) -> Keyring:
         with self._locked():
-            data = self._read_bytes()
+            data = self.read_bytes()
             # A corrupt file raises here, before anything is written.
             current = Keyring.from_bytes(data, str(self.path)) if data is not None else None
             new = mutate(current)
