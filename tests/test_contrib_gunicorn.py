@@ -268,7 +268,8 @@ def test_gunicorn_sync_workers_resume(certs: Certs, tmp_path: Path,
     assert len({r.body["generation"] for r in [*run.replies, *replies]}) == 1
     # Each worker installed once (the hook logs it), not once per connection.
     installs = re.findall(r"stek installed in pid (\d+)", log)
-    assert len(installs) == len(set(installs)) <= WORKERS
+    assert 1 <= len(installs) == len(set(installs)) <= WORKERS, log
+    assert set(map(int, installs)) >= {r.body["pid"] for r in [*run.replies, *replies]}
 
 
 @TLS_VERSIONS
