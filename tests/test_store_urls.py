@@ -95,6 +95,8 @@ def test_urls_that_mean_something_else_are_refused(kek_file: Path) -> None:
                        ("etcd://127.0.0.1:1/p?timeout=3", "unknown option"),
                        ("etcds://127.0.0.1:1/p?user=u", "needs a password"),
                        ("etcds://127.0.0.1:1/p?cert=/a", "both cert= and key="),
+                       ("etcds://127.0.0.1:1/p?cacert=/nonexistent", "cannot read the cacert="),
+                       ("etcds://127.0.0.1:1/p?cert=/no/c&key=/no/k", "cannot read the cert="),
                        ("redis+sentinel://127.0.0.1:1", "MASTER/DB")):
         with pytest.raises(ConfigError, match=match):
             open_store(url, kek_file=str(kek_file))
