@@ -11,12 +11,16 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from conftest import find_program, free_port
 from servers_fleet import child_env
 from stek import ConfigError, StekError, StoreUnavailable, open_store
+from stek._command import reload_environment
 from stek.cli import main as cli_main
 from stek.stores.base import health_of
 from stek.stores.etcd import EtcdStore
@@ -46,6 +50,80 @@ def test_scrub_removes_every_secret_even_unencoded(url: str) -> None:
     shown = scrub(url)
     assert "pa/ss" not in shown
     assert shown.split("://")[0] == url.split("://")[0]
+
+
+#: One URL of every scheme stek opens; PW is where the password goes.
+URLS = (
+    "redis://{user}PW@127.0.0.1:1/0?prefix=p",
+    "rediss://{user}PW@127.0.0.1:1/2",
+    "unix://{user}PW@/tmp/stek-no.sock?db=1",
+    "redis+sentinel://{user}PW@127.0.0.1:1,127.0.0.1:2/mymaster/0",
+    "rediss+sentinel://{user}PW@127.0.0.1:1/mymaster/0",
+    "etcd://{user}PW@127.0.0.1:1/fleet",
+    "etcds://{user}PW@127.0.0.1:1,[::1]:1/fleet?cacert=/nonexistent",
+    # Wrong in a way that makes an error name the URL.
+    "redis://{user}PW@127.0.0.1:notaport/0",
+    "redis://{user}PW@127.0.0.1:1/abc",
+    "etcd://{user}PW@h:99999/p",
+    "redis://{user}PW@127.0.0.1:1/0?colour=blue",
+    "bogus://{user}PW@127.0.0.1/x",
+)
+
+
+def _seen(url: str) -> str:
+    """All the text opening (and reading) ``url`` shows: scrub, errors, store.url, repr."""
+    shown = [scrub(url)]
+    try:
+        store = open_store(url, insecure_plaintext=True)
+    except StekError as exc:
+        return "\n".join([*shown, str(exc)])
+    shown += [store.url, repr(store)]
+    if "sentinel" in url:
+        return "\n".join(shown)  # redis-py retries each Sentinel for seconds: not per example
+    try:
+        store.read()  # nothing listens: the store's own error text
+    except StekError as exc:
+        shown.append(str(exc))
+    finally:
+        store.close()
+    return "\n".join(shown)
+
+
+def _pieces(secret: str) -> set[str]:
+    """The secret and every 4-character piece of it (longer pieces contain one)."""
+    return {secret, *(secret[i:i + 4] for i in range(len(secret) - 3))}
+
+
+def _leaked(secret: str, text: str, baseline: str) -> set[str]:
+    """Pieces of ``secret`` in ``text`` that are not in the same text for a dull password."""
+    return {p for p in _pieces(secret) if p in text and p not in baseline}
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(password=st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7e),
+                        min_size=4, max_size=24),
+       template=st.sampled_from(URLS), user=st.sampled_from(["stek:", ":"]),
+       encoded=st.booleans())
+@example(password="pa/ss", template=URLS[0], user=":", encoded=False)
+@example(password="pa?ss", template=URLS[0], user="u:", encoded=False)
+@example(password="pa#s@s:w/d", template=URLS[5], user="stek:", encoded=False)
+def test_no_password_piece_is_ever_shown_or_passed_on(password: str, template: str,
+                                                      user: str, encoded: bool) -> None:
+    """Whatever printable password, written as typed or percent-encoded, in any
+    scheme: scrub(), every error, store.url and the reload environment hold no
+    piece of it.  The userinfo is everything before the last "@"."""
+    if "etcd" in template and user == ":":
+        user = "stek:"  # etcd: a password needs a user (refused otherwise, also fine)
+    placed = quote(password, safe="") if encoded else password
+    url = template.format(user=user).replace("PW", placed)
+    dull = template.format(user=user).replace("PW", "x")
+    assert not _leaked(password, _seen(url), _seen(dull)), url
+    env = {"STEK_STORE": url, "REDIS_PW": password, "STEK_HARMLESS": "kept"}
+    passed = reload_environment(env, [url])
+    text = "\n".join(f"{k}={v}" for k, v in passed.items())
+    assert not _leaked(password, text, "STEK_HARMLESS=kept"), (url, passed)
+    assert passed == {"STEK_HARMLESS": "kept"} or "kept" in password
 
 
 def test_secret_in_the_query_string_is_refused_without_echoing_it(kek_file: Path) -> None:
@@ -81,6 +159,14 @@ def test_bad_url_error_does_not_leak_a_password_with_a_slash(kek_file: Path) -> 
         with pytest.raises(ConfigError) as info:
             open_store(url, kek_file=str(kek_file))
         assert "pa/ss" not in str(info.value) and "ss@" not in str(info.value)
+
+
+def test_cli_error_does_not_leak_a_password_with_a_question_mark(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The "?" is the password's, not the start of the options."""
+    assert cli_main(["status", "--store", "redis://u:pa?ss@127.0.0.1:notaport/0"]) == 2
+    err = capsys.readouterr().err
+    assert "pa?ss" not in err and "ss@" not in err and "redis://u@127.0.0.1" in err, err
 
 
 def test_urls_that_mean_something_else_are_refused(kek_file: Path) -> None:

@@ -66,7 +66,7 @@ def open_store(url: str | KeyStore | None = None, **options: Any) -> KeyStore:
     if scheme == "file":
         path = rest[2:] if rest.startswith("//") else rest
         if not path or path.startswith("?"):
-            raise ConfigError(f"{text!r}: no path (use file:PATH)")
+            raise ConfigError(f"{scrub(text)!r}: no path (use file:PATH)")
         return FileStore.from_url(path)
     if scheme == "memory":
         return MemoryStore()
