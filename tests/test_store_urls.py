@@ -7,9 +7,12 @@ other than what they say are refused with one line.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from urllib.parse import quote
 
@@ -18,7 +21,7 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 from conftest import find_program, free_port
-from servers_fleet import child_env
+from servers_fleet import RedisServer, child_env
 from stek import ConfigError, StekError, StoreUnavailable, open_store
 from stek._command import reload_environment
 from stek.cli import main as cli_main
@@ -254,14 +257,53 @@ def test_unix_socket_url_reaches_a_live_redis(tmp_path: Path, kek_file: Path) ->
         sock.unlink(missing_ok=True)
 
 
+def _all_command_lines() -> dict[int, str]:
+    """Every process's arguments, as ps(1) reads them (/proc/PID/cmdline, proc(5))."""
+    lines: dict[int, str] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            with contextlib.suppress(OSError):  # gone since, or not ours to read
+                lines[int(d.name)] = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(
+                    errors="replace")
+    return lines
+
+
+@pytest.mark.servers
 def test_child_process_list_holds_no_password(tmp_path: Path, kek_file: Path) -> None:
-    """With password_file=, the command line names a path, never the secret."""
+    """A running agent (and the reload it started) on a password-protected Redis,
+    reached with password_file=: the process list names the file, never the secret."""
     pw = secret_file(tmp_path)
-    env = child_env(STEK_KEK_FILE=str(kek_file))
-    proc = subprocess.run(
-        [sys.executable, "-m", "stek", "status", "--store",
-         f"redis://stek@127.0.0.1:{free_port()}/0?password_file={pw}"],
-        env=env, capture_output=True, text=True, timeout=60)
-    assert proc.returncode in (1, 2)
-    assert SECRET not in proc.stderr + proc.stdout
-    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    pids = tmp_path / "pids"
+    with RedisServer(tmp_path / "redis") as server:
+        import redis
+
+        # Set at run time, so that redis-server's own arguments hold no password either.
+        redis.Redis(host="127.0.0.1", port=server.port).config_set("requirepass", SECRET)
+        url = f"redis://127.0.0.1:{server.port}/0?prefix=ps&password_file={pw}"
+        log = tmp_path / "agent.log"
+        with open(log, "wb") as out:
+            agent = subprocess.Popen(
+                [sys.executable, "-m", "stek", "agent", "--store", url, "--no-metrics",
+                 "--export", f"openssl:{tmp_path / 'keys'}",
+                 "--reload", f"echo $$ > {pids}; exec sleep 60"],
+                env=child_env(STEK_KEK_FILE=str(kek_file)), stdout=out,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 60
+            while not (pids.exists() and pids.read_text().strip()):
+                assert agent.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+            reload_pid = int(pids.read_text())
+            seen = _all_command_lines()
+            # Both are in the list looked at, and the agent did log in with the secret.
+            assert f"password_file={pw}" in seen[agent.pid]
+            assert "sleep 60" in seen[reload_pid]
+            c = redis.Redis(host="127.0.0.1", port=server.port, password=SECRET)
+            assert c.exists("ps:keyring")
+        finally:
+            os.killpg(agent.pid, signal.SIGTERM)
+            agent.wait(30)
+    for secret in (SECRET, quote(SECRET, safe="")):
+        assert not [(pid, line) for pid, line in seen.items() if secret in line]
+    assert SECRET not in log.read_text()
