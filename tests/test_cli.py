@@ -142,6 +142,15 @@ def test_stek_store_env_is_used(url: str) -> None:
     assert Path(url[5:]).exists()
 
 
+def test_empty_stek_store_env_is_refused(tmp_path: Path) -> None:
+    """STEK_STORE= (set, empty) is a mistake, as --store "" is, never the default ring."""
+    for args in (["status"], ["init"], ["agent", "--no-metrics"]):
+        r = stek(*args, env={"STEK_STORE": "", "XDG_RUNTIME_DIR": str(tmp_path)})
+        assert r.returncode == 2, (args, r.stderr)
+        assert len(r.stderr.splitlines()) == 1 and "STEK_STORE" in r.stderr, r.stderr
+    assert not (tmp_path / "stek").exists()
+
+
 def test_help_explains_commands() -> None:
     r = stek("--help")
     assert r.returncode == 0

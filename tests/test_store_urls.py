@@ -191,6 +191,14 @@ def test_urls_that_mean_something_else_are_refused(kek_file: Path) -> None:
             open_store(url, kek_file=str(kek_file))
 
 
+def test_empty_stek_store_is_refused_not_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """open_store() (and install()) with STEK_STORE= set but empty: an error, as "" is."""
+    for value in ("", "  "):
+        monkeypatch.setenv("STEK_STORE", value)
+        with pytest.raises(ConfigError, match="STEK_STORE is set but empty"):
+            open_store()
+
+
 def test_cli_refuses_an_empty_store_url(capsys: pytest.CaptureFixture[str]) -> None:
     for url in ("", "file:"):
         code = cli_main(["status", "--store", url])

@@ -11,6 +11,7 @@ import click
 from .._duration import parse_duration
 from ..errors import ConfigError
 from ..stores import ENV_VAR, KeyStore, default_url, open_store
+from ..stores.file import default_path
 
 CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"],
                                     "max_content_width": 100}
@@ -48,7 +49,7 @@ def store_option(f: F) -> F:
     return click.option(
         "--store", "store_url", metavar="URL", envvar=ENV_VAR, default=None,
         help=f"Key store: file:PATH, redis://HOST:PORT/DB, etcd://HOST:PORT/PREFIX "
-             f"[env {ENV_VAR}; default {default_url()}]",
+             f"[env {ENV_VAR}; default file:{default_path()}]",
     )(f)
 
 

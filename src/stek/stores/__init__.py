@@ -31,8 +31,18 @@ ENV_VAR = "STEK_STORE"
 
 
 def default_url() -> str:
-    """``$STEK_STORE`` if set, else ``file:`` + :func:`~stek.stores.file.default_path`."""
-    return os.environ.get(ENV_VAR) or f"file:{default_path()}"
+    """``$STEK_STORE`` if set, else ``file:`` + :func:`~stek.stores.file.default_path`.
+
+    A set but empty ``$STEK_STORE`` is refused, as an empty URL is: it is a
+    mistake (a template that left it out), never a request for the default.
+    """
+    url = os.environ.get(ENV_VAR)
+    if url is None:
+        return f"file:{default_path()}"
+    if not url.strip():
+        raise ConfigError(f"${ENV_VAR} is set but empty: unset it for the default store "
+                          f"(file:{default_path()}) or set it to a store URL")
+    return url
 
 
 def _require(module: str, extra: str, scheme: str) -> None:
