@@ -151,6 +151,17 @@ def test_empty_stek_store_env_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "stek").exists()
 
 
+def test_store_help_names_every_scheme() -> None:
+    """One --store help text, naming every store URL scheme, on every command taking it."""
+    for cmd in ("init", "rotate", "status", "agent", "export", "inspect", "rekey", "probe"):
+        text = " ".join(stek(cmd, "--help").stdout.split())
+        for scheme in ("file:PATH", "redis://", "rediss://", "redis+sentinel://",
+                       "rediss+sentinel://", "unix://", "etcd://", "etcds://"):
+            assert scheme in text, (cmd, scheme, text)
+    text = " ".join(stek("migrate", "--help").stdout.split())
+    assert "rediss+sentinel://" in text and "unix://" in text, text
+
+
 def test_help_explains_commands() -> None:
     r = stek("--help")
     assert r.returncode == 0
