@@ -68,6 +68,15 @@ def store_option(f: F) -> F:
     )(_sealing_options(f))
 
 
+def lookup_store_option(f: F) -> F:
+    """--store URL for a command that uses a store only when asked: no $STEK_STORE, no default."""
+    return click.option(
+        "--store", "store_url", metavar="URL", default=None,
+        help=f"Look each key name up in this store's ring.  Without --store no store is "
+             f"used: no default, and {ENV_VAR} is not read.  URL: {STORE_URLS}",
+    )(_sealing_options(f))
+
+
 def sealing_options() -> dict[str, Any]:
     """The --kek-file / --insecure-plaintext given to the running command, as store options."""
     ctx = click.get_current_context(silent=True)
