@@ -162,6 +162,19 @@ def test_store_help_names_every_scheme() -> None:
     assert "rediss+sentinel://" in text and "unix://" in text, text
 
 
+def test_every_duration_default_is_shown_with_its_unit() -> None:
+    """--interval 60s, never a bare 60 next to --interval 30s elsewhere."""
+    from stek.cli import cli
+    from stek.cli._common import Duration
+
+    defaults = {(name, p.name): p.default for name, cmd in cli.commands.items()
+                for p in cmd.params if isinstance(p.type, Duration) and p.default is not None}
+    assert ("probe", "interval") in defaults and ("agent", "interval") in defaults
+    bare = {k: v for k, v in defaults.items() if not re.fullmatch(r"\d+[smhd]", str(v))}
+    assert not bare, bare
+    assert "[default: 60s]" in stek("probe", "--help").stdout
+
+
 def test_help_explains_commands() -> None:
     r = stek("--help")
     assert r.returncode == 0

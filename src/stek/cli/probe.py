@@ -66,7 +66,7 @@ def _print_text(report: probing.Report) -> None:
               help="Seconds for each connection and handshake.")
 @click.option("--watch", "watch_for", type=DURATION, default=None, metavar="DURATION",
               help="Probe repeatedly for this long and report whether key names change.")
-@click.option("--interval", type=DURATION, default=60, show_default=True,
+@click.option("--interval", type=DURATION, default="60s", show_default=True,
               metavar="DURATION", help="Time between probes under --watch.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--textfile", metavar="PATH", default=None,
