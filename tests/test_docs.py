@@ -117,3 +117,17 @@ def test_metrics_table_lists_every_metric(tmp_path: Path) -> None:
                   for m in re.findall(r"`(stek_\w+)", row.split(" | ")[0])}
     assert served - documented == set(), "metrics served but not documented"
     assert documented - served == set(), "metrics documented but not served"
+
+
+# -- what the README claims about stores ----------------------------------------------------
+
+STORE_URL = re.compile(r"\b(?:rediss?(?:\+sentinel)?|unix|etcds?)://[^\s'\"`|)]+")
+
+
+def test_no_doc_puts_a_password_in_a_store_url() -> None:
+    """Examples name a password_file=, never user:PASSWORD@ (a URL reaches logs and ps)."""
+    from stek.stores.url import split
+
+    found = [(doc.name, url) for doc in DOCS for url in STORE_URL.findall(doc.read_text())
+             if split(url).password is not None]
+    assert not found, found
