@@ -131,3 +131,16 @@ def test_no_doc_puts_a_password_in_a_store_url() -> None:
     found = [(doc.name, url) for doc in DOCS for url in STORE_URL.findall(doc.read_text())
              if split(url).password is not None]
     assert not found, found
+
+
+def test_readme_names_the_commands_that_take_store() -> None:
+    """The README's list of commands taking --store/$STEK_STORE is the CLI's."""
+    from stek.cli import cli
+
+    text = " ".join(README.read_text().split())
+    claim = re.search(r"`--store URL` \(or `\$STEK_STORE`\) selects the store of (.*?)\.", text)
+    assert claim, "the README says which commands take --store"
+    said = set(re.findall(r"`(\w+)`", claim.group(1)))
+    takes = {name for name, cmd in cli.commands.items()
+             for p in cmd.params if p.name == "store_url" and p.envvar == "STEK_STORE"}
+    assert said == takes
