@@ -144,3 +144,21 @@ def test_readme_names_the_commands_that_take_store() -> None:
     takes = {name for name, cmd in cli.commands.items()
              for p in cmd.params if p.name == "store_url" and p.envvar == "STEK_STORE"}
     assert said == takes
+
+
+def test_readme_gives_every_default_store_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each place the default file store may be (stores/file.py default_path) is named."""
+    from stek.stores.file import default_path
+
+    text = " ".join(README.read_text().split())
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "$XDG_RUNTIME_DIR")
+    paths = [default_path()]
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    monkeypatch.setenv("HOME", "/HOME")
+    for euid in (0, 1000):
+        monkeypatch.setattr(os, "geteuid", lambda euid=euid: euid)
+        paths.append(default_path())
+    shown = {str(p).replace("/HOME", "~", 1) for p in paths}
+    assert len(shown) == 3
+    missing = [p for p in shown if f"`{p}`" not in text]
+    assert not missing, missing
