@@ -129,6 +129,18 @@ def test_no_password_piece_is_ever_shown_or_passed_on(password: str, template: s
     assert passed == {"STEK_HARMLESS": "kept"} or "kept" in password
 
 
+def test_an_at_sign_after_the_hosts_is_written_percent_40(tmp_path: Path) -> None:
+    """Everything before the last "@" is the userinfo, so an option's "@" is %40
+    (a systemd template unit's credentials directory, say)."""
+    (tmp_path / "stek@eu.service").mkdir()
+    pw = secret_file(tmp_path / "stek@eu.service")
+    u = parse(f"redis://stek:{SECRET}@127.0.0.1:1/0?prefix=team%40eu")
+    assert u.hosts == (("127.0.0.1", 1),) and u.user == "stek" and u.password == SECRET
+    assert u.options["prefix"] == "team@eu"
+    u = parse(f"redis://stek@127.0.0.1:1/0?password_file={str(pw).replace('@', '%40')}")
+    assert u.password == SECRET and u.options["password_file"] == str(pw)
+
+
 def test_secret_in_the_query_string_is_refused_without_echoing_it(kek_file: Path) -> None:
     for url in ("redis://127.0.0.1:1/0?password=hunter22",
                 "rediss://127.0.0.1:1/0?ssl_password=hunter22",
