@@ -142,6 +142,39 @@ def test_stek_store_env_is_used(url: str) -> None:
     assert Path(url[5:]).exists()
 
 
+def test_empty_stek_store_env_is_refused(tmp_path: Path) -> None:
+    """STEK_STORE= (set, empty) is a mistake, as --store "" is, never the default ring."""
+    for args in (["status"], ["init"], ["agent", "--no-metrics"]):
+        r = stek(*args, env={"STEK_STORE": "", "XDG_RUNTIME_DIR": str(tmp_path)})
+        assert r.returncode == 2, (args, r.stderr)
+        assert len(r.stderr.splitlines()) == 1 and "STEK_STORE" in r.stderr, r.stderr
+    assert not (tmp_path / "stek").exists()
+
+
+def test_store_help_names_every_scheme() -> None:
+    """One --store help text, naming every store URL scheme, on every command taking it."""
+    for cmd in ("init", "rotate", "status", "agent", "export", "inspect", "rekey", "probe"):
+        text = " ".join(stek(cmd, "--help").stdout.split())
+        for scheme in ("file:PATH", "redis://", "rediss://", "redis+sentinel://",
+                       "rediss+sentinel://", "unix://", "etcd://", "etcds://"):
+            assert scheme in text, (cmd, scheme, text)
+    text = " ".join(stek("migrate", "--help").stdout.split())
+    assert "rediss+sentinel://" in text and "unix://" in text, text
+
+
+def test_every_duration_default_is_shown_with_its_unit() -> None:
+    """--interval 60s, never a bare 60 next to --interval 30s elsewhere."""
+    from stek.cli import cli
+    from stek.cli._common import Duration
+
+    defaults = {(name, p.name): p.default for name, cmd in cli.commands.items()
+                for p in cmd.params if isinstance(p.type, Duration) and p.default is not None}
+    assert ("probe", "interval") in defaults and ("agent", "interval") in defaults
+    bare = {k: v for k, v in defaults.items() if not re.fullmatch(r"\d+[smhd]", str(v))}
+    assert not bare, bare
+    assert "[default: 60s]" in stek("probe", "--help").stdout
+
+
 def test_help_explains_commands() -> None:
     r = stek("--help")
     assert r.returncode == 0
@@ -266,9 +299,11 @@ def test_operational_errors_exit_1_in_one_line(tmp_path: Path) -> None:
     url = f"file:{tmp_path / 'ring.json'}"
     assert stek("init", "--store", url).returncode == 0
     (tmp_path / "file").write_text("")
-    for fmt, out in (("haproxy", "file/keys"), ("nginx", "file"), ("nginx", "file/a/b")):
+    for fmt, out in (("haproxy", "file/keys"), ("nginx", "file"), ("nginx", "file/a/b"),
+                     ("nginx", "file/sub"), ("envoy", "file/sub"), ("openssl", "file/a/b"),
+                     ("haproxy", "file/sub/keys")):
         r = stek("export", "--store", url, "--format", fmt, "--out", str(tmp_path / out))
         assert r.returncode == 1, r.stderr
         assert r.stderr.count("\n") == 1
         assert f"{tmp_path / 'file'} is not a directory" in r.stderr, r.stderr
-        assert "File exists" not in r.stderr
+        assert "File exists" not in r.stderr and "Not a directory" not in r.stderr

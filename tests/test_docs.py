@@ -117,3 +117,48 @@ def test_metrics_table_lists_every_metric(tmp_path: Path) -> None:
                   for m in re.findall(r"`(stek_\w+)", row.split(" | ")[0])}
     assert served - documented == set(), "metrics served but not documented"
     assert documented - served == set(), "metrics documented but not served"
+
+
+# -- what the README claims about stores ----------------------------------------------------
+
+STORE_URL = re.compile(r"\b(?:rediss?(?:\+sentinel)?|unix|etcds?)://[^\s'\"`|)]+")
+
+
+def test_no_doc_puts_a_password_in_a_store_url() -> None:
+    """Examples name a password_file=, never user:PASSWORD@ (a URL reaches logs and ps)."""
+    from stek.stores.url import split
+
+    found = [(doc.name, url) for doc in DOCS for url in STORE_URL.findall(doc.read_text())
+             if split(url).password is not None]
+    assert not found, found
+
+
+def test_readme_names_the_commands_that_take_store() -> None:
+    """The README's list of commands taking --store/$STEK_STORE is the CLI's."""
+    from stek.cli import cli
+
+    text = " ".join(README.read_text().split())
+    claim = re.search(r"`--store URL` \(or `\$STEK_STORE`\) selects the store of (.*?)\.", text)
+    assert claim, "the README says which commands take --store"
+    said = set(re.findall(r"`(\w+)`", claim.group(1)))
+    takes = {name for name, cmd in cli.commands.items()
+             for p in cmd.params if p.name == "store_url" and p.envvar == "STEK_STORE"}
+    assert said == takes
+
+
+def test_readme_gives_every_default_store_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each place the default file store may be (stores/file.py default_path) is named."""
+    from stek.stores.file import default_path
+
+    text = " ".join(README.read_text().split())
+    monkeypatch.setenv("XDG_RUNTIME_DIR", "$XDG_RUNTIME_DIR")
+    paths = [default_path()]
+    monkeypatch.delenv("XDG_RUNTIME_DIR")
+    monkeypatch.setenv("HOME", "/HOME")
+    for euid in (0, 1000):
+        monkeypatch.setattr(os, "geteuid", lambda euid=euid: euid)
+        paths.append(default_path())
+    shown = {str(p).replace("/HOME", "~", 1) for p in paths}
+    assert len(shown) == 3
+    missing = [p for p in shown if f"`{p}`" not in text]
+    assert not missing, missing

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import socket
 import ssl
 import threading
@@ -209,6 +210,24 @@ def test_no_tickets(tmp_path: Path, certs: Certs) -> None:
     assert [d["kind"] for d in doc["diagnoses"]] == ["no-tickets"]
     assert doc["matrix"] == [{"from": addr(srv.port), "to": addr(srv.port), "tls": "1.2",
                               "resumed": False, "offered": False}]
+
+
+def test_ring_looked_up_only_with_store_option(tmp_path: Path, certs: Certs) -> None:
+    """$STEK_STORE in the environment does not switch the ring lookup on; --store does,
+    and --help says so (no default store)."""
+    store, _ = live_store(tmp_path)
+    env = {**os.environ, "STEK_STORE": f"file:{store.path}"}
+    with python_servers(certs, store) as (a,):
+        proc = stek_cli("probe", addr(a), "--tls", "1.3", "--json", env=env)
+        assert proc.returncode == 0, proc.stderr
+        doc = json.loads(proc.stdout)
+        assert doc["store"] is None and doc["endpoints"][0]["key_state"] is None
+        code, doc, err = probe(addr(a), "--tls", "1.3", "--store", f"file:{store.path}")
+        assert code == 0, err
+        assert doc["endpoints"][0]["key_state"] == "active"
+    text = " ".join(stek_cli("probe", "--help", env=env).stdout.split())
+    assert "Without --store no store is used: no default" in text, text
+    assert "env STEK_STORE" not in text and "default file:" not in text, text
 
 
 def test_text_textfile_and_watch(tmp_path: Path, certs: Certs) -> None:

@@ -7,16 +7,23 @@ other than what they say are refused with one line.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
+from hypothesis import HealthCheck, example, given, settings
+from hypothesis import strategies as st
 
 from conftest import find_program, free_port
-from servers_fleet import child_env
+from servers_fleet import RedisServer, child_env
 from stek import ConfigError, StekError, StoreUnavailable, open_store
+from stek._command import reload_environment
 from stek.cli import main as cli_main
 from stek.stores.base import health_of
 from stek.stores.etcd import EtcdStore
@@ -46,6 +53,92 @@ def test_scrub_removes_every_secret_even_unencoded(url: str) -> None:
     shown = scrub(url)
     assert "pa/ss" not in shown
     assert shown.split("://")[0] == url.split("://")[0]
+
+
+#: One URL of every scheme stek opens; PW is where the password goes.
+URLS = (
+    "redis://{user}PW@127.0.0.1:1/0?prefix=p",
+    "rediss://{user}PW@127.0.0.1:1/2",
+    "unix://{user}PW@/tmp/stek-no.sock?db=1",
+    "redis+sentinel://{user}PW@127.0.0.1:1,127.0.0.1:2/mymaster/0",
+    "rediss+sentinel://{user}PW@127.0.0.1:1/mymaster/0",
+    "etcd://{user}PW@127.0.0.1:1/fleet",
+    "etcds://{user}PW@127.0.0.1:1,[::1]:1/fleet?cacert=/nonexistent",
+    # Wrong in a way that makes an error name the URL.
+    "redis://{user}PW@127.0.0.1:notaport/0",
+    "redis://{user}PW@127.0.0.1:1/abc",
+    "etcd://{user}PW@h:99999/p",
+    "redis://{user}PW@127.0.0.1:1/0?colour=blue",
+    "bogus://{user}PW@127.0.0.1/x",
+)
+
+
+def _seen(url: str) -> str:
+    """All the text opening (and reading) ``url`` shows: scrub, errors, store.url, repr."""
+    shown = [scrub(url)]
+    try:
+        store = open_store(url, insecure_plaintext=True)
+    except StekError as exc:
+        return "\n".join([*shown, str(exc)])
+    shown += [store.url, repr(store)]
+    if "sentinel" in url:
+        return "\n".join(shown)  # redis-py retries each Sentinel for seconds: not per example
+    try:
+        store.read()  # nothing listens: the store's own error text
+    except StekError as exc:
+        shown.append(str(exc))
+    finally:
+        store.close()
+    return "\n".join(shown)
+
+
+def _pieces(secret: str) -> set[str]:
+    """The secret and every 4-character piece of it (longer pieces contain one)."""
+    return {secret, *(secret[i:i + 4] for i in range(len(secret) - 3))}
+
+
+def _leaked(secret: str, text: str, baseline: str) -> set[str]:
+    """Pieces of ``secret`` in ``text`` that are not in the same text for a dull password."""
+    return {p for p in _pieces(secret) if p in text and p not in baseline}
+
+
+@settings(max_examples=150, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(password=st.text(st.characters(min_codepoint=0x20, max_codepoint=0x7e),
+                        min_size=4, max_size=24),
+       template=st.sampled_from(URLS), user=st.sampled_from(["stek:", ":"]),
+       encoded=st.booleans())
+@example(password="pa/ss", template=URLS[0], user=":", encoded=False)
+@example(password="pa?ss", template=URLS[0], user="u:", encoded=False)
+@example(password="pa#s@s:w/d", template=URLS[5], user="stek:", encoded=False)
+def test_no_password_piece_is_ever_shown_or_passed_on(password: str, template: str,
+                                                      user: str, encoded: bool) -> None:
+    """Whatever printable password, written as typed or percent-encoded, in any
+    scheme: scrub(), every error, store.url and the reload environment hold no
+    piece of it.  The userinfo is everything before the last "@"."""
+    if "etcd" in template and user == ":":
+        user = "stek:"  # etcd: a password needs a user (refused otherwise, also fine)
+    placed = quote(password, safe="") if encoded else password
+    url = template.format(user=user).replace("PW", placed)
+    dull = template.format(user=user).replace("PW", "x")
+    assert not _leaked(password, _seen(url), _seen(dull)), url
+    env = {"STEK_STORE": url, "REDIS_PW": password, "STEK_HARMLESS": "kept"}
+    passed = reload_environment(env, [url])
+    text = "\n".join(f"{k}={v}" for k, v in passed.items())
+    assert not _leaked(password, text, "STEK_HARMLESS=kept"), (url, passed)
+    assert passed == {"STEK_HARMLESS": "kept"} or "kept" in password
+
+
+def test_an_at_sign_after_the_hosts_is_written_percent_40(tmp_path: Path) -> None:
+    """Everything before the last "@" is the userinfo, so an option's "@" is %40
+    (a systemd template unit's credentials directory, say)."""
+    (tmp_path / "stek@eu.service").mkdir()
+    pw = secret_file(tmp_path / "stek@eu.service")
+    u = parse(f"redis://stek:{SECRET}@127.0.0.1:1/0?prefix=team%40eu")
+    assert u.hosts == (("127.0.0.1", 1),) and u.user == "stek" and u.password == SECRET
+    assert u.options["prefix"] == "team@eu"
+    u = parse(f"redis://stek@127.0.0.1:1/0?password_file={str(pw).replace('@', '%40')}")
+    assert u.password == SECRET and u.options["password_file"] == str(pw)
 
 
 def test_secret_in_the_query_string_is_refused_without_echoing_it(kek_file: Path) -> None:
@@ -83,6 +176,14 @@ def test_bad_url_error_does_not_leak_a_password_with_a_slash(kek_file: Path) -> 
         assert "pa/ss" not in str(info.value) and "ss@" not in str(info.value)
 
 
+def test_cli_error_does_not_leak_a_password_with_a_question_mark(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The "?" is the password's, not the start of the options."""
+    assert cli_main(["status", "--store", "redis://u:pa?ss@127.0.0.1:notaport/0"]) == 2
+    err = capsys.readouterr().err
+    assert "pa?ss" not in err and "ss@" not in err and "redis://u@127.0.0.1" in err, err
+
+
 def test_urls_that_mean_something_else_are_refused(kek_file: Path) -> None:
     for url, match in (("", "empty store URL"), ("   ", "empty store URL"),
                        ("file:", "no path"), ("file://", "no path"),
@@ -95,9 +196,19 @@ def test_urls_that_mean_something_else_are_refused(kek_file: Path) -> None:
                        ("etcd://127.0.0.1:1/p?timeout=3", "unknown option"),
                        ("etcds://127.0.0.1:1/p?user=u", "needs a password"),
                        ("etcds://127.0.0.1:1/p?cert=/a", "both cert= and key="),
+                       ("etcds://127.0.0.1:1/p?cacert=/nonexistent", "cannot read the cacert="),
+                       ("etcds://127.0.0.1:1/p?cert=/no/c&key=/no/k", "cannot read the cert="),
                        ("redis+sentinel://127.0.0.1:1", "MASTER/DB")):
         with pytest.raises(ConfigError, match=match):
             open_store(url, kek_file=str(kek_file))
+
+
+def test_empty_stek_store_is_refused_not_the_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """open_store() (and install()) with STEK_STORE= set but empty: an error, as "" is."""
+    for value in ("", "  "):
+        monkeypatch.setenv("STEK_STORE", value)
+        with pytest.raises(ConfigError, match="STEK_STORE is set but empty"):
+            open_store()
 
 
 def test_cli_refuses_an_empty_store_url(capsys: pytest.CaptureFixture[str]) -> None:
@@ -166,14 +277,53 @@ def test_unix_socket_url_reaches_a_live_redis(tmp_path: Path, kek_file: Path) ->
         sock.unlink(missing_ok=True)
 
 
+def _all_command_lines() -> dict[int, str]:
+    """Every process's arguments, as ps(1) reads them (/proc/PID/cmdline, proc(5))."""
+    lines: dict[int, str] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            with contextlib.suppress(OSError):  # gone since, or not ours to read
+                lines[int(d.name)] = (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(
+                    errors="replace")
+    return lines
+
+
+@pytest.mark.servers
 def test_child_process_list_holds_no_password(tmp_path: Path, kek_file: Path) -> None:
-    """With password_file=, the command line names a path, never the secret."""
+    """A running agent (and the reload it started) on a password-protected Redis,
+    reached with password_file=: the process list names the file, never the secret."""
     pw = secret_file(tmp_path)
-    env = child_env(STEK_KEK_FILE=str(kek_file))
-    proc = subprocess.run(
-        [sys.executable, "-m", "stek", "status", "--store",
-         f"redis://stek@127.0.0.1:{free_port()}/0?password_file={pw}"],
-        env=env, capture_output=True, text=True, timeout=60)
-    assert proc.returncode in (1, 2)
-    assert SECRET not in proc.stderr + proc.stdout
-    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    pids = tmp_path / "pids"
+    with RedisServer(tmp_path / "redis") as server:
+        import redis
+
+        # Set at run time, so that redis-server's own arguments hold no password either.
+        redis.Redis(host="127.0.0.1", port=server.port).config_set("requirepass", SECRET)
+        url = f"redis://127.0.0.1:{server.port}/0?prefix=ps&password_file={pw}"
+        log = tmp_path / "agent.log"
+        with open(log, "wb") as out:
+            agent = subprocess.Popen(
+                [sys.executable, "-m", "stek", "agent", "--store", url, "--no-metrics",
+                 "--export", f"openssl:{tmp_path / 'keys'}",
+                 "--reload", f"echo $$ > {pids}; exec sleep 60"],
+                env=child_env(STEK_KEK_FILE=str(kek_file)), stdout=out,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        try:
+            deadline = time.monotonic() + 60
+            while not (pids.exists() and pids.read_text().strip()):
+                assert agent.poll() is None, log.read_text()
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+            reload_pid = int(pids.read_text())
+            seen = _all_command_lines()
+            # Both are in the list looked at, and the agent did log in with the secret.
+            assert f"password_file={pw}" in seen[agent.pid]
+            assert "sleep 60" in seen[reload_pid]
+            c = redis.Redis(host="127.0.0.1", port=server.port, password=SECRET)
+            assert c.exists("ps:keyring")
+        finally:
+            os.killpg(agent.pid, signal.SIGTERM)
+            agent.wait(30)
+    for secret in (SECRET, quote(SECRET, safe="")):
+        assert not [(pid, line) for pid, line in seen.items() if secret in line]
+    assert SECRET not in log.read_text()

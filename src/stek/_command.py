@@ -28,7 +28,9 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import parse_qsl, unquote
+
+from .stores.url import split
 
 #: A reload command that runs longer than this is killed and counted as failed.
 RELOAD_TIMEOUT = 60.0
@@ -126,17 +128,15 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 
 
 def url_secrets(url: str) -> tuple[set[str], set[str]]:
-    """(credential values, names of variables holding credentials) found in a store URL."""
-    values: set[str] = set()
+    """(credential values, names of variables holding credentials) found in a store URL.
+
+    The password is found by :func:`stek.stores.url.split`, as the store
+    itself finds it, and counted both as written and percent-decoded.
+    """
+    parts = split(url)
+    values = {parts.password, unquote(parts.password)} if parts.password else set()
     names: set[str] = set()
-    try:
-        parts = urlsplit(url)
-        password = parts.password
-    except ValueError:
-        return values, names
-    if password:
-        values.add(unquote(password))
-    for key, value in parse_qsl(parts.query):
+    for key, value in parse_qsl(parts.query or ""):
         if not value or not _SECRET_PARAM.search(key):
             continue
         if key.lower().endswith("_env"):

@@ -11,6 +11,7 @@ import click
 from .._duration import parse_duration
 from ..errors import ConfigError
 from ..stores import ENV_VAR, KeyStore, default_url, open_store
+from ..stores.file import default_path
 
 CONTEXT_SETTINGS: dict[str, Any] = {"help_option_names": ["-h", "--help"],
                                     "max_content_width": 100}
@@ -32,24 +33,48 @@ def to_meta(key: str) -> Callable[[click.Context, click.Parameter, Any], Any]:
     return store
 
 
-def store_option(f: F) -> F:
+#: Every store URL form, for each option that takes one (the grammar: stek.stores.url).
+STORE_URLS = (
+    "file:PATH, redis://HOST:PORT/DB, rediss://HOST:PORT/DB, "
+    "redis+sentinel://HOSTS/MASTER/DB, rediss+sentinel://HOSTS/MASTER/DB, "
+    "unix:///PATH/TO/redis.sock?db=N, etcd://HOSTS/PREFIX, etcds://HOSTS/PREFIX "
+    "(HOSTS: HOST:PORT[,HOST:PORT...]; rediss and etcds: TLS).  A password goes in "
+    "a file (?password_file=PATH), never in the URL"
+)
+
+
+def _sealing_options(f: F) -> F:
     f = click.option(
         "--insecure-plaintext", is_flag=True, default=False, expose_value=False,
         callback=to_meta(META_INSECURE),
         help="Let a shared store (Redis, etcd) hold the keys UNSEALED, readable by anyone "
              "who can read the store.  Never in production.",
     )(f)
-    f = click.option(
+    return click.option(
         "--kek-file", metavar="PATH", default=None, expose_value=False,
         callback=to_meta(META_KEK_FILE),
         help="Key-encryption key that seals the ring in a shared store (made by "
              "'stek kek PATH') [env STEK_KEK_FILE, or STEK_KEK in base64].",
     )(f)
+
+
+def store_option(f: F) -> F:
+    """--store URL (else $STEK_STORE, else the default file) and the sealing options."""
+    # An empty $STEK_STORE is refused by default_url(), not ignored (click skips
+    # an empty variable, so None reaches open_cli_store).
     return click.option(
         "--store", "store_url", metavar="URL", envvar=ENV_VAR, default=None,
-        help=f"Key store: file:PATH, redis://HOST:PORT/DB, etcd://HOST:PORT/PREFIX "
-             f"[env {ENV_VAR}; default {default_url()}]",
-    )(f)
+        help=f"Key store: {STORE_URLS} [env {ENV_VAR}; default file:{default_path()}]",
+    )(_sealing_options(f))
+
+
+def lookup_store_option(f: F) -> F:
+    """--store URL for a command that uses a store only when asked: no $STEK_STORE, no default."""
+    return click.option(
+        "--store", "store_url", metavar="URL", default=None,
+        help=f"Look each key name up in this store's ring.  Without --store no store is "
+             f"used: no default, and {ENV_VAR} is not read.  URL: {STORE_URLS}",
+    )(_sealing_options(f))
 
 
 def sealing_options() -> dict[str, Any]:

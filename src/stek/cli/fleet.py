@@ -13,6 +13,7 @@ from ..stores.sealing import Sealer, SharedStore, read_kek_file, write_kek_file
 from ._common import (
     META_INSECURE,
     META_KEK_FILE,
+    STORE_URLS,
     open_cli_store,
     store_option,
     to_meta,
@@ -70,8 +71,10 @@ def _describe(ring: Keyring) -> str:
 
 
 @click.command()
-@click.option("--from", "src_url", metavar="URL", required=True, help="Store to copy from.")
-@click.option("--to", "dst_url", metavar="URL", required=True, help="Store to copy to.")
+@click.option("--from", "src_url", metavar="URL", required=True,
+              help=f"Store to copy from: {STORE_URLS}")
+@click.option("--to", "dst_url", metavar="URL", required=True,
+              help="Store to copy to (the same URL forms).")
 @click.option("--force", is_flag=True, help="Replace a non-empty destination ring.")
 @click.option("--kek-file", metavar="PATH", default=None, expose_value=False,
               callback=to_meta(META_KEK_FILE),

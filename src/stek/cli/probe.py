@@ -10,7 +10,7 @@ from .. import probe as probing
 from .._probe_client import ProbeError, Target, TLSConnector
 from ..inspect import iso
 from ..keyring import Keyring
-from ._common import DURATION, open_cli_store, store_option
+from ._common import DURATION, lookup_store_option, open_cli_store
 
 VERSIONS = {"1.2": ("1.2",), "1.3": ("1.3",), "both": ("1.2", "1.3")}
 
@@ -58,7 +58,7 @@ def _print_text(report: probing.Report) -> None:
               help="Server name to send (default: the target's host, unless an IP address).")
 @click.option("--tls", "tls", type=click.Choice(sorted(VERSIONS)), default="both",
               show_default=True, help="TLS versions to probe.")
-@store_option
+@lookup_store_option
 @click.option("--cafile", metavar="PATH", default=None,
               help="Verify certificates against these CAs (default: no verification; the "
                    "probe sends nothing secret).")
@@ -66,7 +66,7 @@ def _print_text(report: probing.Report) -> None:
               help="Seconds for each connection and handshake.")
 @click.option("--watch", "watch_for", type=DURATION, default=None, metavar="DURATION",
               help="Probe repeatedly for this long and report whether key names change.")
-@click.option("--interval", type=DURATION, default=60, show_default=True,
+@click.option("--interval", type=DURATION, default="60s", show_default=True,
               metavar="DURATION", help="Time between probes under --watch.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option("--textfile", metavar="PATH", default=None,

@@ -177,7 +177,9 @@ def _check_dir(directory: Path) -> None:
     try:
         reason = unsafe_dir_reason(directory)
     except OSError as exc:
-        raise ExportError(f"cannot use {directory}: {exc.strerror}") from exc
+        # ENOTDIR (stat(2)): some component of the path is a file; name it.
+        why = _not_a_directory(directory) or exc.strerror
+        raise ExportError(f"cannot use {directory}: {why}") from exc
     if reason is not None:
         raise ExportError(f"refusing to write keys under {directory}: it is {reason}")
 

@@ -31,8 +31,18 @@ ENV_VAR = "STEK_STORE"
 
 
 def default_url() -> str:
-    """``$STEK_STORE`` if set, else ``file:`` + :func:`~stek.stores.file.default_path`."""
-    return os.environ.get(ENV_VAR) or f"file:{default_path()}"
+    """``$STEK_STORE`` if set, else ``file:`` + :func:`~stek.stores.file.default_path`.
+
+    A set but empty ``$STEK_STORE`` is refused, as an empty URL is: it is a
+    mistake (a template that left it out), never a request for the default.
+    """
+    url = os.environ.get(ENV_VAR)
+    if url is None:
+        return f"file:{default_path()}"
+    if not url.strip():
+        raise ConfigError(f"${ENV_VAR} is set but empty: unset it for the default store "
+                          f"(file:{default_path()}) or set it to a store URL")
+    return url
 
 
 def _require(module: str, extra: str, scheme: str) -> None:
@@ -66,7 +76,7 @@ def open_store(url: str | KeyStore | None = None, **options: Any) -> KeyStore:
     if scheme == "file":
         path = rest[2:] if rest.startswith("//") else rest
         if not path or path.startswith("?"):
-            raise ConfigError(f"{text!r}: no path (use file:PATH)")
+            raise ConfigError(f"{scrub(text)!r}: no path (use file:PATH)")
         return FileStore.from_url(path)
     if scheme == "memory":
         return MemoryStore()

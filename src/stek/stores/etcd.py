@@ -46,6 +46,7 @@ import base64
 import binascii
 import contextlib
 import json
+import os
 import socket
 import threading
 from collections.abc import Callable, Iterator
@@ -143,6 +144,11 @@ class _Members:
             raise ConfigError(f"{u.display}: TLS options on a plaintext URL (use etcds://)")
         if bool(cert) != bool(key):
             raise ConfigError(f"{u.display}: give both cert= and key= for a client certificate")
+        for opt, path in (("cacert", cacert), ("cert", cert), ("key", key)):
+            # requests loads them only at the first request, with an OSError
+            # outside its RequestException family (requests/adapters.py cert_verify).
+            if path and not os.access(path, os.R_OK):
+                raise ConfigError(f"{u.display}: cannot read the {opt}= file {path!r}")
         self.session = requests.Session()
         # $REQUESTS_CA_BUNDLE would silently replace cacert=, and ~/.netrc
         # could add credentials: the URL alone says how to reach the store.

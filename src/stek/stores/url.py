@@ -2,7 +2,13 @@
 
 A URL is ``SCHEME://[USER[:PASSWORD]@]HOST[:PORT][,HOST[:PORT]...][/PATH][?OPTIONS]``
 (``file:PATH`` and ``memory:`` aside).  Several hosts name several etcd
-members or Redis Sentinels.  Credentials never need to be on a command line:
+members or Redis Sentinels.  :func:`split` is the one place that finds the
+credentials, for parsing, for :func:`scrub` and for the reload commands'
+environment (stek._command): the userinfo is everything before the LAST
+``@``, so a password may hold ``/``, ``?``, ``#``, ``:`` or ``@`` unencoded
+(RFC 3986 section 3.2.1 wants them percent-encoded; people paste them as
+they are).  An ``@`` after the hosts (in the path or an option) must be
+written ``%40``.  Credentials never need to be on a command line:
 
 * ``password_file=PATH`` (and ``sentinel_password_file=``, ``ssl_password_file=``)
   name a file holding the secret (trailing newline stripped);
@@ -45,17 +51,64 @@ _SECRET_QUERY = re.compile(
     r"(?i)([?&](?:" + "|".join(sorted(SECRET_OPTIONS)) + r")=)[^&#]*")
 
 
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+@dataclass(frozen=True)
+class Parts:
+    """A URL cut at its delimiters, nothing decoded or checked (see :func:`split`)."""
+
+    #: Everything up to the hosts: ``SCHEME:`` and the ``//`` if written.
+    head: str
+    scheme: str
+    #: Everything before the last "@" (None: no "@"), as written.
+    userinfo: str | None
+    #: The host list: from the last "@" to the first "/", "?" or "#".
+    hosts: str
+    #: From that "/" on (with it; "" if none), up to "?" or "#".
+    path: str
+    #: After the "?" (None: no "?"), up to "#"; the fragment is dropped.
+    query: str | None
+
+    @property
+    def user(self) -> str | None:
+        return None if self.userinfo is None else self.userinfo.partition(":")[0]
+
+    @property
+    def password(self) -> str | None:
+        """The password as written (percent-encoded or not); None if there is no ":"."""
+        if self.userinfo is None:
+            return None
+        _, colon, password = self.userinfo.partition(":")
+        return password if colon else None
+
+
+def split(url: str) -> Parts:
+    """Cut ``url`` into its parts; never raises.
+
+    The only place that finds a store URL's credentials: the userinfo runs
+    to the LAST "@", whatever "/", "?", "#" or ":" it holds, so no part of
+    a password can be taken for a host, a path or an option.
+    """
+    m = _SCHEME.match(url)
+    head = m.group() if m else ""
+    rest = url[len(head):]
+    if rest.startswith("//"):
+        head, rest = head + "//", rest[2:]
+    userinfo, at, rest = rest.rpartition("@")
+    rest = rest.partition("#")[0]
+    rest, q, query = rest.partition("?")
+    hosts, slash, path = rest.partition("/")
+    return Parts(head, head.partition(":")[0], userinfo if at else None, hosts,
+                 slash + path, query if q else None)
+
+
 def scrub(text: str) -> str:
     """``text`` (a URL, parsed or not) with every password and secret option removed."""
-    # The password may hold an unencoded "/": the userinfo is everything
-    # up to the last "@" before the query.
-    head, sep, query = text.partition("?")
-    scheme_end = head.find("://")
-    if "@" in head and scheme_end >= 0:
-        userinfo, _, rest = head[scheme_end + 3:].rpartition("@")
-        user = userinfo.partition(":")[0]
-        head = f"{head[:scheme_end + 3]}{user + '@' if user else ''}{rest}"
-    return head + (_SECRET_QUERY.sub(r"\1***", sep + query) if sep else "")
+    p = split(text)
+    user = f"{p.user}@" if p.user else ""
+    query = "" if p.query is None else _SECRET_QUERY.sub(r"\1***", "?" + p.query)
+    return f"{p.head}{user}{p.hosts}{p.path}{query}"
 
 
 def read_secret(path: str, what: str) -> str:
@@ -146,19 +199,12 @@ def parse(url: str, env: Mapping[str, str] | None = None) -> StoreURL:
     """Parse ``SCHEME://...``; credentials from the URL, ``*_file`` options or the environment."""
     e = os.environ if env is None else env
     shown = scrub(url)
-    scheme, sep, rest = url.partition("://")
-    if not sep or not scheme:
+    p = split(url)
+    if not p.head.endswith("://") or not p.scheme:
         raise ConfigError(f"store URL {shown!r}: expected SCHEME://...")
-    head, _, query = rest.partition("?")
-    query, _, _fragment = query.partition("#")
-    userinfo, at, hostpart = head.rpartition("@")
-    netloc, slash, path = hostpart.partition("/")
-    user: str | None = None
-    password: str | None = None
-    if at:
-        u, colon, p = userinfo.partition(":")
-        user = unquote(u) or None
-        password = unquote(p) if colon else None
+    scheme, netloc, query = p.scheme, p.hosts, p.query or ""
+    user = unquote(p.user or "") or None
+    password = None if p.password is None else unquote(p.password)
     hosts = tuple(_split_host(h.strip(), shown) for h in netloc.split(",")) if netloc else ()
     options: dict[str, str] = {}
     for k, v in parse_qsl(query, keep_blank_values=True):
@@ -183,5 +229,4 @@ def parse(url: str, env: Mapping[str, str] | None = None) -> StoreURL:
         password = secrets.pop("password", None)
     else:
         secrets.pop("password", None)  # user:password@ wins over the environment
-    return StoreURL(scheme.lower(), hosts, "/" + unquote(path) if slash else "", options,
-                    user, password, secrets)
+    return StoreURL(scheme.lower(), hosts, unquote(p.path), options, user, password, secrets)
