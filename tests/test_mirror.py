@@ -44,6 +44,7 @@ from stek.mirror import (
     MirroredRing,
     mirror_source,
     open_mirror,
+    parse_target,
     refuse_rotation,
 )
 from stek.stores import FileStore, MemoryStore, open_store
@@ -640,3 +641,11 @@ def _outage_without_failed_handshakes(host: Host, server: Any, mirror: Path,
     assert (before.st_ino, before.st_mtime_ns) == (after.st_ino, after.st_mtime_ns)
     assert isinstance(open_store(f"file:{mirror}").read(), Keyring)
 
+
+
+def test_mirror_url_error_never_shows_a_password() -> None:
+    """--mirror given a store URL by mistake: one line, its password scrubbed."""
+    for bad in ("redis://u:hunter2secret@127.0.0.1:1/0", "file:/x?password=hunter2secret"):
+        with pytest.raises(ConfigError) as info:
+            parse_target(bad)
+        assert "hunter2secret" not in str(info.value)

@@ -56,6 +56,7 @@ from .errors import ConfigError, StoreError
 from .keyring import Keyring, parse_document
 from .stores import KeyStore, open_store
 from .stores.file import FileStore
+from .stores.url import scrub
 
 if TYPE_CHECKING:
     from .agent import Agent
@@ -152,9 +153,9 @@ def parse_target(text: str) -> Path:
     elif text.startswith("/"):
         path = text
     else:
-        raise ConfigError(f"--mirror {text!r}: the mirror is a local file: use file:PATH")
+        raise ConfigError(f"--mirror {scrub(text)!r}: the mirror is a local file: use file:PATH")
     if not path or "?" in path:
-        raise ConfigError(f"--mirror {text!r}: use file:PATH (a plain path, no options)")
+        raise ConfigError(f"--mirror {scrub(text)!r}: use file:PATH (a plain path, no options)")
     return Path(path).expanduser().absolute()
 
 
