@@ -694,7 +694,7 @@ def test_forged_ticket_under_a_live_key_name_is_not_counted_as_resumed(
 # -- lifetime: the callback lives as long as OpenSSL's SSL_CTX ----------------------
 
 _SNI_CHILD = r"""
-import gc, json, ssl, sys
+import gc, json, ssl, sys, weakref
 import stek
 from stek.hazmat.libssl import libssl
 from stek.installation import _PINNED, accelerated_available
@@ -712,6 +712,7 @@ def server_ctx():
 ctx1 = server_ctx()
 stek.install(ctx1, FileStore(ring_a), accelerate=accelerate)  # the handle is dropped
 ctx1_ptr = libssl().ssl_ctx_pointer(ctx1)
+ctx1_ref = weakref.ref(ctx1)
 ctx2 = server_ctx()  # what the SNI callback switches to: no stek on it
 
 def switch(sslobj, name, ctx):
@@ -744,6 +745,7 @@ assert server.context is ctx2
 # Mid-handshake: the first SSLContext goes away, another installation takes its place.
 del ctx1
 gc.collect()
+collected_before_ctx3 = ctx1_ref() is None  # else the bug is not exercised
 ctx3 = server_ctx()
 h3 = stek.install(ctx3, FileStore(ring_b), accelerate=accelerate)
 for _ in range(4):    # the client's Finished; the server seals the ticket now
@@ -761,6 +763,7 @@ in_use_during = _fastcb.in_use()
 del server, client
 gc.collect()
 print(json.dumps({"name": name, "accel": h3.accelerated, "pinned_during": pinned_during,
+                  "collected_before_ctx3": collected_before_ctx3,
                   "pinned_after": ctx1_ptr in _PINNED, "in_use_during": in_use_during,
                   "in_use_after": _fastcb.in_use()}))
 """
@@ -790,6 +793,8 @@ def test_first_context_collected_mid_handshake_after_sni_switch(
     assert proc.returncode == 0, f"child died ({proc.returncode}): {proc.stderr[-3000:]}"
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["accel"] is callback_impl
+    # The first SSLContext really was gone before the next installation came.
+    assert out["collected_before_ctx3"] is True
     ring_a = {k.name.hex() for k in stores[0].read()}
     ring_b = {k.name.hex() for k in stores[1].read()}
     assert out["name"] in ring_a, "the ticket must be sealed under the first context's ring"
