@@ -134,6 +134,52 @@ def test_eight_racing_stek_rotate_processes_write_one_key_per_slot(
     assert ring.generation == first.generation + writes  # no write lost or overwritten
 
 
+def test_migrate_from_a_file_into_the_cluster_and_back_shows_no_secret(
+        cluster: EtcdCluster, kek_file: Path, tmp_path: Path) -> None:
+    """``stek migrate`` over TLS with client certificates: file -> etcd cluster (the
+    password in a file) -> another file (the password in $STEK_STORE_PASSWORD); every
+    key and the policy carried over, and neither password, KEK nor key bytes in
+    what it prints."""
+    import base64
+
+    from stek import Policy, init_ring, rotate
+
+    step, base = 60, 28_333_334 * 60
+    src = open_store(f"file:{tmp_path / 'src.json'}")
+    init_ring(src, Policy(rotate_every=step, accept_for=600, publish_ahead=30), now=base)
+    for i in range(1, 3):
+        rotate(src, now=base + i * step)
+    ring = src.read()
+    back_url = f"file:{tmp_path / 'back.json'}"
+    env = child_env(STEK_KEK_FILE=str(kek_file))
+    secrets = [cluster.password, cluster.root_pw, kek_file.read_text().strip()]
+    for k in ring.keys:
+        for material in (k.aes_key, k.hmac_key):
+            secrets += [material.hex(), base64.b64encode(material).decode()]
+    url_env = cluster.url.replace(f"&password_file={cluster.pw_file}", "")
+    assert "password" not in url_env
+    outputs = []
+    for frm, to, extra in ((src.url, cluster.url, {}),
+                           (url_env, back_url, {"STEK_STORE_PASSWORD": cluster.password})):
+        proc = subprocess.run([sys.executable, "-m", "stek", "migrate", "--from", frm,
+                               "--to", to], env={**env, **extra}, capture_output=True,
+                              text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        assert f"copied {len(ring.keys)} key(s)" in proc.stdout
+        outputs.append(proc.stdout + proc.stderr)
+    # In the cluster, sealed, and readable by the servers' read-only user.
+    in_cluster = open_store(cluster.server_url, kek_file=str(kek_file)).read()
+    assert in_cluster.keys == ring.keys and in_cluster.policy == ring.policy
+    back = open_store(back_url).read()
+    assert back.keys == ring.keys and back.policy == ring.policy
+    assert src.read().keys == ring.keys  # the source is untouched
+    raw = b"".join(cluster.raw_values().values())
+    assert raw.startswith(b"STEKSEAL") and ring.keys[0].aes_key not in raw
+    for out in outputs:
+        for secret in secrets:
+            assert secret not in out
+
+
 def _status(url: str, kek_file: Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "stek", "status", "--store", url],
                           env=child_env(STEK_KEK_FILE=str(kek_file)), capture_output=True,
