@@ -36,3 +36,12 @@ def assert_baseline(run: Run, label: str) -> None:
     assert len(cross) >= 2
     assert not any(cross)
     assert run.resumed < RECONNECTS - 1
+
+
+def assert_stek_against_baseline(plain: Run, with_stek: Run, label: str) -> None:
+    """The same server measured in the same test without stek, then with it."""
+    assert_baseline(plain, label)
+    assert_resumes_across_workers(with_stek, label)
+    print(f"{label}: {with_stek.resumed}/{RECONNECTS} resumed with stek, "
+          f"{plain.resumed}/{RECONNECTS} without")
+    assert with_stek.resumed > plain.resumed

@@ -12,12 +12,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from conftest import TLS_VERSIONS, Certs, client_context, free_port
-from multiworker import RECONNECTS, WORKERS, assert_baseline, assert_resumes_across_workers
+from multiworker import RECONNECTS, WORKERS, assert_stek_against_baseline
 from procs import APPS, Proc, env_with, reconnect_run, running, wait_https
 
 
 @contextlib.contextmanager
 def tornado(certs: Certs, tmp_path: Path, mode: str) -> Iterator[tuple[int, Proc]]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     port = free_port()
     cmd = [sys.executable, str(APPS / "tornado_server.py"), str(port), str(certs.cert),
            str(certs.key), str(WORKERS), mode]
@@ -29,18 +30,12 @@ def tornado(certs: Certs, tmp_path: Path, mode: str) -> Iterator[tuple[int, Proc
 
 
 @TLS_VERSIONS
-def test_tornado_fork_processes_resume(certs: Certs, tmp_path: Path,
-                                       tls_version: ssl.TLSVersion) -> None:
+def test_tornado_fork_processes_resume_where_plain_tornado_does_not(
+        certs: Certs, tmp_path: Path, tls_version: ssl.TLSVersion) -> None:
+    """4 workers, 40 reconnects: without stek first (the baseline), then with it."""
     cctx = client_context(certs, tls_version)
-    with tornado(certs, tmp_path, "stek") as (port, _):
-        run = reconnect_run(port, cctx, RECONNECTS)
-    assert_resumes_across_workers(run, f"tornado {tls_version.name}")
-
-
-@TLS_VERSIONS
-def test_tornado_without_stek(certs: Certs, tmp_path: Path,
-                              tls_version: ssl.TLSVersion) -> None:
-    cctx = client_context(certs, tls_version)
-    with tornado(certs, tmp_path, "plain") as (port, _):
-        run = reconnect_run(port, cctx, RECONNECTS)
-    assert_baseline(run, f"tornado {tls_version.name}")
+    with tornado(certs, tmp_path / "plain", "plain") as (port, _):
+        plain = reconnect_run(port, cctx, RECONNECTS)
+    with tornado(certs, tmp_path / "stek", "stek") as (port, _):
+        with_stek = reconnect_run(port, cctx, RECONNECTS)
+    assert_stek_against_baseline(plain, with_stek, f"tornado {tls_version.name}")

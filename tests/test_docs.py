@@ -13,16 +13,21 @@ from __future__ import annotations
 
 import os
 import re
+import ssl
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
+import stek
+from conftest import Certs, server_context
 from stek.agent import Agent, AgentCollector, Target, TargetSpec
 from stek.rotation import init_ring
 from stek.schedule import LIFECYCLE, Policy, State
 from stek.stores import FileStore
+from support import TLSServer
 
 ROOT = Path(__file__).resolve().parent.parent
 README = ROOT / "README.md"
@@ -79,6 +84,38 @@ def test_shell_example_runs(where: str, code: str, tmp_path: Path) -> None:
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, f"{where} exited {r.returncode}:\n{r.stdout}\n{r.stderr}"
     assert "Traceback" not in r.stderr, r.stderr
+
+
+def test_readme_sess_out_line_writes_a_session_stek_inspect_decodes(
+        certs: Certs, tmp_path: Path) -> None:
+    """The README's ``sleep 1 | openssl s_client ... -sess_out sess.pem``, exactly as
+    written but for the host and port, against a local TLS 1.3 server with stek:
+    sess.pem holds the session and its ticket, and ``stek inspect sess.pem`` decodes it."""
+    line = next(ln for ln in README.read_text().splitlines()
+                if ln.startswith("sleep 1 | openssl s_client") and "-sess_out sess.pem" in ln)
+    store = FileStore(tmp_path / "ring.json")
+    ring = init_ring(store, Policy()).ring
+    ctx = server_context(certs)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3  # the ticket comes after the handshake
+    handle = stek.install(ctx, store)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("STEK_")}
+    env["STEK_STORE"] = f"file:{store.path}"
+    with TLSServer(ctx) as srv:
+        cmd = line.replace("example.com:443", f"127.0.0.1:{srv.port}") \
+            .replace("-servername example.com", "-servername localhost")
+        assert "example.com" not in cmd
+        r = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, env=env, capture_output=True,
+                           text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    assert "-----BEGIN SSL SESSION PARAMETERS-----" in (tmp_path / "sess.pem").read_text()
+    assert handle.counters.issued >= 1
+    active = ring.encrypting_key(time.time())
+    assert active is not None
+    out = subprocess.run([sys.executable, "-m", "stek.cli", "inspect", "sess.pem"],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stdout + out.stderr  # 0: the server would resume it
+    assert f"key name {active.name.hex()}" in out.stdout
+    assert "TLSv1.3" in out.stdout and "resume" in out.stdout
 
 
 # -- what the docs cite -----------------------------------------------------------------------

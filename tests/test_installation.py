@@ -562,24 +562,51 @@ def test_renewed_tickets_carry_the_full_handshakes_time(
 
 _RAND = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_int)
 _INIT = ctypes.CFUNCTYPE(ctypes.c_int, *([ctypes.c_void_p] * 5))
-#: libssl function -> (C prototype, position in UNSAFE_TESTING_ONLY_swap_crypto).
-_FAILABLE = {"RAND_bytes": (_RAND, 0), "EVP_EncryptInit_ex": (_INIT, 1),
-             "EVP_DecryptInit_ex": (_INIT, 2)}
+_SET_PARAMS = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p)
+_HMAC_INIT = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int,
+                              ctypes.c_void_p, ctypes.c_void_p)
+#: what fails -> (libssl function, C prototype, position in UNSAFE_TESTING_ONLY_swap_crypto).
+#: "MAC init" is EVP_MAC_CTX_set_params on OpenSSL 3 (EVP_MAC-HMAC(7)), HMAC_Init_ex on 1.1.1.
+_FAILABLE = {"RAND_bytes": ("RAND_bytes", _RAND, 0),
+             "EVP_EncryptInit_ex": ("EVP_EncryptInit_ex", _INIT, 1),
+             "EVP_DecryptInit_ex": ("EVP_DecryptInit_ex", _INIT, 2),
+             "MAC init": ("EVP_MAC_CTX_set_params", _SET_PARAMS, 3) if libssl().openssl3
+             else ("HMAC_Init_ex", _HMAC_INIT, 3)}
+
+
+class Failing:
+    """How many more calls of the swapped OpenSSL function fail (None: all of them);
+    the others call the real function."""
+
+    def __init__(self) -> None:
+        self.left: int | None = None
+        self.calls = 0
 
 
 @contextlib.contextmanager
-def openssl_failing(name: str, accelerated: bool,
-                    monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+def openssl_failing(what: str, accelerated: bool,
+                    monkeypatch: pytest.MonkeyPatch) -> Iterator[Failing]:
     """Make one OpenSSL function fail (return 0) inside stek's callbacks.
 
     The compiled callback's functions are swapped through its loud test-only
     hook; the Python callback takes them from the LibSSL object when it is
-    installed, so install inside this block."""
-    proto, pos = _FAILABLE[name]
-    failing = proto(lambda *args: 0)
+    installed, so install inside this block.  Set ``.left`` on the answer to
+    fail only the next calls (a MAC init serves both sealing and opening)."""
+    name, proto, pos = _FAILABLE[what]
+    real = getattr(libssl(), name)
+    state = Failing()
+
+    def fake(*args: object) -> int:
+        if state.left is None or state.left > 0:
+            state.calls += 1
+            state.left = None if state.left is None else state.left - 1
+            return 0
+        return int(real(*args))
+
+    failing = proto(fake)
     if not accelerated:
         monkeypatch.setattr(libssl(), name, failing)
-        yield
+        yield state
         return
     from stek.hazmat import _fastcb  # type: ignore[attr-defined]
     from stek.installation import accelerated_available
@@ -589,23 +616,24 @@ def openssl_failing(name: str, accelerated: bool,
     swap[pos] = int(ctypes.cast(failing, ctypes.c_void_p).value or 0)
     old = _fastcb.UNSAFE_TESTING_ONLY_swap_crypto(*swap)
     try:
-        yield
+        yield state
     finally:
         _fastcb.UNSAFE_TESTING_ONLY_swap_crypto(*old)
 
 
 @TLS_VERSIONS
-@pytest.mark.parametrize("broken", ["RAND_bytes", "EVP_EncryptInit_ex"])
+@pytest.mark.parametrize("broken", ["RAND_bytes", "EVP_EncryptInit_ex", "MAC init"])
 def test_openssl_failure_sealing_a_ticket_still_handshakes_without_one(
         certs: Certs, store: FileStore, tls_version: ssl.TLSVersion, broken: str,
         callback_impl: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """Before: the callback answered -1 and OpenSSL aborted the handshake."""
     ctx = server_context(certs)
-    with openssl_failing(broken, callback_impl, monkeypatch):
+    with openssl_failing(broken, callback_impl, monkeypatch) as failing:
         handle = stek.install(ctx, store)
         with TLSServer(ctx) as srv:
             r = connect(srv.port, client_context(certs, tls_version))
             assert srv.errors == [] and srv.handshakes == 1
+    assert failing.calls >= 1  # the failure was really met
     assert r.version is not None
     c = handle.counters
     assert c.issued == 0 and c.errors >= 1, c
@@ -613,22 +641,27 @@ def test_openssl_failure_sealing_a_ticket_still_handshakes_without_one(
 
 
 @TLS_VERSIONS
+@pytest.mark.parametrize("broken", ["EVP_DecryptInit_ex", "MAC init"])
 def test_openssl_failure_opening_a_ticket_gives_a_full_handshake(
-        certs: Certs, store: FileStore, tls_version: ssl.TLSVersion, callback_impl: bool,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        certs: Certs, store: FileStore, tls_version: ssl.TLSVersion, broken: str,
+        callback_impl: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     ctx = server_context(certs)
     cctx = client_context(certs, tls_version)
-    with openssl_failing("EVP_DecryptInit_ex", callback_impl, monkeypatch):
+    with openssl_failing(broken, callback_impl, monkeypatch) as failing:
         handle = stek.install(ctx, store)
         with TLSServer(ctx) as srv:
+            failing.left = 0  # the ticket is sealed normally ...
             first = connect(srv.port, cctx)
             assert ticket_name(first.session) == handle.ring.encrypting_key(time.time()).name
+            issued = handle.counters.issued
+            failing.left = 1  # ... and cannot be opened: the first call is the opening
             second = connect(srv.port, cctx, first.session)
             assert srv.errors == [] and srv.handshakes == 2
+    assert failing.calls == 1
     assert not second.reused and second.version is not None
     c = handle.counters
     assert c.errors == 1 and c.resumed == 0 and c.accepted_by_name == 0
-    assert c.issued >= 2  # the full handshake ended with a fresh ticket
+    assert c.issued > issued  # the full handshake ended with a fresh ticket
 
 
 # -- the session's birth: unsigned 64 bits, the same answer in both callbacks ---------
@@ -694,7 +727,7 @@ def test_forged_ticket_under_a_live_key_name_is_not_counted_as_resumed(
 # -- lifetime: the callback lives as long as OpenSSL's SSL_CTX ----------------------
 
 _SNI_CHILD = r"""
-import gc, json, ssl, sys
+import gc, json, ssl, sys, weakref
 import stek
 from stek.hazmat.libssl import libssl
 from stek.installation import _PINNED, accelerated_available
@@ -712,6 +745,7 @@ def server_ctx():
 ctx1 = server_ctx()
 stek.install(ctx1, FileStore(ring_a), accelerate=accelerate)  # the handle is dropped
 ctx1_ptr = libssl().ssl_ctx_pointer(ctx1)
+ctx1_ref = weakref.ref(ctx1)
 ctx2 = server_ctx()  # what the SNI callback switches to: no stek on it
 
 def switch(sslobj, name, ctx):
@@ -744,6 +778,7 @@ assert server.context is ctx2
 # Mid-handshake: the first SSLContext goes away, another installation takes its place.
 del ctx1
 gc.collect()
+collected_before_ctx3 = ctx1_ref() is None  # else the bug is not exercised
 ctx3 = server_ctx()
 h3 = stek.install(ctx3, FileStore(ring_b), accelerate=accelerate)
 for _ in range(4):    # the client's Finished; the server seals the ticket now
@@ -761,6 +796,7 @@ in_use_during = _fastcb.in_use()
 del server, client
 gc.collect()
 print(json.dumps({"name": name, "accel": h3.accelerated, "pinned_during": pinned_during,
+                  "collected_before_ctx3": collected_before_ctx3,
                   "pinned_after": ctx1_ptr in _PINNED, "in_use_during": in_use_during,
                   "in_use_after": _fastcb.in_use()}))
 """
@@ -790,6 +826,8 @@ def test_first_context_collected_mid_handshake_after_sni_switch(
     assert proc.returncode == 0, f"child died ({proc.returncode}): {proc.stderr[-3000:]}"
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out["accel"] is callback_impl
+    # The first SSLContext really was gone before the next installation came.
+    assert out["collected_before_ctx3"] is True
     ring_a = {k.name.hex() for k in stores[0].read()}
     ring_b = {k.name.hex() for k in stores[1].read()}
     assert out["name"] in ring_a, "the ticket must be sealed under the first context's ring"

@@ -542,19 +542,64 @@ def _rotate_and_wait(host: Host, fleet: Any, cctx: ssl.SSLContext, step: int,
     return took
 
 
+class _PasswordRedis(RedisServer):
+    """redis-server whose only user is ``stek`` (Redis ACL), with a password that
+    stek reads from a file (``password_file=``)."""
+
+    def __init__(self, workdir: Path) -> None:
+        from fleet_tls import password_file
+
+        super().__init__(workdir)
+        self.pw_file, self.password = password_file(workdir, "stek")
+        self.conf = workdir / "acl.conf"
+        self.conf.write_text(f"user default off\nuser stek on >{self.password} ~* &* +@all\n")
+
+    @property
+    def url(self) -> str:
+        return (f"redis://stek@127.0.0.1:{self.port}/0?prefix=stektest"
+                f"&password_file={self.pw_file}")
+
+    def _cmd(self) -> list[str]:
+        exe, *flags = super()._cmd()
+        return [exe, str(self.conf), *flags]  # the password stays off redis-server's cmdline
+
+    def _ready(self) -> None:
+        import redis
+
+        deadline = time.monotonic() + 10
+        while True:
+            c = redis.Redis(host="127.0.0.1", port=self.port, username="stek",
+                            password=self.password, socket_timeout=1)
+            try:
+                if c.ping():
+                    return
+            except redis.RedisError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+            finally:
+                c.close()
+
+
 @pytest.mark.parametrize("kind", ["redis", "etcd"])
 def test_agent_mirror_serves_workers_without_the_kek(kind: str, certs: Certs, kek_file: Path,
                                                      tmp_path: Path) -> None:
     """The whole mirror, with real processes, on a sealed Redis or etcd ring.
 
     * workers (2 Python servers, gunicorn with 4 workers) read the mirror
-      file with no KEK and no store address in their environment;
+      file with no KEK, no store address and no store password (the Redis
+      has an ACL user) in their environment or command line;
     * they resume each other's tickets under TLS 1.2 and 1.3;
     * a rotation on the fleet store reaches every worker within 2 s;
     * the store is stopped and started while they serve: no failed handshake.
     """
-    server = (RedisServer if kind == "redis" else EtcdServer)(tmp_path / kind)
+    server = (_PasswordRedis if kind == "redis" else EtcdServer)(tmp_path / kind)
     server.start()
+    # What no worker may hold: the store's address and password, the KEK.
+    secrets = {"store URL": server.url, "store address": f"127.0.0.1:{server.port}",
+               "KEK file": str(kek_file), "KEK": kek_file.read_text().strip()}
+    if isinstance(server, _PasswordRedis):
+        secrets["store password"] = server.password
     try:
         fleet = shared(server.url, kek_file)
         init_ring(fleet, FAST)
@@ -565,12 +610,16 @@ def test_agent_mirror_serves_workers_without_the_kek(kind: str, certs: Certs, ke
         with running(agent_cmd, tmp_path / "agent.log", env=child_env()) as agent:
             wait_until(lambda: mirror_source(mirror) == fleet.url, timeout=20, step=0.05)
             with Host(certs, mirror, tmp_path).serving() as host:
+                assert len(host.pids()) == 2 + 1 + WORKERS
                 for pid in host.pids():
                     env = _environ(pid)
                     assert env["STEK_STORE"] == f"file:{mirror}"
                     leaked = [k for k, v in env.items() if k.startswith("STEK_KEK")
                               or str(server.port) in v or str(kek_file) in v]
                     assert leaked == [], (pid, leaked)
+                    raw = (Path(f"/proc/{pid}/environ").read_bytes()
+                           + Path(f"/proc/{pid}/cmdline").read_bytes()).decode(errors="replace")
+                    assert [k for k, v in secrets.items() if v in raw] == [], pid
                 for version in (ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3):
                     _cross_resumption(host, client_context(certs, version))
 
