@@ -141,6 +141,9 @@ def test_python_fleet(tmp_path: Path, certs: Certs) -> None:
                     if d["kind"] == "lifetime-hint" and addr(c) not in d["targets"]]
         code, doc, err = probe(addr(a), addr(b))
         assert code == 0, (err, doc)
+        # An IP target is verified against the certificate's IP address.
+        code, doc, err = probe(addr(a), addr(b), "--cafile", str(certs.ca))
+        assert code == 0, (err, doc)
 
 
 def test_same_key_other_session_id_context(tmp_path: Path, certs: Certs) -> None:

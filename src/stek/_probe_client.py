@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import ipaddress
 import socket
 import ssl
 import time
@@ -135,14 +134,11 @@ class TLSConnector:
             ctx._msg_callback = on_message  # type: ignore[attr-defined]
         return ctx
 
-    def _server_hostname(self, target: Target) -> str | None:
-        if self.sni is not None:
-            return self.sni
-        try:
-            ipaddress.ip_address(target.host)
-        except ValueError:
-            return target.host
-        return None  # RFC 6066 section 3: no IP literals in server_name
+    def _server_hostname(self, target: Target) -> str:
+        # An IP literal is checked against the certificate's IP addresses
+        # (--cafile) and never sent as SNI: CPython's ssl omits it, as RFC 6066
+        # section 3 asks ("Literal IPv4 and IPv6 addresses are not permitted").
+        return self.sni if self.sni is not None else target.host
 
     def handshake(self, target: Target, tls: str, session: Any = None, *,
                   want_tickets: bool = True) -> Handshake:
