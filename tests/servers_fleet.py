@@ -53,8 +53,12 @@ class _Server:
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(self._cmd(), cwd=self.dir, stdout=out,
                                          stderr=subprocess.STDOUT, start_new_session=True)
-        _wait_port(self.port, self.proc, self.log)
-        self._ready()
+        try:
+            _wait_port(self.port, self.proc, self.log)
+            self._ready()
+        except BaseException:
+            self.stop()  # a server that never became ready must not outlive the test
+            raise
 
     def _ready(self) -> None:
         pass
@@ -296,13 +300,17 @@ class EtcdCluster:
 
     def start(self) -> None:
         """Start every member (they need each other for quorum), then wait until it answers."""
-        for m in self.members:
-            if m.proc is None:
-                m.start_async()
-        for m in self.members:
-            assert m.proc is not None
-            _wait_port(m.port, m.proc, m.log)
-        self.wait_healthy()
+        try:
+            for m in self.members:
+                if m.proc is None:
+                    m.start_async()
+            for m in self.members:
+                assert m.proc is not None
+                _wait_port(m.port, m.proc, m.log)
+            self.wait_healthy()
+        except BaseException:
+            self.stop()  # no member may outlive a cluster that never came up
+            raise
         for m in self.members:
             m.state = "existing"
         if not getattr(self, "_auth", False):
@@ -495,12 +503,16 @@ class RedisSentinelSet:
         return self.url_for(self.prefix)
 
     def start(self) -> None:
-        for n in (*self.nodes, *self.sentinels):
-            if n.proc is None:
-                if not n.conf.exists():
-                    n.write_conf(self.pki)
-                n.start()
-        self.wait_replicated()
+        try:
+            for n in (*self.nodes, *self.sentinels):
+                if n.proc is None:
+                    if not n.conf.exists():
+                        n.write_conf(self.pki)
+                    n.start()
+            self.wait_replicated()
+        except BaseException:
+            self.stop()  # no node may outlive a set that never came up
+            raise
 
     def _admin(self, node: RedisNode) -> Any:
         import redis
