@@ -97,7 +97,8 @@ class Reactor:
         timer = Timer(self, when, fn)
         with self._lock:
             heapq.heappush(self._timers, (when, next(self._seq), timer))
-            self._ensure_running()
+            starting = self._ensure_running()
+        _start(starting)
         self._wake()
         return timer
 
@@ -106,17 +107,19 @@ class Reactor:
         self._check_fork()
         with self._lock:
             self._soon.append(fn)
-            self._ensure_running()
+            starting = self._ensure_running()
+        _start(starting)
         self._wake()
 
     def add_reader(self, fd: int, fn: Callback) -> None:
         """Call ``fn`` in the loop thread whenever ``fd`` is readable."""
         self._check_fork()
         with self._lock:
-            self._ensure_running()
+            starting = self._ensure_running()
             assert self._selector is not None
             self._readers[fd] = fn
             self._selector.register(fd, selectors.EVENT_READ)
+        _start(starting)
         self._wake()
 
     def remove_reader(self, fd: int) -> None:
@@ -128,8 +131,15 @@ class Reactor:
         self._wake()
 
     # -- the thread ---------------------------------------------------------------------
-    def _ensure_running(self) -> None:
-        """Start the thread (and open its wake descriptor) if needed; the lock is held."""
+    def _ensure_running(self) -> threading.Thread | None:
+        """Open the wake descriptor and make the thread if needed; the lock is held.
+
+        A new thread is returned for the caller to start once it has released
+        the lock: ``Thread.start()`` waits for the thread to begin, and a
+        garbage-collector finalizer that runs in the new thread's start-up
+        (cancelling a timer, removing a reader) takes this lock.  Starting it
+        under the lock deadlocked both threads.
+        """
         if self._selector is None:
             # poll(2) needs no descriptor of its own, unlike epoll.
             self._selector = (selectors.PollSelector() if hasattr(selectors, "PollSelector")
@@ -146,7 +156,8 @@ class Reactor:
         if self._thread is None:
             self._thread = threading.Thread(target=self._run, name="stek-background",
                                             daemon=True)
-            self._thread.start()
+            return self._thread
+        return None
 
     def _wake(self) -> None:
         fd = self._wake_fds[1]
@@ -205,6 +216,11 @@ class Reactor:
                 reader = self._readers.get(key.fd)
                 if reader is not None:
                     _call(reader)
+
+
+def _start(thread: threading.Thread | None) -> None:
+    if thread is not None:
+        thread.start()
 
 
 def _call(fn: Callback) -> None:
