@@ -4,7 +4,9 @@ never does (the baseline, measured in the same test)."""
 
 from __future__ import annotations
 
-from procs import Run
+import ssl
+
+from procs import Run, reconnect_run
 
 RECONNECTS = 40
 WORKERS = 4
@@ -12,6 +14,21 @@ WORKERS = 4
 
 def moved(run: Run) -> list[bool]:
     return [r.reused for r, m in zip(run.replies, run.moves) if m]
+
+
+def spread_run(port: int, cctx: ssl.SSLContext, tries: int = 4) -> Run:
+    """``RECONNECTS`` reconnects that change worker at least twice.
+
+    The kernel picks the worker that accepts each connection; on a loaded
+    machine one worker can take a whole run of 40.  Such a run says nothing
+    about crossing workers, so it is made again (at most ``tries`` times).
+    """
+    run = reconnect_run(port, cctx, RECONNECTS)
+    for _ in range(tries - 1):
+        if len(moved(run)) >= 2:
+            break
+        run = reconnect_run(port, cctx, RECONNECTS)
+    return run
 
 
 def assert_resumes_across_workers(run: Run, label: str) -> None:

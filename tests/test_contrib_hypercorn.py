@@ -14,8 +14,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from conftest import TLS_VERSIONS, Certs, client_context, free_port
-from multiworker import RECONNECTS, WORKERS, assert_stek_against_baseline
-from procs import APPS, Proc, env_with, reconnect_run, running, wait_https
+from multiworker import WORKERS, assert_stek_against_baseline, spread_run
+from procs import APPS, Proc, env_with, running, wait_https
 from stek.contrib import hypercorn as stek_hypercorn
 
 
@@ -44,7 +44,7 @@ def test_hypercorn_workers_resume_where_plain_hypercorn_does_not(
     """4 workers, 40 reconnects: without stek first (the baseline), then with it."""
     cctx = client_context(certs, tls_version)
     with hypercorn(certs, tmp_path / "plain", "plain") as (port, _):
-        plain = reconnect_run(port, cctx, RECONNECTS)
+        plain = spread_run(port, cctx)
     with hypercorn(certs, tmp_path / "stek", "stek") as (port, _):
-        with_stek = reconnect_run(port, cctx, RECONNECTS)
+        with_stek = spread_run(port, cctx)
     assert_stek_against_baseline(plain, with_stek, f"hypercorn {tls_version.name}")
