@@ -76,7 +76,7 @@ SCENARIOS = {
 _LAST: dict[str, tuple[bytes, Keyring]] = {}
 
 
-def _decoder(kek_file: str) -> Callable[[bytes | None], Keyring]:
+def _decoder(kek_file: str, ring_id: str) -> Callable[[bytes | None], Keyring]:
     """Unseal and parse a ring, as a worker does, once per distinct value in this process.
 
     Every consumer fetches the value from the store itself; only the
@@ -94,14 +94,14 @@ def _decoder(kek_file: str) -> Callable[[bytes | None], Keyring]:
         last = _LAST.get(kek_file)
         if last is not None and last[0] == blob:
             return last[1]
-        ring = Keyring.from_bytes(sealer.open(blob, "bench"), "bench")
+        ring = Keyring.from_bytes(sealer.open(blob, "bench", ring_id)[0], "bench")
         _LAST[kek_file] = (blob, ring)
         return ring
 
     return decode
 
 
-def decode_cost(kek_file: str, blob: bytes) -> float:
+def decode_cost(kek_file: str, ring_id: str, blob: bytes) -> float:
     """Seconds one worker spends unsealing and parsing the ring."""
     from stek.stores.sealing import Sealer
 
@@ -110,7 +110,7 @@ def decode_cost(kek_file: str, blob: bytes) -> float:
     n = 200
     t0 = time.perf_counter()
     for _ in range(n):
-        Keyring.from_bytes(sealer.open(blob, "bench"), "bench")
+        Keyring.from_bytes(sealer.open(blob, "bench", ring_id)[0], "bench")
     return (time.perf_counter() - t0) / n
 
 
@@ -189,10 +189,10 @@ async def _child(mode: str, args: dict[str, Any]) -> None:
         ready = asyncio.Event()
         events.append(ready)
         if mode == "redis":
-            tasks.append(_redis_consumer(args["url"], _decoder(args["kek"]),
+            tasks.append(_redis_consumer(args["url"], _decoder(args["kek"], args["ring_id"]),
                                          lambda ring, i=i: _report("seen", i, ring), ready))
         elif mode == "etcd":
-            tasks.append(_etcd_consumer(args["url"], _decoder(args["kek"]),
+            tasks.append(_etcd_consumer(args["url"], _decoder(args["kek"], args["ring_id"]),
                                         lambda ring, i=i: _report("seen", i, ring), ready))
         elif mode == "mirror":
             from stek.mirror import Mirror
@@ -203,7 +203,8 @@ async def _child(mode: str, args: dict[str, Any]) -> None:
                 m.write(ring)
                 _report("mirror", i, ring)
 
-            tasks.append(_redis_consumer(args["url"], _decoder(args["kek"]), wrote, ready))
+            tasks.append(_redis_consumer(args["url"], _decoder(args["kek"], args["ring_id"]),
+                                         wrote, ready))
         else:  # readers: args["per"] readers per mirror file
             path = Path(args["dir"]) / f"mirror-{i // args['per']}.json"
             tasks.append(_file_reader(path, i, ready))
@@ -325,15 +326,16 @@ def scenario(name: str, rotations: int, workdir: Path, kek: Path) -> dict[str, A
         init_ring(store, POLICY, now=BASE)
         started = time.monotonic()
         if readers:
-            consumers.spawn("mirror", clients, url=url, kek=str(kek), dir=str(mirror_dir))
+            consumers.spawn("mirror", clients, url=url, kek=str(kek), ring_id=store.ring_id,
+                            dir=str(mirror_dir))
             consumers.spawn("readers", clients * readers, dir=str(mirror_dir), per=readers)
         else:
             consumers.spawn(kind, clients, url=url if kind == "redis" else
-                            f"http://127.0.0.1:{server.port}", kek=str(kek))
+                            f"http://127.0.0.1:{server.port}", kek=str(kek), ring_id=store.ring_id)
         setup = time.monotonic() - started
         raw = store.read_raw()
         assert raw is not None
-        unseal_ms = decode_cost(str(kek), raw) * 1000
+        unseal_ms = decode_cost(str(kek), store.ring_id, raw) * 1000
         want = clients * readers if readers else clients
         time.sleep(2.0)
         cpu0, idle_t0 = server_cpu(pid), time.monotonic()
