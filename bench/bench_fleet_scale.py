@@ -4,9 +4,10 @@ One machine simulates the fleet's consumers against real redis-server and
 etcd on loopback.  Consumers are lightweight (asyncio tasks, many per
 process) but do what a stek worker does on a change: the store's
 notification (Redis pub/sub, an etcd watch stream), then a re-read of the
-ring and its unsealing under the KEK.  Each holds its own two store
-connections (one for notifications, one for reads), as a worker running
-``stek.install()`` on a fleet store does.
+ring and its unsealing under the KEK.  Each holds the store connections a
+process running ``stek.install()`` or ``stek agent`` holds: on Redis one
+(RESP3: the reads and the notifications on one connection), on etcd two (a
+watch stream and a connection for reads).
 
 Scenarios:
 
@@ -120,18 +121,42 @@ def _report(kind: str, ident: int, ring: Keyring) -> None:
 
 async def _redis_consumer(url: str, decode: Callable[[bytes | None], Keyring],
                           on_ring: Callable[[Keyring], None], ready: asyncio.Event) -> None:
+    """One RESP3 connection for the notifications and the reads, as the Redis store holds."""
+    from urllib.parse import urlsplit
+
     import redis.asyncio as aredis
 
-    client = aredis.Redis.from_url(url.split("?")[0])  # the read connection
-    pubsub = client.pubsub(ignore_subscribe_messages=True)  # the notification connection
-    await pubsub.subscribe("bench:changed")
-    ring = decode(await client.get("bench:keyring"))  # the start-up read
+    where = urlsplit(url)
+    conn: Any = aredis.Connection(host=where.hostname, port=where.port, protocol=3,
+                                  socket_timeout=None)  # idle between rotations
+    await conn.connect()
+    pushed = asyncio.Event()
+
+    async def on_push(message: list[Any]) -> list[Any]:
+        if message[0] == b"message":
+            pushed.set()
+        return message
+
+    conn._parser.set_pubsub_push_handler(on_push)
+
+    async def get() -> bytes | None:
+        await conn.send_command("GET", "bench:keyring")
+        value: bytes | None = await conn.read_response()
+        return value
+
+    await conn.send_command("SUBSCRIBE", "bench:changed")
+    await conn.read_response(push_request=True)
+    ring = decode(await get())  # the start-up read
     generation = ring.generation
     on_ring(ring)
     ready.set()
-    async for _ in pubsub.listen():
-        blob = await client.get("bench:keyring")
-        ring = decode(blob)
+    while True:
+        if not pushed.is_set():  # a push met while reading a reply has set it already
+            await conn.read_response(push_request=True)
+            if not pushed.is_set():
+                continue
+        pushed.clear()
+        ring = decode(await get())
         if ring.generation != generation:
             generation = ring.generation
             on_ring(ring)

@@ -512,6 +512,23 @@ def _environ(pid: int) -> dict[str, str]:
                 if "=" in item)
 
 
+def _connections(pid: int, port: int) -> int:
+    """Established TCP connections that process ``pid`` holds to local port ``port``."""
+    sockets = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                sockets.add(target[len("socket:["):-1])
+    n = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            f = line.split()  # sl local remote st ... inode (proc_net_tcp(5))
+            if f[3] == "01" and int(f[2].rsplit(":", 1)[1], 16) == port and f[9] in sockets:
+                n += 1
+    return n
+
+
 def _cross_resumption(host: Host, cctx: ssl.SSLContext) -> None:
     """Tickets issued by each server resume on the others (and the callback ran)."""
     a, b = host.servers
@@ -626,10 +643,14 @@ def test_agent_mirror_serves_workers_without_the_kek(kind: str, certs: Certs, ke
                 cctx = client_context(certs, ssl.TLSVersion.TLSv1_3)
                 took = _rotate_and_wait(host, fleet, cctx, 1, PROPAGATION_BOUND)
                 print(f"{kind}: a rotation reached all {2 + WORKERS} workers in {took:.2f}s")
+                if kind == "redis":  # one client per host: RESP3, one connection
+                    assert _connections(agent.pid, server.port) == 1
 
                 _outage_without_failed_handshakes(host, server, mirror, certs)
                 # Once the store is back, the agent follows it again (liveness only).
                 _rotate_and_wait(host, shared(server.url, kek_file), cctx, 2, 20.0)
+                if kind == "redis":  # reconnected: still one
+                    assert _connections(agent.pid, server.port) == 1
             log = agent.output()
         assert "retrying in" in log  # the agent saw the outage
         assert "Traceback" not in log

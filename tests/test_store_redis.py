@@ -128,34 +128,21 @@ def test_wait_runs_on_the_connection_that_wrote(pair: tuple[RedisServer, RedisRe
                                                 kek_file: Path) -> None:
     """WAIT counts what replicas acknowledged of *its own connection's* writes.
 
-    The store's pool is shared (the agent's /metrics probe sends ROLE through
-    it while a rotation writes), so the connection a command is handed may not
-    be the one the previous command used.  Modelled here: every checkout finds
-    the connection released last taken by another user, and gets another idle
-    one.  Sent on a connection whose own writes are older (an earlier write,
-    a PUBLISH), WAIT answers at once with the replica that holds those; on the
-    writing connection, with the replica stalled (SIGSTOP), it answers 0 and
-    the write must be reported as failed.  (Which connection WAIT lands on
-    depends on the commands before it: here the health probe's ROLE.)
+    Sent on a connection whose own writes are older (an earlier write, a
+    PUBLISH), WAIT would answer at once with the replica that holds those.
+    The store has one connection, shared by its threads (the agent's /metrics
+    probe sends ROLE through it while a rotation writes), and holds it for a
+    write and its WAIT: with the replica stalled (SIGSTOP), WAIT answers 0 and
+    the write must be reported as failed.
     """
     from stek import Policy, init_ring, rotate
 
     primary, replica = pair
     store = open_store(primary.url + "&min_replicas=1&wait_timeout=0.5", kek_file=str(kek_file))
     assert isinstance(store, RedisStore)
-    pool = store._client.connection_pool
-    real = pool.get_connection
-
-    def another_idle_connection(*args: object, **kwargs: object) -> object:
-        taken = real()  # the one the pool would hand out: another user has it now
-        other = real()
-        pool.release(taken)
-        return other
-
-    pool.get_connection = another_idle_connection  # type: ignore[method-assign]
     policy = Policy()
     init_ring(store, policy)
-    assert health_of(store).replicas == 1  # the agent's /metrics probe, through the same pool
+    assert health_of(store).replicas == 1  # the agent's /metrics probe, on the same connection
     wait_online(primary, acked=True)  # replicas acknowledge once a second
     replica.pause()
     try:
@@ -163,5 +150,214 @@ def test_wait_runs_on_the_connection_that_wrote(pair: tuple[RedisServer, RedisRe
             rotate(store, now=time.time() + policy.rotate_every)
     finally:
         replica.resume()
-    # Replicating again: the same write path, through the same pool, succeeds.
+    # Replicating again: the same write path, on the same connection, succeeds.
     assert rotate(store, now=time.time() + 2 * policy.rotate_every).changed
+
+
+def _clients(server: RedisServer) -> list[dict[str, str]]:
+    """The server's other clients (CLIENT LIST), as dicts, without the asking one."""
+    import redis
+
+    admin = redis.Redis(host="127.0.0.1", port=server.port)
+    try:
+        me = admin.client_id()
+        return [c for c in admin.client_list() if int(c["id"]) != me]
+    finally:
+        admin.close()
+
+
+def test_store_uses_one_connection_for_commands_and_its_watch(server: RedisServer,
+                                                               kek_file: Path) -> None:
+    """Reads, writes and the change watch share one RESP3 connection, and survive its loss.
+
+    A fleet of hosts is then one client per host on the store.  Killed
+    server-side (CLIENT KILL), the connection is replaced on the next
+    command, and the watch subscribes again on the new one: the next change
+    by another writer is still announced.
+    """
+    import threading
+
+    from stek import Policy, init_ring, rotate
+
+    store = open_store(server.url, kek_file=str(kek_file))
+    other = open_store(server.url, kek_file=str(kek_file))
+    assert isinstance(store, RedisStore)
+    changes = threading.Semaphore(0)
+    # Rotations run up to 4 slots (4 minutes) ahead of the clock: within what
+    # readers accept (publish_ahead plus the allowed clock skew).
+    step_s = 60
+    init_ring(store, Policy(rotate_every=step_s, accept_for=1800, publish_ahead=600))
+    watch = store.subscribe(changes.release)
+    try:
+        assert watch.connected.wait(5)
+        assert changes.acquire(timeout=5)  # ready() notifies
+        t = time.time()
+        for step in (1, 2):
+            assert rotate(other, now=t + step * step_s).changed
+            assert changes.acquire(timeout=5)
+            assert store.read().generation == other.read().generation
+        assert rotate(store, now=t + 3 * step_s).changed
+        other.close()
+        mine = _clients(server)
+        assert len(mine) == 1, mine
+        assert mine[0]["resp"] == "3" and mine[0]["sub"] == "1", mine[0]
+
+        import redis
+
+        admin = redis.Redis(host="127.0.0.1", port=server.port)
+        admin.client_kill_filter(_id=int(mine[0]["id"]))
+        admin.close()
+        assert store.read().generation >= 3  # reconnects for the read
+        deadline = time.monotonic() + 5
+        while not (watch.connected.is_set() and
+                   [c["sub"] for c in _clients(server)] == ["1"]):
+            assert time.monotonic() < deadline, _clients(server)
+            time.sleep(0.05)
+        while changes.acquire(timeout=0.5):
+            pass  # the re-subscription notified
+        again = open_store(server.url, kek_file=str(kek_file))
+        assert rotate(again, now=t + 4 * step_s).changed
+        again.close()
+        assert changes.acquire(timeout=5)
+        assert store.read().generation == rotate(store, now=t + 4 * step_s).ring.generation
+        assert len(_clients(server)) == 1
+    finally:
+        watch.close()
+        store.close()
+
+
+class _NoResp3Redis(RedisServer):
+    """A server without HELLO, as Redis 5 and earlier are: no RESP3."""
+
+    def _cmd(self) -> list[str]:
+        return [*super()._cmd(), "--rename-command", "HELLO", '""']
+
+
+def test_server_without_resp3_is_named_in_one_line(tmp_path: Path, kek_file: Path) -> None:
+    srv = _NoResp3Redis(tmp_path / "old")
+    srv.start()
+    try:
+        store = open_store(srv.url, kek_file=str(kek_file))
+        with pytest.raises(StoreUnavailable) as info:
+            store.read()
+        text = str(info.value)
+        assert "\n" not in text
+        assert "stek needs Redis 6 or later" in text and "cannot read" in text
+    finally:
+        srv.stop()
+
+
+def test_forked_child_opens_its_own_connection(server: RedisServer, kek_file: Path) -> None:
+    """A pre-fork server's store: the child never speaks on the parent's socket.
+
+    Parent and child both watch and read after the fork; each gets its own
+    connection, each is told of the other's rotation, and neither reads a
+    reply meant for the other.
+    """
+    import threading
+
+    from stek import Policy, init_ring, rotate
+
+    store = open_store(server.url, kek_file=str(kek_file))
+    init_ring(store, Policy(rotate_every=60, accept_for=1800, publish_ahead=600))
+    changes = threading.Semaphore(0)
+    watch = store.subscribe(changes.release)
+    assert watch.connected.wait(5) and changes.acquire(timeout=5)
+    t = time.time()
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: exit status 0 only if all went well
+        code = 1
+        try:
+            os.close(read)
+            child_changes = threading.Semaphore(0)
+            child_watch = store.subscribe(child_changes.release)
+            if child_watch.connected.wait(5) and child_changes.acquire(timeout=5):
+                os.write(write, b"w")  # subscribed: the parent may rotate
+                gen = store.read().generation
+                if child_changes.acquire(timeout=10) and store.read().generation > gen:
+                    code = 0 if rotate(store, now=t + 2 * 60).changed else 2
+            child_watch.close()
+        finally:
+            os._exit(code)
+    os.close(write)
+    try:
+        assert os.read(read, 1) == b"w"
+        for _ in range(20):  # the parent keeps using its connection meanwhile
+            store.read()
+        assert rotate(store, now=t + 60).changed
+        _, status = os.waitpid(pid, 0)
+        pid = 0
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert changes.acquire(timeout=5)  # the child's rotation reached the parent
+        deadline = time.monotonic() + 5
+        while store.read().generation < 3:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert len(_clients(server)) == 1  # the child's connection is gone with it
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(read)
+        watch.close()
+        store.close()
+
+
+def test_threads_sharing_the_connection_each_get_their_own_replies(server: RedisServer,
+                                                                   kek_file: Path) -> None:
+    """Reads, health probes, writes and the watch's pushes, from many threads, on one socket.
+
+    Each thread's replies must be its own (a read never returns ROLE's
+    reply), every generation a thread reads is at least the last it read,
+    and the watch hears of the other writer's rotations meanwhile.
+    """
+    import threading
+
+    from stek import Policy, init_ring, rotate
+
+    store = open_store(server.url, kek_file=str(kek_file))
+    other = open_store(server.url, kek_file=str(kek_file))
+    init_ring(store, Policy(rotate_every=60, accept_for=1800, publish_ahead=600))
+    heard = threading.Semaphore(0)
+    watch = store.subscribe(heard.release)
+    assert watch.connected.wait(5)
+    stop = threading.Event()
+    errors: list[BaseException] = []
+    reads = [0]
+
+    def reader() -> None:
+        last = 0
+        try:
+            while not stop.is_set():
+                gen = store.read().generation
+                assert gen >= last
+                last = gen
+                ep = health_of(store).endpoints[0]
+                assert ep.reachable and ep.role == "primary", ep
+                reads[0] += 1
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=reader) for _ in range(4)]
+    for th in threads:
+        th.start()
+    t = time.time()
+    try:
+        for step in range(1, 5):
+            assert rotate(other, now=t + step * 60).changed
+            time.sleep(0.1)
+    finally:
+        stop.set()
+        for th in threads:
+            th.join(10)
+    assert errors == []
+    assert reads[0] > 40
+    assert store.read().generation == other.read().generation == 5
+    got = 0
+    while heard.acquire(timeout=1):
+        got += 1
+    assert got >= 5  # ready(), then every rotation (some may be coalesced in one push read)
+    watch.close()
+    store.close()
+    other.close()

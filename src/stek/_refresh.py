@@ -4,9 +4,10 @@ The installations of a process that read the same store object form a
 group: one subscription to the store's changes, one read per change, the
 ring swapped into every member.  ``install()`` given the same URL twice
 shares one store object (:func:`shared_store`), so an SNI server with ten
-contexts on one Redis opens one connection pool and one pub/sub watch, not
-ten.  Every group's timers run on the process's one background thread
-(stek._loop), which also reads the file stores' inotify events.
+contexts on one Redis opens one connection (its reads and its change
+notifications), not ten.  Every group's timers run on the process's one
+background thread (stek._loop), which also reads the file stores' inotify
+events.
 
 A group re-reads the store when it announces a change, every
 ``BACKSTOP_INTERVAL`` seconds as a backstop, every ``RETRY_INTERVAL``

@@ -34,6 +34,9 @@ The ring lives, sealed (see :mod:`stek.stores.sealing`), in the string
   most that one: the rotator that finds the ring back at the last value it
   saw acknowledged re-issues it above the lost generation (see
   :meth:`RedisStore.update`), which readers holding the lost one admit.
+* One connection per store object (RESP3, so Redis 6 or later): reads,
+  writes and the change notifications share it (see :mod:`._redis_channel`),
+  and a fleet of hosts is one client per host on the store.
 * Change notification: pub/sub on ``{prefix}:changed``.  Messages published
   while a subscriber is disconnected are lost, so every (re)subscription
   also notifies, and the consumer re-reads; ``install()``'s periodic re-read
@@ -48,7 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import inspect
+import itertools
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -62,6 +65,7 @@ from redis.sentinel import Sentinel
 
 from ..errors import ConfigError, SealingError, StoreUnavailable
 from ..keyring import Keyring
+from ._redis_channel import Channel
 from .base import Endpoint, Mutator, StoreHealth
 from .sealing import (
     AnySealer,
@@ -127,16 +131,14 @@ def _tls_kwargs(u: StoreURL, tls: bool) -> dict[str, Any]:
 
 
 class _Link:
-    """One connection checked out of the pool: a write, ``ROLE`` and ``WAIT`` all on it.
+    """The store's connection, held by one thread: a write, ``ROLE`` and ``WAIT`` all on it.
 
     ``WAIT`` counts the replicas that acknowledged the writes *of the
     connection it runs on* (https://redis.io/docs/latest/commands/wait/).
-    Sent on another pooled connection, whose own writes are older (an earlier
-    write, a ``PUBLISH``), it answers at once with replicas that need not hold
-    this write.  So the write and its ``WAIT`` never go through the shared
-    pool one command at a time (other threads, the agent's health probe among
-    them, use it too), and never through redis-py's retry either: a
-    reconnection between them would leave ``WAIT`` on another connection.
+    The store has one connection (:mod:`._redis_channel`), held for the
+    whole sequence so that no other thread's command comes between; and the
+    sequence never goes through redis-py's retry: a reconnection between a
+    write and its ``WAIT`` would leave ``WAIT`` on another connection.
     """
 
     def __init__(self, conn: Connection) -> None:
@@ -153,15 +155,6 @@ class _Link:
         except redis.exceptions.NoScriptError:
             done = self.call("EVAL", _CAS, 1, key, *args)  # loads it, for the next EVALSHA
         return bool(done)
-
-
-def _checkout(pool: redis.ConnectionPool) -> Connection:
-    # redis-py 5.3 and later take no argument (and warn about one); earlier
-    # versions want a command name, which they ignore.
-    wanted = inspect.signature(pool.get_connection).parameters.get("command_name")
-    if wanted is not None and wanted.default is inspect.Parameter.empty:
-        return pool.get_connection("EVALSHA")
-    return pool.get_connection()  # type: ignore[call-arg]
 
 
 class _LostWrites(SealingError):
@@ -223,6 +216,9 @@ class _Parsed:
             # One immediate retry: enough to replace a pooled connection
             # that died with a restarted server, never a long stall.
             "retry": Retry(NoBackoff(), 1), "health_check_interval": 10,
+            # RESP3: one connection carries the commands and the change
+            # notifications alike (see _redis_channel); Redis 6 or later.
+            "protocol": 3,
         }
         tls = _tls_kwargs(u, self.tls)
         if self.sentinel:
@@ -240,6 +236,10 @@ class _Parsed:
         return redis.Redis(host=host, port=port, **kw, **tls)
 
 
+#: Distinct keys for the watches of a process (a channel may carry several).
+_WATCHES = itertools.count()
+
+
 class RedisStore(SharedStore[bytes | None]):
     """A sealed keyring in one Redis string, changed by compare-and-set scripts."""
 
@@ -247,6 +247,8 @@ class RedisStore(SharedStore[bytes | None]):
                  secrets: tuple[str, ...] = (), parsed: _Parsed | None = None) -> None:
         super().__init__(url, sealer)
         self._client = client
+        #: The one connection every command and watch of this object uses.
+        self._chan = Channel(client.connection_pool)
         # Only to scrub them from foreign error messages (as typed and encoded).
         self._secrets = secrets
         self._parsed = parsed
@@ -296,11 +298,15 @@ class RedisStore(SharedStore[bytes | None]):
         return f"RedisStore({self.url!r}, {self.sealer.describe})"
 
     def _fail(self, action: str, exc: BaseException) -> StoreUnavailable:
+        if isinstance(exc, redis.ResponseError) and "HELLO" in str(exc):
+            return unavailable(self.url, action, exc, detail=(
+                "the server does not know HELLO, so it cannot speak RESP3: stek needs "
+                "Redis 6 or later"))
         return unavailable(self.url, action, exc, *self._secrets)
 
     def _load(self) -> tuple[bytes | None, bytes | None]:
         try:
-            value = self._client.get(self.key)
+            value = self._chan.call("GET", self.key)
         except redis.RedisError as exc:
             raise self._fail("read", exc) from exc
         if value is not None and not isinstance(value, bytes):
@@ -310,15 +316,8 @@ class RedisStore(SharedStore[bytes | None]):
 
     @contextlib.contextmanager
     def _link(self) -> Iterator[_Link]:
-        pool = self._client.connection_pool
-        conn = _checkout(pool)
-        try:
+        with self._chan.hold() as conn:
             yield _Link(conn)
-        except BaseException:
-            conn.disconnect()  # a reply may be pending: never hand it back half-read
-            raise
-        finally:
-            pool.release(conn)
 
     def _swap(self, token: bytes | None, data: bytes) -> bool:
         args = ["0", b""] if token is None else ["1", token]
@@ -339,7 +338,7 @@ class RedisStore(SharedStore[bytes | None]):
         self._local.wrote = True
         # Announced only once durable: a watcher never loads a key a failover could lose.
         try:
-            self._client.publish(self.channel, "changed")
+            self._chan.call("PUBLISH", self.channel, "changed")
         except redis.RedisError as exc:
             log.warning("%s: written, but the change notification failed (%s); watchers "
                         "see it at their next periodic read", self.url, type(exc).__name__)
@@ -431,18 +430,18 @@ class RedisStore(SharedStore[bytes | None]):
             self.lost_writes_reissued += 1
 
     def _listen(self, watch: WatchThread) -> None:
-        pubsub = self._client.pubsub(ignore_subscribe_messages=True)
-        watch.on_close(pubsub.close)
+        key = next(_WATCHES)
+        epoch = self._chan.subscribe(self.channel, key, watch.changed)
+        watch.on_close(lambda: self._chan.unsubscribe(self.channel, key, epoch))
         try:
-            pubsub.subscribe(self.channel)
             watch.ready()
-            while not watch.stop_event.is_set():
-                # Returns at once when a message arrives; the timeout only
-                # bounds how long close() waits for this thread.
-                if pubsub.get_message(timeout=0.5) is not None:
-                    watch.changed()
+            # Returns at once when a message arrives; the timeout only bounds
+            # how long close() waits for this thread.  Ends when another
+            # thread replaced the connection: subscribe on the new one.
+            while not watch.stop_event.is_set() and self._chan.pump(epoch, 0.5):
+                pass
         finally:
-            pubsub.close()
+            self._chan.unsubscribe(self.channel, key, epoch)
 
     def subscribe(self, on_change: Callable[[], None]) -> WatchThread:
         return WatchThread("stek-redis-watch", self.url, self._listen, on_change)
@@ -468,7 +467,7 @@ class RedisStore(SharedStore[bytes | None]):
                 eps.append(Endpoint(f"master {p.master}", False, "primary",
                                     self._fail("reach", exc).args[0]))
         try:
-            role = self._client.execute_command("ROLE")
+            role = self._chan.call("ROLE")
             name = role[0].decode() if isinstance(role[0], bytes) else str(role[0])
             if name == "master":
                 replicas = len(role[2])
@@ -499,6 +498,7 @@ class RedisStore(SharedStore[bytes | None]):
     def close(self) -> None:
         # Closing a dead connection is not an error.
         with contextlib.suppress(redis.RedisError):
+            self._chan.close()
             self._client.close()
         p = self._parsed
         if p and p.sentinel:
