@@ -117,6 +117,25 @@ def fetch(port: int, cctx: ssl.SSLContext, path: str) -> str:
     return data.partition(b"\r\n\r\n")[2].decode()
 
 
+def _spread_runs(port: int, cctx: ssl.SSLContext, tries: int = 4
+                 ) -> tuple[int, dict[int, dict[str, int]]]:
+    """Reconnect runs until at least two workers resumed tickets, at most ``tries``.
+
+    The kernel picks the worker that accepts each connection; on a loaded
+    machine one worker can take a whole run.  Returns the reconnects resumed
+    over all runs and each worker's latest counters.
+    """
+    resumed, counters = 0, {}
+    for _ in range(tries):
+        run = reconnect_run(port, cctx, RECONNECTS)
+        assert run.resumed >= RECONNECTS - 1, run.pids
+        resumed += run.resumed
+        counters.update(run.counters)
+        if len([c for c in counters.values() if c["resumed"] > 0]) >= 2:
+            break
+    return resumed, counters
+
+
 @TLS_VERSIONS
 def test_gunicorn_four_workers_sum(certs: Certs, tmp_path: Path,
                                    tls_version: ssl.TLSVersion) -> None:
@@ -133,24 +152,23 @@ def test_gunicorn_four_workers_sum(certs: Certs, tmp_path: Path,
     with running(cmd, tmp_path / "gunicorn.log", env=env) as proc:
         proc.wait_output(r"Booting worker with pid: (\d+)", WORKERS)
         wait_https(port, client_context(certs, ssl.TLSVersion.TLSv1_3), proc)
-        run = reconnect_run(port, cctx, RECONNECTS)
+        resumed, counters = _spread_runs(port, cctx)
         # Every worker's own view, then the sum that /metrics must show.
         deadline = time.monotonic() + 30
         while True:
             m = samples(fetch(port, cctx, "/metrics"))
             total = m.get(("stek_tickets_resumed_total", ()), 0)
-            if total >= run.resumed or time.monotonic() > deadline:
+            if total >= resumed or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
         files = os.listdir(mpdir)
-    print(f"gunicorn {tls_version.name}: {run.resumed}/{RECONNECTS} resumed; "
-          f"per worker {[c['resumed'] for c in run.counters.values()]}; /metrics {total}")
-    assert run.resumed >= RECONNECTS - 1
+    print(f"gunicorn {tls_version.name}: {resumed} resumed; "
+          f"per worker {[c['resumed'] for c in counters.values()]}; /metrics {total}")
     # No other client resumed anything: the sum over workers is what the client saw.
-    assert total == run.resumed
-    resumers = [pid for pid, c in run.counters.items() if c["resumed"] > 0]
-    assert len(resumers) >= 2, run.counters  # the sum spans several workers
-    assert sum(c["resumed"] for c in run.counters.values()) <= total
+    assert total == resumed
+    resumers = [pid for pid, c in counters.items() if c["resumed"] > 0]
+    assert len(resumers) >= 2, counters  # the sum spans several workers
+    assert sum(c["resumed"] for c in counters.values()) <= total
     assert m[("stek_tickets_issued_total", ())] >= 1
     assert m[("stek_ticket_callback_errors_total", ())] == 0  # shown at 0, not absent
     assert m[("stek_server_store_ok", ())] == 1
@@ -173,23 +191,22 @@ def test_uvicorn_four_workers_sum(certs: Certs, tmp_path: Path,
     with running(cmd, tmp_path / "uvicorn.log", env=env) as proc:
         pids = proc.wait_output(r"Started server process \[(\d+)\]", WORKERS)
         wait_https(port, client_context(certs, ssl.TLSVersion.TLSv1_3), proc)
-        run = reconnect_run(port, cctx, RECONNECTS)
+        resumed, counters = _spread_runs(port, cctx)
         deadline = time.monotonic() + 30
         while True:
             m = samples(fetch(port, cctx, "/metrics"))
             total = m.get(("stek_tickets_resumed_total", ()), 0)
-            if total >= run.resumed or time.monotonic() > deadline:
+            if total >= resumed or time.monotonic() > deadline:
                 break
             time.sleep(0.2)
         files = os.listdir(mpdir)
-    print(f"uvicorn {tls_version.name}: {run.resumed}/{RECONNECTS} resumed; "
-          f"per worker {[c['resumed'] for c in run.counters.values()]}; /metrics {total}")
+    print(f"uvicorn {tls_version.name}: {resumed} resumed; "
+          f"per worker {[c['resumed'] for c in counters.values()]}; /metrics {total}")
     assert len(set(pids)) == WORKERS
-    assert run.resumed >= RECONNECTS - 1
     # No other client resumed anything: the sum over workers is what the client saw.
-    assert total == run.resumed
-    resumers = [pid for pid, c in run.counters.items() if c["resumed"] > 0]
-    assert len(resumers) >= 2, run.counters  # the sum spans several workers
+    assert total == resumed
+    resumers = [pid for pid, c in counters.items() if c["resumed"] > 0]
+    assert len(resumers) >= 2, counters  # the sum spans several workers
     assert set(resumers) <= {int(p) for p in pids}
     assert m[("stek_tickets_issued_total", ())] >= 1
     assert m[("stek_ticket_callback_errors_total", ())] == 0
