@@ -86,7 +86,11 @@ class Channel:
     def _connection(self) -> Conn:
         if self._conn is None:
             conn: Conn = checkout(self._pool)  # TLS, AUTH, HELLO 3, the Sentinels' primary
-            conn._parser.set_pubsub_push_handler(self._push)
+            parser = conn._parser
+            # redis-py 5.0 names it set_push_handler; later versions, which
+            # also have pushes for client-side caching, set_pubsub_push_handler.
+            setter = getattr(parser, "set_pubsub_push_handler", None) or parser.set_push_handler
+            setter(self._push)
             self._conn = conn
             self._epoch += 1
         return self._conn
@@ -106,6 +110,15 @@ class Channel:
         """Read the pushes already waiting (each goes to :meth:`_push`)."""
         while conn.can_read(timeout=0):
             conn.read_response(push_request=True)
+
+    def _push_command(self, conn: Conn, *args: Any) -> None:
+        """(UN)SUBSCRIBE, whose confirmation is itself a push."""
+        try:
+            conn.send_command(*args)
+            conn.read_response(push_request=True)
+        except BaseException:
+            self._drop()
+            raise
 
     def _push(self, message: Any) -> Any:
         kind = message[0] if message else b""
@@ -160,13 +173,7 @@ class Channel:
         """Call ``fn`` for every message on ``channel``; returns the connection's number."""
         self._check_fork()
         with self._lock:
-            conn = self._connection()
-            try:
-                conn.send_command("SUBSCRIBE", channel)
-                conn.read_response(push_request=True)  # the confirmation, itself a push
-            except BaseException:
-                self._drop()
-                raise
+            self._push_command(self._connection(), "SUBSCRIBE", channel)
             self._subscribers[key] = fn
             return self._epoch
 
@@ -177,12 +184,7 @@ class Channel:
             conn = self._live(epoch)
             if self._subscribers.pop(key, None) is None or self._subscribers or conn is None:
                 return
-            try:
-                conn.send_command("UNSUBSCRIBE", channel)
-                conn.read_response(push_request=True)  # the confirmation, itself a push
-            except BaseException:
-                self._drop()
-                raise
+            self._push_command(conn, "UNSUBSCRIBE", channel)
 
     def pump(self, epoch: int, timeout: float) -> bool:
         """Wait up to ``timeout`` for pushes on connection ``epoch`` and deliver them.
