@@ -213,8 +213,8 @@ class _Parsed:
         kw: dict[str, Any] = {
             "db": self.db, "username": u.user, "password": u.password,
             "socket_connect_timeout": connect_timeout, "socket_timeout": socket_timeout,
-            # One immediate retry: enough to replace a pooled connection
-            # that died with a restarted server, never a long stall.
+            # One immediate retry of a failed connect, never a long stall
+            # (a dead connection is replaced by the channel: _redis_channel).
             "retry": Retry(NoBackoff(), 1), "health_check_interval": 10,
             # RESP3: one connection carries the commands and the change
             # notifications alike (see _redis_channel); Redis 6 or later.
