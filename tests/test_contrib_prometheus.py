@@ -136,6 +136,22 @@ def _spread_runs(port: int, cctx: ssl.SSLContext, tries: int = 4
     return resumed, counters
 
 
+def _metrics_reaching(port: int, cctx: ssl.SSLContext, resumed: int
+                      ) -> tuple[dict[tuple[str, tuple[tuple[str, str], ...]], float], float]:
+    """/metrics once its resumed total reaches ``resumed`` (or after 30 s), and that total.
+
+    Workers write their counters to the multiprocess directory as they go;
+    a scrape may come before the last worker's write.
+    """
+    deadline = time.monotonic() + 30
+    while True:
+        m = samples(fetch(port, cctx, "/metrics"))
+        total = m.get(("stek_tickets_resumed_total", ()), 0)
+        if total >= resumed or time.monotonic() > deadline:
+            return m, total
+        time.sleep(0.2)
+
+
 @TLS_VERSIONS
 def test_gunicorn_four_workers_sum(certs: Certs, tmp_path: Path,
                                    tls_version: ssl.TLSVersion) -> None:
@@ -154,13 +170,7 @@ def test_gunicorn_four_workers_sum(certs: Certs, tmp_path: Path,
         wait_https(port, client_context(certs, ssl.TLSVersion.TLSv1_3), proc)
         resumed, counters = _spread_runs(port, cctx)
         # Every worker's own view, then the sum that /metrics must show.
-        deadline = time.monotonic() + 30
-        while True:
-            m = samples(fetch(port, cctx, "/metrics"))
-            total = m.get(("stek_tickets_resumed_total", ()), 0)
-            if total >= resumed or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+        m, total = _metrics_reaching(port, cctx, resumed)
         files = os.listdir(mpdir)
     print(f"gunicorn {tls_version.name}: {resumed} resumed; "
           f"per worker {[c['resumed'] for c in counters.values()]}; /metrics {total}")
@@ -192,13 +202,7 @@ def test_uvicorn_four_workers_sum(certs: Certs, tmp_path: Path,
         pids = proc.wait_output(r"Started server process \[(\d+)\]", WORKERS)
         wait_https(port, client_context(certs, ssl.TLSVersion.TLSv1_3), proc)
         resumed, counters = _spread_runs(port, cctx)
-        deadline = time.monotonic() + 30
-        while True:
-            m = samples(fetch(port, cctx, "/metrics"))
-            total = m.get(("stek_tickets_resumed_total", ()), 0)
-            if total >= resumed or time.monotonic() > deadline:
-                break
-            time.sleep(0.2)
+        m, total = _metrics_reaching(port, cctx, resumed)
         files = os.listdir(mpdir)
     print(f"uvicorn {tls_version.name}: {resumed} resumed; "
           f"per worker {[c['resumed'] for c in counters.values()]}; /metrics {total}")
