@@ -34,3 +34,35 @@ def test_thread_is_started_outside_the_reactor_lock(monkeypatch: pytest.MonkeyPa
     assert ran.wait(5)
     # Each start of the reactor thread (it exits when idle) found the lock free.
     assert got_lock and all(got_lock), got_lock
+
+
+def test_thread_starts_with_no_garbage_collection(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Thread.start() waits for the new thread to begin.  A collection in that
+    thread's start-up runs finalizers there, and an installation's or a file
+    watch's finalizer takes its owner's lock (stek._refresh, the file watch),
+    which install() holds while it schedules its first timer: both threads
+    waited for each other for ever (a 300 s hang in install() on 3.12, in CI).
+    So no collection may run while the loop thread starts, and the collector
+    is on again afterwards (and stays off if the application turned it off)."""
+    import gc
+
+    real_start = threading.Thread.start
+    seen: list[bool] = []
+
+    def start(self: threading.Thread) -> None:
+        seen.append(gc.isenabled())
+        real_start(self)
+
+    monkeypatch.setattr(threading.Thread, "start", start)
+    assert gc.isenabled()
+    ran = threading.Event()
+    Reactor().call_at(0.0, ran.set)
+    assert ran.wait(5)
+    assert seen == [False] and gc.isenabled()
+    gc.disable()
+    try:
+        Reactor().call_soon(ran.clear)
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
+    assert seen == [False, False]

@@ -19,6 +19,7 @@ registers again: see ``_refresh._after_fork_in_child``).
 from __future__ import annotations
 
 import contextlib
+import gc
 import heapq
 import itertools
 import logging
@@ -219,8 +220,24 @@ class Reactor:
 
 
 def _start(thread: threading.Thread | None) -> None:
-    if thread is not None:
+    """Start the loop thread, with the garbage collector paused until it has begun.
+
+    ``Thread.start()`` waits until the new thread has started.  A collection
+    that runs in the new thread's start-up runs finalizers there, and a
+    finalizer of an installation or a file watch takes the lock of its owner
+    (stek._refresh, stek.stores._filewatch), which the starting thread may
+    hold: each would wait for the other for ever (seen as install() hanging
+    for 300 s).  With no collection in that window, none can.
+    """
+    if thread is None:
+        return
+    paused = gc.isenabled()
+    gc.disable()
+    try:
         thread.start()
+    finally:
+        if paused:
+            gc.enable()
 
 
 def _call(fn: Callback) -> None:
