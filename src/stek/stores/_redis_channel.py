@@ -25,7 +25,6 @@ missed.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import os
 import select
 import threading
@@ -46,12 +45,8 @@ _LOST = (redis.ConnectionError, redis.TimeoutError, OSError, ValueError)
 
 
 def checkout(pool: redis.ConnectionPool) -> Connection:
-    """A connected connection from ``pool``, on any redis-py version the project supports."""
-    # redis-py 5.3 and later take no argument (and warn about one); earlier
-    # versions want a command name, which they ignore.
-    wanted = inspect.signature(pool.get_connection).parameters.get("command_name")
-    if wanted is not None and wanted.default is inspect.Parameter.empty:
-        return pool.get_connection("GET")
+    """A connected connection from ``pool``."""
+    # redis-py 6.0 and later need no command name (the stubs still ask for one).
     return pool.get_connection()  # type: ignore[call-arg]
 
 
@@ -86,11 +81,7 @@ class Channel:
     def _connection(self) -> Conn:
         if self._conn is None:
             conn: Conn = checkout(self._pool)  # TLS, AUTH, HELLO 3, the Sentinels' primary
-            parser = conn._parser
-            # redis-py 5.0 names it set_push_handler; later versions, which
-            # also have pushes for client-side caching, set_pubsub_push_handler.
-            setter = getattr(parser, "set_pubsub_push_handler", None) or parser.set_push_handler
-            setter(self._push)
+            conn._parser.set_pubsub_push_handler(self._push)
             self._conn = conn
             self._epoch += 1
         return self._conn
@@ -128,15 +119,16 @@ class Channel:
         return message
 
     # -- any thread -------------------------------------------------------------------
-    def call(self, *args: Any, retry: bool = True) -> Any:
+    def call(self, *args: Any) -> Any:
         """Send one command and return its reply; once more on a new connection if it was dead.
 
-        ``retry`` only for commands that may run twice (reads, ``PUBLISH``):
-        a connection lost mid-reply may have run the command already.
+        Only for commands that may run twice (reads, ``ROLE``, ``PUBLISH``): a
+        connection lost mid-reply may have run the command already.  Writes
+        go through :meth:`hold`, which never retries.
         """
         self._check_fork()
         with self._lock:
-            for last in ((False, True) if retry else (True,)):
+            for last in (False, True):
                 conn = self._connection()
                 try:
                     conn.send_command(*args)
