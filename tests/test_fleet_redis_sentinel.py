@@ -116,10 +116,15 @@ def test_failover_that_loses_an_unreplicated_rotation(redis_set: RedisSentinelSe
     # Short slots, so that the next slot's key is one readers accept now
     # (activating within publish_ahead, plus their 5 minutes of clock skew).
     policy = Policy(rotate_every=240, accept_for=600, publish_ahead=120)
-    t0 = time.time()
+    # 117 s into a slot, publish_ahead does not reach the next slot yet: the
+    # ring holds only the current key, and the pass below must not skip a slot.
+    now = int(time.time())
+    t0 = now - (now - 117) % 240
     rotate(rotator, now=t0, create=policy)
     before = server.read()
-    slot = (int(t0 + policy.publish_ahead + 5) // 240 + 1) * 240  # not yet in the ring
+    # The first slot the ring does not cover yet; a pass 60 s before it finds
+    # the ring's last key current and adds exactly that slot's key.
+    slot = max(k.retires_at for k in before)
     when = slot - 60  # a pass inside its publish_ahead
     old = redis_set.primary()
     replica = redis_set.nodes[1 - old]
