@@ -361,3 +361,47 @@ def test_threads_sharing_the_connection_each_get_their_own_replies(server: Redis
     watch.close()
     store.close()
     other.close()
+
+
+#: A store watching, read and rotated by another writer, in a fresh process:
+#: prints the reply parser its connection used.  argv: URL, KEK file, parser.
+_PARSER_SCRIPT = r"""
+import sys, threading, time
+if sys.argv[3] == "python":
+    sys.modules["hiredis"] = None  # as on a host without hiredis installed
+else:
+    import hiredis  # noqa: F401  (installed by the test extra: must be here)
+from stek import Policy, init_ring, open_store, rotate
+url, kek = sys.argv[1], sys.argv[2]
+store, other = open_store(url, kek_file=kek), open_store(url, kek_file=kek)
+init_ring(store, Policy(rotate_every=60, accept_for=1800, publish_ahead=600))
+changes = threading.Semaphore(0)
+watch = store.subscribe(changes.release)
+assert watch.connected.wait(5) and changes.acquire(timeout=5)
+t = time.time()
+for step in (1, 2):
+    assert rotate(other, now=t + 60 * step).changed
+    assert changes.acquire(timeout=5), "rotation not announced"
+    assert store.read().generation == 1 + step
+print(type(store._chan._conn._parser).__name__)
+watch.close()
+"""
+
+
+@pytest.mark.parametrize(("parser", "expected"), [("hiredis", "_HiredisParser"),
+                                                  ("python", "_RESP3Parser")])
+def test_change_watch_works_with_and_without_hiredis(server: RedisServer, kek_file: Path,
+                                                     parser: str, expected: str) -> None:
+    """redis[hiredis] is a common install: the one-connection channel works with either parser.
+
+    redis-py's hiredis parser takes the push handler the channel relies on
+    from redis-py 6.2 on (pyproject's lower bound); before, the first
+    command failed with an AttributeError.
+    """
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-c", _PARSER_SCRIPT, server.url, str(kek_file), parser],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == [expected]
