@@ -5,6 +5,7 @@ never does (the baseline, measured in the same test)."""
 from __future__ import annotations
 
 import ssl
+from collections.abc import Callable
 
 from procs import Run, reconnect_run
 
@@ -16,19 +17,23 @@ def moved(run: Run) -> list[bool]:
     return [r.reused for r, m in zip(run.replies, run.moves) if m]
 
 
-def spread_run(port: int, cctx: ssl.SSLContext, tries: int = 4) -> Run:
-    """``RECONNECTS`` reconnects that change worker at least twice.
+def spread_runs(port: int, cctx: ssl.SSLContext, enough: Callable[[list[Run]], bool],
+                tries: int = 4) -> list[Run]:
+    """Runs of ``RECONNECTS`` reconnects, made until ``enough(runs)`` (at most ``tries``).
 
     The kernel picks the worker that accepts each connection; on a loaded
     machine one worker can take a whole run of 40.  Such a run says nothing
-    about crossing workers, so it is made again (at most ``tries`` times).
+    about crossing workers, so another is made.
     """
-    run = reconnect_run(port, cctx, RECONNECTS)
-    for _ in range(tries - 1):
-        if len(moved(run)) >= 2:
-            break
-        run = reconnect_run(port, cctx, RECONNECTS)
-    return run
+    runs = [reconnect_run(port, cctx, RECONNECTS)]
+    while len(runs) < tries and not enough(runs):
+        runs.append(reconnect_run(port, cctx, RECONNECTS))
+    return runs
+
+
+def spread_run(port: int, cctx: ssl.SSLContext) -> Run:
+    """A run whose reconnects change worker at least twice (the last one made)."""
+    return spread_runs(port, cctx, lambda runs: len(moved(runs[-1])) >= 2)[-1]
 
 
 def assert_resumes_across_workers(run: Run, label: str) -> None:

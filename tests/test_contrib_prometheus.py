@@ -25,7 +25,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import stek
 from conftest import TLS_VERSIONS, Certs, client_context, free_port, server_context
-from procs import APPS, env_with, reconnect_run, running, wait_https
+from multiworker import RECONNECTS, WORKERS, spread_runs
+from procs import APPS, Run, env_with, running, wait_https
 from stek.contrib import prometheus as stek_prometheus
 from stek.installation import Counters
 from support import connect, reconnects, serving
@@ -101,10 +102,6 @@ def test_store_failure_shows(tmp_path: Path, certs: Certs) -> None:
 
 # -- gunicorn, 4 workers, prometheus-client multiprocess mode ----------------------------
 
-WORKERS = 4
-RECONNECTS = 40
-
-
 def fetch(port: int, cctx: ssl.SSLContext, path: str) -> str:
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
             cctx.wrap_socket(raw, server_hostname="localhost") as tls:
@@ -117,23 +114,21 @@ def fetch(port: int, cctx: ssl.SSLContext, path: str) -> str:
     return data.partition(b"\r\n\r\n")[2].decode()
 
 
-def _spread_runs(port: int, cctx: ssl.SSLContext, tries: int = 4
-                 ) -> tuple[int, dict[int, dict[str, int]]]:
-    """Reconnect runs until at least two workers resumed tickets, at most ``tries``.
+def _runs_over_workers(port: int, cctx: ssl.SSLContext
+                       ) -> tuple[int, dict[int, dict[str, int]]]:
+    """Reconnect runs until at least two workers resumed tickets.
 
-    The kernel picks the worker that accepts each connection; on a loaded
-    machine one worker can take a whole run.  Returns the reconnects resumed
-    over all runs and each worker's latest counters.
+    Returns the reconnects resumed over all runs (/metrics counts them all)
+    and each worker's latest counters.
     """
-    resumed, counters = 0, {}
-    for _ in range(tries):
-        run = reconnect_run(port, cctx, RECONNECTS)
+    def counters_of(runs: list[Run]) -> dict[int, dict[str, int]]:
+        return {pid: c for run in runs for pid, c in run.counters.items()}
+
+    runs = spread_runs(port, cctx, lambda runs: len(
+        [c for c in counters_of(runs).values() if c["resumed"] > 0]) >= 2)
+    for run in runs:
         assert run.resumed >= RECONNECTS - 1, run.pids
-        resumed += run.resumed
-        counters.update(run.counters)
-        if len([c for c in counters.values() if c["resumed"] > 0]) >= 2:
-            break
-    return resumed, counters
+    return sum(run.resumed for run in runs), counters_of(runs)
 
 
 def _metrics_reaching(port: int, cctx: ssl.SSLContext, resumed: int
@@ -168,7 +163,7 @@ def test_gunicorn_four_workers_sum(certs: Certs, tmp_path: Path,
     with running(cmd, tmp_path / "gunicorn.log", env=env) as proc:
         proc.wait_output(r"Booting worker with pid: (\d+)", WORKERS)
         wait_https(port, client_context(certs, ssl.TLSVersion.TLSv1_3), proc)
-        resumed, counters = _spread_runs(port, cctx)
+        resumed, counters = _runs_over_workers(port, cctx)
         # Every worker's own view, then the sum that /metrics must show.
         m, total = _metrics_reaching(port, cctx, resumed)
         files = os.listdir(mpdir)
@@ -201,7 +196,7 @@ def test_uvicorn_four_workers_sum(certs: Certs, tmp_path: Path,
     with running(cmd, tmp_path / "uvicorn.log", env=env) as proc:
         pids = proc.wait_output(r"Started server process \[(\d+)\]", WORKERS)
         wait_https(port, client_context(certs, ssl.TLSVersion.TLSv1_3), proc)
-        resumed, counters = _spread_runs(port, cctx)
+        resumed, counters = _runs_over_workers(port, cctx)
         m, total = _metrics_reaching(port, cctx, resumed)
         files = os.listdir(mpdir)
     print(f"uvicorn {tls_version.name}: {resumed} resumed; "
