@@ -11,9 +11,10 @@ between the replies to its commands
 
 Threads take turns under one lock: a command is sent and its reply read
 while holding it, and a push met on the way is handed to the subscribers
-then (redis-py's RESP3 parser calls the push handler and reads on).  The
-watch thread waits for the socket to become readable without the lock
-(``select``), then reads whatever pushes are there under it.
+then (redis-py's parser, its own RESP3 one or hiredis's from redis-py 6.2
+on, calls the push handler and reads on).  The watch thread waits for the
+socket to become readable without the lock (``select``), then reads
+whatever pushes are there under it.
 
 A connection that fails is dropped; the next command connects again (through
 the pool, so TLS, AUTH and a Sentinel's choice of primary are as configured)
