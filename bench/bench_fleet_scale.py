@@ -395,14 +395,15 @@ def scenario(name: str, rotations: int, workdir: Path, kek: Path) -> dict[str, A
             print(f"  {name} rotation {r}: {json.dumps(row)}", flush=True)
             time.sleep(1.0)
         lat_all = [v for row in rows for v in (row["p99_ms"],) if v is not None]
+        connections = established(server.port)  # one count for both columns
         return {
             "scenario": name,
             "store_clients": clients,
             "consumers": want,
             "setup_s": round(setup, 1),
             "unseal_ms_per_consumer": round(unseal_ms, 3),
-            "server_connections": established(server.port),
-            "consumer_connections": established(server.port) - writer_connections,
+            "server_connections": connections,
+            "consumer_connections": connections - writer_connections,
             "server_rss_mb": round(server_rss_mb(pid), 1),
             "server_idle_cpu_pct": round(idle_cpu * 100, 1),
             "server_cpu_ms_per_rotation": round(statistics.median(

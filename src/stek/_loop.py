@@ -231,12 +231,12 @@ def _start(thread: threading.Thread | None) -> None:
     """
     if thread is None:
         return
-    paused = gc.isenabled()
+    enabled = gc.isenabled()
     gc.disable()
     try:
         thread.start()
     finally:
-        if paused:
+        if enabled:  # else the application turned it off: leave it so
             gc.enable()
 
 
