@@ -17,6 +17,11 @@ def moved(run: Run) -> list[bool]:
     return [r.reused for r, m in zip(run.replies, run.moves) if m]
 
 
+def resumers(counters: dict[int, dict[str, int]]) -> list[int]:
+    """The workers (pids) whose stek counters show a resumed ticket."""
+    return [pid for pid, c in counters.items() if c["resumed"] > 0]
+
+
 def spread_runs(port: int, cctx: ssl.SSLContext, enough: Callable[[list[Run]], bool],
                 tries: int = 4) -> list[Run]:
     """Runs of ``RECONNECTS`` reconnects, made until ``enough(runs)`` (at most ``tries``).
@@ -44,8 +49,7 @@ def assert_resumes_across_workers(run: Run, label: str) -> None:
     assert len(cross) >= 2 and sum(cross) >= len(cross) - 1
     # The callback ran in several workers: they resumed tickets themselves.
     assert all(r.body["counters"] is not None for r in run.replies)
-    resumers = [pid for pid, c in run.counters.items() if c["resumed"] > 0]
-    assert len(resumers) >= 2, run.counters
+    assert len(resumers(run.counters)) >= 2, run.counters
     assert all(c["errors"] == 0 for c in run.counters.values())
     assert len({r.body["generation"] for r in run.replies}) == 1  # one shared ring
 

@@ -22,6 +22,7 @@ import pytest
 
 import stek
 from conftest import TLS_VERSIONS, Certs, client_context, free_port, server_context
+from multiworker import RECONNECTS, WORKERS
 from procs import (
     APPS,
     Proc,
@@ -36,10 +37,6 @@ from procs import (
 from stek.contrib import PerProcessContext
 from stek.contrib import gunicorn as stek_gunicorn
 from stek.stores import MemoryStore
-
-WORKERS = 4
-RECONNECTS = 40
-
 
 # -- the hook in-process --------------------------------------------------------------
 

@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import stek
 from conftest import TLS_VERSIONS, Certs, client_context, free_port, server_context
-from multiworker import RECONNECTS, WORKERS, spread_runs
+from multiworker import RECONNECTS, WORKERS, resumers, spread_runs
 from procs import APPS, Run, env_with, running, wait_https
 from stek.contrib import prometheus as stek_prometheus
 from stek.installation import Counters
@@ -124,8 +124,7 @@ def _runs_over_workers(port: int, cctx: ssl.SSLContext
     def counters_of(runs: list[Run]) -> dict[int, dict[str, int]]:
         return {pid: c for run in runs for pid, c in run.counters.items()}
 
-    runs = spread_runs(port, cctx, lambda runs: len(
-        [c for c in counters_of(runs).values() if c["resumed"] > 0]) >= 2)
+    runs = spread_runs(port, cctx, lambda runs: len(resumers(counters_of(runs))) >= 2)
     for run in runs:
         assert run.resumed >= RECONNECTS - 1, run.pids
     return sum(run.resumed for run in runs), counters_of(runs)
@@ -171,8 +170,8 @@ def test_gunicorn_four_workers_sum(certs: Certs, tmp_path: Path,
           f"per worker {[c['resumed'] for c in counters.values()]}; /metrics {total}")
     # No other client resumed anything: the sum over workers is what the client saw.
     assert total == resumed
-    resumers = [pid for pid, c in counters.items() if c["resumed"] > 0]
-    assert len(resumers) >= 2, counters  # the sum spans several workers
+    workers = resumers(counters)
+    assert len(workers) >= 2, counters  # the sum spans several workers
     assert sum(c["resumed"] for c in counters.values()) <= total
     assert m[("stek_tickets_issued_total", ())] >= 1
     assert m[("stek_ticket_callback_errors_total", ())] == 0  # shown at 0, not absent
@@ -204,9 +203,9 @@ def test_uvicorn_four_workers_sum(certs: Certs, tmp_path: Path,
     assert len(set(pids)) == WORKERS
     # No other client resumed anything: the sum over workers is what the client saw.
     assert total == resumed
-    resumers = [pid for pid, c in counters.items() if c["resumed"] > 0]
-    assert len(resumers) >= 2, counters  # the sum spans several workers
-    assert set(resumers) <= {int(p) for p in pids}
+    workers = resumers(counters)
+    assert len(workers) >= 2, counters  # the sum spans several workers
+    assert set(workers) <= {int(p) for p in pids}
     assert m[("stek_tickets_issued_total", ())] >= 1
     assert m[("stek_ticket_callback_errors_total", ())] == 0
     assert m[("stek_server_store_ok", ())] == 1

@@ -19,6 +19,7 @@ import uvicorn
 
 import stek
 from conftest import TLS_VERSIONS, Certs, client_context, free_port
+from multiworker import RECONNECTS, WORKERS, resumers
 from procs import (
     APPS,
     Proc,
@@ -31,9 +32,6 @@ from procs import (
 )
 from stek.contrib import PerProcessContext
 from stek.contrib import uvicorn as stek_uvicorn
-
-WORKERS = 4
-RECONNECTS = 40
 
 
 @pytest.fixture
@@ -109,8 +107,7 @@ def test_uvicorn_workers_resume(certs: Certs, tmp_path: Path,
     assert sum(r.reused for r in moved) >= len(moved) - 1
     # The callback ran in several workers: they issued and resumed tickets themselves.
     assert all(r.body["counters"] is not None for r in run.replies)
-    resumers = [pid for pid, c in run.counters.items() if c["resumed"] > 0]
-    assert len(resumers) >= 2, run.counters
+    assert len(resumers(run.counters)) >= 2, run.counters
     assert sum(c["issued"] for c in run.counters.values()) > 0
     assert all(c["errors"] == 0 for c in run.counters.values())
     assert len({r.body["generation"] for r in run.replies}) == 1  # one shared ring
