@@ -69,9 +69,14 @@ def expect_two_plus_odd(doc: dict, a: str, b: str, odd: str) -> None:
                    for d in doc["diagnoses"] if d["tls"] == tls)
 
 
-def other_ring(tmp_path: Path, label: str) -> FileStore:
+def other_ring(tmp_path: Path, label: str, now: float) -> FileStore:
+    """A second ring, made at ``now``, the instant the test exports both rings at.
+
+    Made at the clock instead, its first key activates at the next whole
+    second when ``now`` was read just before it: not yet active at ``now``.
+    """
     store = FileStore(tmp_path / f"{label}-ring.json")
-    init_ring(store, Policy(rotate_every=3600, accept_for=3600, publish_ahead=60))
+    init_ring(store, Policy(rotate_every=3600, accept_for=3600, publish_ahead=60), now=now)
     return store
 
 
@@ -79,7 +84,7 @@ def test_nginx_fleet(tmp_path: Path, certs: Certs) -> None:
     store, now = live_store(tmp_path)
     shared, own = tmp_path / "shared", tmp_path / "own"
     export("nginx", store.read(), now, shared)
-    export("nginx", other_ring(tmp_path, "own").read(), now, own)
+    export("nginx", other_ring(tmp_path, "own", now).read(), now, own)
     with nginx(tmp_path, certs, shared / "tickets.conf", "a") as a, \
             nginx(tmp_path, certs, shared / "tickets.conf", "b") as b, \
             nginx(tmp_path, certs, own / "tickets.conf", "c") as c:
@@ -101,7 +106,7 @@ def test_haproxy_fleet(tmp_path: Path, certs: Certs) -> None:
     store, now = live_store(tmp_path)
     shared, own = tmp_path / "shared.keys", tmp_path / "own.keys"
     export("haproxy", store.read(), now, shared)
-    export("haproxy", other_ring(tmp_path, "own").read(), now, own)
+    export("haproxy", other_ring(tmp_path, "own", now).read(), now, own)
     with haproxy(tmp_path, certs, shared, "a") as a, haproxy(tmp_path, certs, shared, "b") as b, \
             haproxy(tmp_path, certs, own, "c") as c:
         code, doc, err = probe(addr(a.port), addr(b.port), addr(c.port),
