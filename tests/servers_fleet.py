@@ -132,8 +132,6 @@ class EtcdServer(_Server):
         self.exe = find_program("etcd")
         self.port = free_port()
         self.peer_port = free_port()
-        while self.peer_port == self.port:
-            self.peer_port = free_port()
 
     @property
     def url(self) -> str:
