@@ -122,6 +122,40 @@ def test_sigterm_during_a_hanging_reload_kills_its_group(tmp_path: Path, reload:
     assert not any(map(alive, pids_of(pids)))
 
 
+#: An agent whose main thread holds the lock of ``stop_event`` (as it does for a
+#: few bytecodes inside every ``Event.wait()``) when SIGNAL arrives.
+_SIGNAL_UNDER_LOCK = """
+import logging, os, signal, sys, time
+from stek.agent import Agent
+logging.basicConfig(level=logging.INFO)
+from stek.stores import MemoryStore
+a = Agent(MemoryStore())
+a.install_signal_handlers()
+with a.stop_event._cond:
+    os.kill(os.getpid(), signal.{signal})
+    for _ in range(10000):
+        pass  # a Python-level handler runs between these bytecodes
+    time.sleep(0.2)
+print("stopped" if a.stop_event.wait(10) else "not stopped", flush=True)
+"""
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGINT"])
+def test_a_stop_signal_arriving_while_the_main_thread_holds_the_event_lock(
+        signame: str) -> None:
+    """The CI hang: SIGTERM landed while the main thread, waiting on a reload,
+    was inside ``stop_event.wait()``; a handler calling ``stop_event.set()``
+    then waits for a lock its own thread holds, forever."""
+    try:
+        out = subprocess.run([sys.executable, "-c", _SIGNAL_UNDER_LOCK.format(signal=signame)],
+                             capture_output=True, text=True, timeout=30)
+    except subprocess.TimeoutExpired:
+        pytest.fail(f"{signame} under the event's lock hung the agent")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "stopped", out.stderr
+    assert f"received {signame}, stopping" in out.stderr
+
+
 class PasswordRedis(RedisServer):
     PASSWORD = "pw-s3cret-4-redis"
 

@@ -49,13 +49,13 @@ from __future__ import annotations
 import ipaddress
 import logging
 import math
+import os
 import signal
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from prometheus_client import CollectorRegistry, generate_latest
@@ -84,6 +84,8 @@ BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
 RETRY_MIN, RETRY_MAX = 1.0, 30.0
 #: Default address of /metrics and /healthz: loopback only.
 DEFAULT_METRICS_ADDR = "127.0.0.1:9477"
+#: The signals that stop the agent (systemd's stop, Ctrl-C).
+STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 
 RingHook = Callable[[Keyring], None]
 Clock = Callable[[], float]
@@ -445,15 +447,42 @@ class Agent:
                 sub.close()
         log.info("stek agent stopped")
 
-    def stop(self, signum: int | None = None, frame: FrameType | None = None) -> None:
+    def stop(self, signum: int | None = None) -> None:
+        """Stop the run loop (and a reload still running); any thread may call it."""
         if signum is not None:
             log.info("received %s, stopping", signal.Signals(signum).name)
         self.stop_event.set()
         self.wake_event.set()
 
     def install_signal_handlers(self) -> None:
-        signal.signal(signal.SIGTERM, self.stop)
-        signal.signal(signal.SIGINT, self.stop)
+        """SIGTERM and SIGINT stop the agent; call it from the main thread.
+
+        The stop is not made in a signal handler.  A Python handler runs in
+        the main thread between two bytecodes, possibly while that thread is
+        inside ``stop_event.wait()`` holding the event's lock, which is not
+        reentrant, so ``Event.set()`` there would wait forever.  The handlers
+        do nothing; the signal number reaches a pipe (``signal.set_wakeup_fd``)
+        read by a thread of its own, which calls :meth:`stop`.
+        """
+        read_fd, write_fd = os.pipe()  # not inherited by reload commands (PEP 446)
+        os.set_blocking(write_fd, False)  # set_wakeup_fd requires it
+        signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+        for signum in STOP_SIGNALS:
+            signal.signal(signum, _deferred)
+        threading.Thread(target=self._stop_on_signal, args=(read_fd,), name="stek-signals",
+                         daemon=True).start()
+
+    def _stop_on_signal(self, read_fd: int) -> None:
+        while True:
+            try:
+                data = os.read(read_fd, 64)
+            except InterruptedError:
+                continue
+            if not data:
+                return
+            for signum in data:
+                if signum in STOP_SIGNALS:
+                    self.stop(signum)
 
     # -- health ---------------------------------------------------------------------
     def health(self, now: float | None = None) -> list[str]:
@@ -597,6 +626,10 @@ class AgentCollector(Collector):
             families["applies"].add_metric(lv, t.applies)
             families["owed"].add_metric(lv, 1 if t.apply_owed else 0)
         yield from families.values()
+
+
+def _deferred(signum: int, frame: object) -> None:
+    """The Python-level handler of STOP_SIGNALS: none; see Agent.install_signal_handlers."""
 
 
 def _store_health(store: KeyStore) -> Iterator[Metric]:
