@@ -100,16 +100,26 @@ def https_get(port: int, cctx: ssl.SSLContext, session: ssl.SSLSession | None = 
     with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
             cctx.wrap_socket(raw, server_hostname="localhost", session=session) as tls:
         version = tls.version()  # None once the peer has closed
-        tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        data = b""
-        with contextlib.suppress(ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError):
-            while chunk := tls.recv(65536):
-                data += chunk
-        # Read to the end, so TLS 1.3 NewSessionTicket messages were processed.
-        head, _, body = data.partition(b"\r\n\r\n")
-        if not head.startswith(b"HTTP/1.1 200"):
-            raise AssertionError(f"unexpected answer: {data[:200]!r}")
-        return Reply(tls.session_reused, tls.session, version, json.loads(body))
+        tls.sendall(GET)
+        body = read_body(tls)
+        return Reply(tls.session_reused, tls.session, version, body)
+
+
+#: The request every test server answers with its JSON status.
+GET = b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+
+
+def read_body(tls: ssl.SSLSocket) -> Any:
+    """Read the answer to GET to the end (so TLS 1.3 NewSessionTicket messages
+    were processed); its JSON body."""
+    data = b""
+    with contextlib.suppress(ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError):
+        while chunk := tls.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        raise AssertionError(f"unexpected answer: {data[:200]!r}")
+    return json.loads(body)
 
 
 def wait_https(port: int, cctx: ssl.SSLContext, proc: Proc, timeout: float = 30.0) -> None:

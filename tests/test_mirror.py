@@ -14,6 +14,7 @@ import os
 import pwd
 import re
 import shutil
+import socket
 import ssl
 import stat
 import subprocess
@@ -31,7 +32,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 import stek
 from conftest import Certs, client_context, free_port, server_context
 from fleet_cases import ServerProc, ask, shared, wait_until
-from procs import APPS, Proc, https_get, running, wait_https
+from procs import APPS, GET, Proc, https_get, read_body, running, wait_https
 from servers_fleet import EtcdServer, RedisServer, child_env
 from stek import Policy, init_ring, rotate
 from stek.agent import Agent
@@ -470,40 +471,42 @@ class Host:
         return [s.proc.pid for s in self.servers] + [self.gunicorn.pid, *self.worker_pids]
 
     def generations(self, cctx: ssl.SSLContext, want: int, deadline: float) -> dict[str, int]:
-        """Poll every worker until each serves generation ``want`` or ``deadline`` passes.
-
-        Python servers are asked directly; gunicorn's sync workers are reached
-        by 4 concurrent clients (a busy sync worker accepts nothing, so the
-        others take the connections).
-        """
+        """Ask every worker, again and again, until each serves generation ``want``
+        or ``deadline`` passes; the last answer of each."""
         latest: dict[str, int] = {}
-        lock = threading.Lock()
+        while True:
+            for i, s in enumerate(self.servers):
+                latest[f"python{i}"] = ask(s.port, cctx).doc["generation"]
+            with contextlib.suppress(OSError, ValueError):
+                latest.update(self.gunicorn_round(cctx))
+            if len(latest) == 2 + WORKERS and all(g == want for g in latest.values()):
+                return latest
+            if time.monotonic() >= deadline:
+                return latest
+            time.sleep(0.02)
 
-        def done() -> bool:
-            with lock:
-                return len(latest) == 2 + WORKERS and all(g == want for g in latest.values())
+    def gunicorn_round(self, cctx: ssl.SSLContext) -> dict[str, int]:
+        """Every gunicorn worker's generation, each asked once.
 
-        def poll_gunicorn() -> None:
-            while not done() and time.monotonic() < deadline:
-                with contextlib.suppress(OSError, AssertionError, ValueError):
-                    body = https_get(self.gunicorn_port, cctx).body
-                    with lock:
-                        latest[f"gunicorn:{body['pid']}"] = body["generation"]
-
-        threads = [threading.Thread(target=poll_gunicorn) for _ in range(4)]
-        for t in threads:
-            t.start()
-        try:
-            while not done() and time.monotonic() < deadline:
-                for i, s in enumerate(self.servers):
-                    g = ask(s.port, cctx).doc["generation"]
-                    with lock:
-                        latest[f"python{i}"] = g
-                time.sleep(0.02)
-        finally:
-            for t in threads:
-                t.join(30)
-        return latest
+        WORKERS connections complete their handshakes before any sends its
+        request: a sync worker serves one connection at a time, so each is
+        held by a different worker.  (Connections made one after the other
+        go to whichever worker accepts first, which may leave one unasked for
+        seconds.)
+        """
+        with contextlib.ExitStack() as held:
+            conns = []
+            for _ in range(WORKERS):
+                raw = held.enter_context(
+                    socket.create_connection(("127.0.0.1", self.gunicorn_port), timeout=10))
+                conns.append(held.enter_context(
+                    cctx.wrap_socket(raw, server_hostname="localhost")))
+            for tls in conns:
+                tls.sendall(GET)
+            bodies = [read_body(tls) for tls in conns]
+        answers = {f"gunicorn:{b['pid']}": b["generation"] for b in bodies}
+        assert len(answers) == WORKERS, f"two connections reached one worker: {bodies}"
+        return answers
 
 
 def _environ(pid: int) -> dict[str, str]:
@@ -554,8 +557,11 @@ def _rotate_and_wait(host: Host, fleet: Any, cctx: ssl.SSLContext, step: int,
     latest = host.generations(cctx, ring.generation, t0 + timeout)
     took = time.monotonic() - t0
     stale = {w: g for w, g in latest.items() if g != ring.generation}
-    assert len(latest) == 2 + WORKERS and not stale, \
-        f"after {took:.2f}s: {latest} (want generation {ring.generation})"
+    if len(latest) != 2 + WORKERS or stale:
+        assert host.gunicorn is not None
+        stek_lines = [line for line in host.gunicorn.output().splitlines() if " stek" in line]
+        pytest.fail(f"after {took:.2f}s: {latest} (want generation {ring.generation}); "
+                    f"gunicorn's stek log:\n" + "\n".join(stek_lines[-20:]))
     return took
 
 
