@@ -1,11 +1,10 @@
-"""Shared checks for multi-worker Python servers (hypercorn, tornado): with stek,
-reconnects resume across workers; without it, a reconnect that changes worker
-never does (the baseline, measured in the same test)."""
+"""Shared checks for multi-worker Python servers (uvicorn, hypercorn, tornado): with
+stek, reconnects resume across workers; without it, a reconnect that changes
+worker never does (the baseline, measured against the same server)."""
 
 from __future__ import annotations
 
 import ssl
-from collections.abc import Callable
 
 from procs import Run, reconnect_run
 
@@ -22,23 +21,9 @@ def resumers(counters: dict[int, dict[str, int]]) -> list[int]:
     return [pid for pid, c in counters.items() if c["resumed"] > 0]
 
 
-def spread_runs(port: int, cctx: ssl.SSLContext, enough: Callable[[list[Run]], bool],
-                tries: int = 4) -> list[Run]:
-    """Runs of ``RECONNECTS`` reconnects, made until ``enough(runs)`` (at most ``tries``).
-
-    The kernel picks the worker that accepts each connection; on a loaded
-    machine one worker can take a whole run of 40.  Such a run says nothing
-    about crossing workers, so another is made.
-    """
-    runs = [reconnect_run(port, cctx, RECONNECTS)]
-    while len(runs) < tries and not enough(runs):
-        runs.append(reconnect_run(port, cctx, RECONNECTS))
-    return runs
-
-
 def spread_run(port: int, cctx: ssl.SSLContext) -> Run:
-    """A run whose reconnects change worker at least twice (the last one made)."""
-    return spread_runs(port, cctx, lambda runs: len(moved(runs[-1])) >= 2)[-1]
+    """``RECONNECTS`` reconnects, each to another worker than the one before it."""
+    return reconnect_run(port, cctx, RECONNECTS, steer=True)
 
 
 def assert_resumes_across_workers(run: Run, label: str) -> None:

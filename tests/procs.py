@@ -158,21 +158,42 @@ class Run:
         return [p != q for p, q in zip(self.pids, previous)]
 
 
-def reconnect_run(port: int, cctx: ssl.SSLContext, n: int) -> Run:
-    """Connect once, then ``n`` times with the latest session; count resumptions."""
+def reconnect_run(port: int, cctx: ssl.SSLContext, n: int, *, steer: bool = False) -> Run:
+    """Connect once, then ``n`` times with the latest session; count resumptions.
+
+    ``steer``: every reconnect goes to another worker than the one that
+    answered before it (that worker is held with SIGSTOP until the next
+    answer).  Without it the kernel picks the worker, and on a loaded machine
+    one worker can take all ``n``.
+    """
     first = https_get(port, cctx)
     session = first.session
     replies = []
-    for _ in range(n):
-        r = https_get(port, cctx, session)
-        replies.append(r)
-        session = r.session
+    held: int | None = None
+    try:
+        for _ in range(n):
+            if steer:
+                held = _hold(first.body["pid"] if not replies else replies[-1].body["pid"], held)
+            r = https_get(port, cctx, session)
+            replies.append(r)
+            session = r.session
+    finally:
+        if held is not None:
+            os.kill(held, signal.SIGCONT)
     counters: dict[int, dict[str, int]] = {}
     for r in [first, *replies]:
         if r.body.get("counters") is not None:
             counters[r.body["pid"]] = r.body["counters"]
     return Run(sum(r.reused for r in replies), first.body["pid"],
                [r.body["pid"] for r in replies], counters, replies)
+
+
+def _hold(pid: int, held: int | None) -> int:
+    """SIGSTOP ``pid`` (it accepts nothing until SIGCONT), releasing ``held`` first."""
+    if held is not None and held != pid:
+        os.kill(held, signal.SIGCONT)
+    os.kill(pid, signal.SIGSTOP)
+    return pid
 
 
 def wait_every_worker_on(port: int, cctx: ssl.SSLContext, generation: int, workers: int,

@@ -25,8 +25,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import stek
 from conftest import TLS_VERSIONS, Certs, client_context, free_port, server_context
-from multiworker import RECONNECTS, WORKERS, resumers, spread_runs
-from procs import APPS, Run, env_with, running, wait_https
+from multiworker import RECONNECTS, WORKERS, resumers, spread_run
+from procs import APPS, env_with, running, wait_https
 from stek.contrib import prometheus as stek_prometheus
 from stek.installation import Counters
 from support import connect, reconnects, serving
@@ -116,18 +116,11 @@ def fetch(port: int, cctx: ssl.SSLContext, path: str) -> str:
 
 def _runs_over_workers(port: int, cctx: ssl.SSLContext
                        ) -> tuple[int, dict[int, dict[str, int]]]:
-    """Reconnect runs until at least two workers resumed tickets.
-
-    Returns the reconnects resumed over all runs (/metrics counts them all)
-    and each worker's latest counters.
-    """
-    def counters_of(runs: list[Run]) -> dict[int, dict[str, int]]:
-        return {pid: c for run in runs for pid, c in run.counters.items()}
-
-    runs = spread_runs(port, cctx, lambda runs: len(resumers(counters_of(runs))) >= 2)
-    for run in runs:
-        assert run.resumed >= RECONNECTS - 1, run.pids
-    return sum(run.resumed for run in runs), counters_of(runs)
+    """A reconnect run in which every reconnect changes worker: the reconnects
+    resumed, and each worker's latest counters."""
+    run = spread_run(port, cctx)
+    assert run.resumed >= RECONNECTS - 1, run.pids
+    return run.resumed, run.counters
 
 
 def _metrics_reaching(port: int, cctx: ssl.SSLContext, resumed: int

@@ -19,7 +19,13 @@ import uvicorn
 
 import stek
 from conftest import TLS_VERSIONS, Certs, client_context, free_port
-from multiworker import RECONNECTS, WORKERS, resumers
+from multiworker import (
+    RECONNECTS,
+    WORKERS,
+    assert_baseline,
+    assert_resumes_across_workers,
+    spread_run,
+)
 from procs import (
     APPS,
     Proc,
@@ -92,47 +98,23 @@ def uvicorn_server(certs: Certs, tmp_path: Path, *, with_stek: bool,
 @TLS_VERSIONS
 def test_uvicorn_workers_resume(certs: Certs, tmp_path: Path,
                                 tls_version: ssl.TLSVersion) -> None:
-    """4 workers with the factory: >= 39 of 40 reconnects resume, across workers."""
+    """4 workers with the factory: >= 39 of 40 reconnects resume, each on another
+    worker than the one before it."""
     cctx = client_context(certs, tls_version)
     with uvicorn_server(certs, tmp_path, with_stek=True) as (port, _proc):
-        run = reconnect_run(port, cctx, RECONNECTS)
-    moved = [r for r, m in zip(run.replies, run.moves) if m]
-    print(f"uvicorn+stek {tls_version.name}: {run.resumed}/{RECONNECTS} resumed, "
-          f"{len(moved)} cross-worker, workers {sorted(set(run.pids))}")
-    assert run.resumed >= RECONNECTS - 1, run.pids
-    # uvicorn's workers share one listening socket and the kernel spreads
-    # accepts among them (measured: 18 to 40 of 40 reconnects change worker).
-    # Cross-worker reconnects are what stek fixes: there must be some, and they resume.
-    assert len(moved) >= 2
-    assert sum(r.reused for r in moved) >= len(moved) - 1
-    # The callback ran in several workers: they issued and resumed tickets themselves.
-    assert all(r.body["counters"] is not None for r in run.replies)
-    assert len(resumers(run.counters)) >= 2, run.counters
+        run = spread_run(port, cctx)
+    assert_resumes_across_workers(run, f"uvicorn {tls_version.name}")
     assert sum(c["issued"] for c in run.counters.values()) > 0
-    assert all(c["errors"] == 0 for c in run.counters.values())
-    assert len({r.body["generation"] for r in run.replies}) == 1  # one shared ring
 
 
 @TLS_VERSIONS
 def test_uvicorn_without_stek_resumes_only_on_the_same_worker(
         certs: Certs, tmp_path: Path, tls_version: ssl.TLSVersion) -> None:
-    """The baseline: same uvicorn, plain certfile: a reconnect to another worker never resumes.
-
-    Resumption then depends on routing luck, so the assertion is on what is
-    certain: every cross-worker reconnect gets a full handshake.  With the
-    kernel spreading accepts over 4 workers (at least 2 moves, asserted),
-    fewer than 39 of 40 resume; measured: 0 to 5.
-    """
+    """The baseline: same uvicorn, plain certfile: a reconnect to another worker never resumes."""
     cctx = client_context(certs, tls_version)
     with uvicorn_server(certs, tmp_path, with_stek=False) as (port, _proc):
-        run = reconnect_run(port, cctx, RECONNECTS)
-    moved = [r for r, m in zip(run.replies, run.moves) if m]
-    print(f"uvicorn plain {tls_version.name}: {run.resumed}/{RECONNECTS} resumed, "
-          f"{len(moved)} cross-worker, workers {sorted(set(run.pids))}")
-    assert all(r.body["counters"] is None for r in run.replies)  # stek was not there
-    assert len(moved) >= 2
-    assert not any(r.reused for r in moved)
-    assert run.resumed < RECONNECTS - 1
+        run = spread_run(port, cctx)
+    assert_baseline(run, f"uvicorn {tls_version.name}")
 
 
 def test_uvicorn_with_dead_redis_serves_then_picks_up_the_ring(
