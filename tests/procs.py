@@ -169,14 +169,15 @@ def reconnect_run(port: int, cctx: ssl.SSLContext, n: int, *, steer: bool = Fals
     first = https_get(port, cctx)
     session = first.session
     replies = []
+    answered: int = first.body["pid"]
     held: int | None = None
     try:
         for _ in range(n):
             if steer:
-                held = _hold(first.body["pid"] if not replies else replies[-1].body["pid"], held)
+                held = _hold(answered, held)
             r = https_get(port, cctx, session)
             replies.append(r)
-            session = r.session
+            session, answered = r.session, r.body["pid"]
     finally:
         if held is not None:
             os.kill(held, signal.SIGCONT)

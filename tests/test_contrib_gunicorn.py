@@ -25,10 +25,12 @@ from conftest import TLS_VERSIONS, Certs, client_context, free_port, server_cont
 from multiworker import RECONNECTS, WORKERS
 from procs import (
     APPS,
+    GET,
     Proc,
     Reply,
     env_with,
     https_get,
+    read_body,
     reconnect_run,
     running,
     wait_every_worker_on,
@@ -211,14 +213,8 @@ def held(port: int, cctx: ssl.SSLContext) -> Iterator[tuple[ssl.SSLSocket, ssl.S
 
 def finish(tls: ssl.SSLSocket) -> int:
     """Send the held connection's request; the pid of the worker that held it."""
-    import json
-
-    tls.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-    data = b""
-    with contextlib.suppress(ssl.SSLEOFError, ssl.SSLZeroReturnError):
-        while chunk := tls.recv(65536):
-            data += chunk
-    return int(json.loads(data.partition(b"\r\n\r\n")[2])["pid"])
+    tls.sendall(GET)
+    return int(read_body(tls)["pid"])
 
 
 def cross_worker(port: int, cctx: ssl.SSLContext, n: int) -> tuple[int, list[Reply]]:

@@ -114,7 +114,7 @@ def fetch(port: int, cctx: ssl.SSLContext, path: str) -> str:
     return data.partition(b"\r\n\r\n")[2].decode()
 
 
-def _runs_over_workers(port: int, cctx: ssl.SSLContext
+def _run_across_workers(port: int, cctx: ssl.SSLContext
                        ) -> tuple[int, dict[int, dict[str, int]]]:
     """A reconnect run in which every reconnect changes worker: the reconnects
     resumed, and each worker's latest counters."""
@@ -155,7 +155,7 @@ def test_gunicorn_four_workers_sum(certs: Certs, tmp_path: Path,
     with running(cmd, tmp_path / "gunicorn.log", env=env) as proc:
         proc.wait_output(r"Booting worker with pid: (\d+)", WORKERS)
         wait_https(port, client_context(certs, ssl.TLSVersion.TLSv1_3), proc)
-        resumed, counters = _runs_over_workers(port, cctx)
+        resumed, counters = _run_across_workers(port, cctx)
         # Every worker's own view, then the sum that /metrics must show.
         m, total = _metrics_reaching(port, cctx, resumed)
         files = os.listdir(mpdir)
@@ -188,7 +188,7 @@ def test_uvicorn_four_workers_sum(certs: Certs, tmp_path: Path,
     with running(cmd, tmp_path / "uvicorn.log", env=env) as proc:
         pids = proc.wait_output(r"Started server process \[(\d+)\]", WORKERS)
         wait_https(port, client_context(certs, ssl.TLSVersion.TLSv1_3), proc)
-        resumed, counters = _runs_over_workers(port, cctx)
+        resumed, counters = _run_across_workers(port, cctx)
         m, total = _metrics_reaching(port, cctx, resumed)
         files = os.listdir(mpdir)
     print(f"uvicorn {tls_version.name}: {resumed} resumed; "

@@ -87,6 +87,11 @@ DEFAULT_METRICS_ADDR = "127.0.0.1:9477"
 #: The signals that stop the agent (systemd's stop, Ctrl-C).
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
 
+
+def _deferred(signum: int, frame: object) -> None:
+    """The Python-level handler of STOP_SIGNALS: none; see Agent.install_signal_handlers."""
+
+
 RingHook = Callable[[Keyring], None]
 Clock = Callable[[], float]
 
@@ -474,10 +479,7 @@ class Agent:
 
     def _stop_on_signal(self, read_fd: int) -> None:
         while True:
-            try:
-                data = os.read(read_fd, 64)
-            except InterruptedError:
-                continue
+            data = os.read(read_fd, 64)  # retried on EINTR by Python itself (PEP 475)
             if not data:
                 return
             for signum in data:
@@ -626,10 +628,6 @@ class AgentCollector(Collector):
             families["applies"].add_metric(lv, t.applies)
             families["owed"].add_metric(lv, 1 if t.apply_owed else 0)
         yield from families.values()
-
-
-def _deferred(signum: int, frame: object) -> None:
-    """The Python-level handler of STOP_SIGNALS: none; see Agent.install_signal_handlers."""
 
 
 def _store_health(store: KeyStore) -> Iterator[Metric]:
