@@ -433,6 +433,98 @@ def test_installation_dies_with_its_context(certs: Certs) -> None:
     assert all(g.store is not store for g in _refresh._GROUPS.values())
 
 
+def test_a_collection_inside_the_file_watch_waits_for_it(certs: Certs, tmp_path: Path) -> None:
+    """A garbage collection can run an installation's finalizer in a thread that
+    is inside the file watch (stek.stores._filewatch), and the finalizer closes
+    its subscription.  Before: that nested close changed the watch under the
+    call it interrupted, and uninstall() raised "Set changed size during
+    iteration" (seen in CI).  Now the nested close waits until that call ends.
+    The probe below runs the collection at the point where CI's ran: while
+    uninstall() walks the watch's subscriptions."""
+    import weakref
+
+    from stek.stores import _filewatch
+
+    hub = _filewatch._HUB
+    stores = [FileStore(tmp_path / f"{n}.json") for n in ("kept", "garbage")]
+    for st in stores:
+        stek.init_ring(st, Policy())
+    kept = stek.install(server_context(certs), stores[0])
+    ctx = server_context(certs)
+    inst_ref = weakref.ref(stek.install(ctx, stores[1]))
+    garbage_sub = next(s for s in list(hub._subs) if s.path == stores[1].path)
+    ctx.cycle = ctx  # type: ignore[attr-defined]  # only a collection frees it
+    del ctx
+    seen: dict[str, bool] = {}
+
+    class Probe:
+        """In the watch's set of subscriptions: reading ``wd`` collects garbage."""
+
+        path = tmp_path / "probe"
+
+        @property
+        def wd(self) -> int:
+            if not seen:
+                # The Python callback's thunks are released when OpenSSL frees
+                # the SSL_CTX, in the first pass: its installation goes in the next.
+                for _ in range(3):
+                    gc.collect()
+                seen["collected"] = inst_ref() is None
+                seen["watch_unchanged"] = garbage_sub in hub._subs
+            return -1  # never polled, never in an inotify watch
+
+    probe = Probe()
+    with hub._lock:
+        hub._subs.add(probe)  # type: ignore[arg-type]
+    try:
+        kept.uninstall()
+    finally:
+        with hub._lock:
+            hub._subs.discard(probe)  # type: ignore[arg-type]
+    assert seen == {"collected": True, "watch_unchanged": True}
+    assert garbage_sub not in hub._subs  # closed once uninstall() had left the watch
+    assert all(s.path not in {st.path for st in stores} for s in list(hub._subs))
+
+
+def test_a_collection_while_a_group_is_walked_skips_no_member(certs: Certs,
+                                                              store: FileStore) -> None:
+    """Installations on one store form a group (stek._refresh) that is walked to
+    swap each new ring in.  A collection during the walk can run an
+    application's finalizer that uninstalls a member.  Before: the walk was
+    over the live list, so the member after the one that left was skipped and
+    kept the old ring until the next refresh."""
+    class Owner:
+        """An application object that uninstalls its context when collected."""
+
+        def __init__(self, handle: stek.Installation) -> None:
+            self.handle = handle
+            self.cycle = self
+
+        def __del__(self) -> None:
+            self.handle.uninstall()
+
+    first = stek.install(server_context(certs), store)
+    Owner(first)  # garbage now; only a collection runs its __del__
+    last = stek.install(server_context(certs), store)
+    group = first._bg.group
+    assert group is not None and group is last._bg.group
+
+    class Probe:
+        """A member between the two: asking for its installation collects garbage."""
+
+        def target(self) -> None:
+            gc.collect()
+
+    group.members.insert(1, Probe())  # type: ignore[arg-type]
+    try:
+        live = group.live()
+    finally:
+        group.members = [m for m in group.members if not isinstance(m, Probe)]
+    assert not first.installed  # the finalizer ran during the walk
+    assert last in live
+    last.uninstall()
+
+
 def test_handle_repr_has_no_key_bytes(certs: Certs, store: FileStore) -> None:
     handle = stek.install(server_context(certs), store)
     text = repr(handle) + repr(handle.ring) + repr(handle.counters)

@@ -117,7 +117,9 @@ class _Group:
 
     def live(self) -> list[Installation]:
         with _LOCK:
-            return [inst for bg in self.members if (inst := bg.target()) is not None]
+            # Walk a copy: a collection during the walk may run a finalizer
+            # that uninstalls a member, which leaves ``members`` (close()).
+            return [inst for bg in tuple(self.members) if (inst := bg.target()) is not None]
 
     def failed(self, exc: BaseException, at_start: bool) -> None:
         if self.failing:
@@ -138,7 +140,8 @@ class _Group:
             self.pending = False
             if self.closed:
                 return
-            members = [(bg, inst) for bg in self.members if (inst := bg.target()) is not None]
+            members = [(bg, inst) for bg in tuple(self.members)
+                       if (inst := bg.target()) is not None]
         if not members:
             return
         # A member that rotates, if any, does the read: it rotates first when due.

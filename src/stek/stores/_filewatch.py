@@ -27,7 +27,7 @@ import os
 import struct
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from .._loop import REACTOR, Timer
@@ -105,9 +105,15 @@ class _Hub:
 
     def _reset(self) -> None:
         self._pid = os.getpid()
-        # Re-entrant: a subscriber's finalizer may close its subscription
-        # from inside this module's own calls (garbage collection).
+        # Re-entrant: a garbage collection may run a finalizer (an
+        # installation's, an application's that uninstalls) in a thread that
+        # is inside this hub, and the finalizer closes a subscription.  That
+        # nested call must not change the hub under the call it interrupted
+        # (which may be iterating ``_subs`` or closing the descriptor): it is
+        # queued in ``_later`` and done when the outer call leaves (_busy).
         self._lock = threading.RLock()
+        self._busy = False
+        self._later: list[Callable[[], None]] = []
         self._libc: ctypes.CDLL | None = None
         self._libc_tried = False
         self._fd = -1
@@ -133,32 +139,58 @@ class _Hub:
     def add(self, path: Path, cb: Callable[[], None]) -> _Subscription:
         self._check_fork()
         sub = _Subscription(self, path, cb)
-        with self._lock:
-            self._subs.add(sub)
-            if not self._watch(sub):
-                self._poll_soon()
+        self._run(lambda: self._add(sub))
         return sub
 
     def remove(self, sub: _Subscription) -> None:
         self._check_fork()
+        self._run(lambda: self._remove(sub))
+
+    def _run(self, change: Callable[[], None]) -> None:
+        """Make ``change`` under the lock; from inside the hub's own work, after it."""
         with self._lock:
-            if sub not in self._subs:
+            if self._busy:  # this thread is inside the hub: see _reset
+                self._later.append(change)
                 return
-            self._subs.discard(sub)
-            if sub.wd is not None:
-                users = self._by_wd.get(sub.wd, set())
-                users.discard(sub)
-                if not users:
-                    self._by_wd.pop(sub.wd, None)
-                    if self._fd >= 0 and self._libc is not None:
-                        self._libc.inotify_rm_watch(self._fd, sub.wd)
-            if not self._by_wd and self._fd >= 0:
-                REACTOR.remove_reader(self._fd)
-                os.close(self._fd)
-                self._fd = -1
-            if not any(s.wd is None for s in self._subs) and self._timer is not None:
-                self._timer.cancel()
-                self._timer = None
+            with self._working():
+                change()
+
+    @contextlib.contextmanager
+    def _working(self) -> Iterator[None]:
+        """Mark the hub busy (the lock is held); then do what nested calls queued."""
+        self._busy = True
+        try:
+            yield
+        finally:
+            try:
+                while self._later:  # in order: an add queued before its remove
+                    self._later.pop(0)()
+            finally:
+                self._busy = False
+
+    def _add(self, sub: _Subscription) -> None:
+        self._subs.add(sub)
+        if not self._watch(sub):
+            self._poll_soon()
+
+    def _remove(self, sub: _Subscription) -> None:
+        if sub not in self._subs:
+            return
+        self._subs.discard(sub)
+        if sub.wd is not None:
+            users = self._by_wd.get(sub.wd, set())
+            users.discard(sub)
+            if not users:
+                self._by_wd.pop(sub.wd, None)
+                if self._fd >= 0 and self._libc is not None:
+                    self._libc.inotify_rm_watch(self._fd, sub.wd)
+        if not self._by_wd and self._fd >= 0:
+            REACTOR.remove_reader(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+        if not any(s.wd is None for s in self._subs) and self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     # -- inotify ------------------------------------------------------------------------
     def _watch(self, sub: _Subscription) -> bool:
@@ -190,7 +222,7 @@ class _Hub:
 
     def _on_events(self) -> None:
         fire: set[_Subscription] = set()
-        with self._lock:
+        with self._lock, self._working():
             while self._fd >= 0:
                 try:
                     data = os.read(self._fd, 65536)
@@ -225,7 +257,7 @@ class _Hub:
 
     def _poll(self) -> None:
         fire = []
-        with self._lock:
+        with self._lock, self._working():
             self._timer = None
             for sub in [s for s in self._subs if s.wd is None]:
                 # Try inotify again first (the directory may exist now), then
