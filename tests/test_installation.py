@@ -16,8 +16,9 @@ import ssl
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -419,30 +420,63 @@ def test_uninstall_restores_openssl_builtin_keys(certs: Certs, store: FileStore)
 
 
 def test_installation_dies_with_its_context(certs: Certs) -> None:
-    """The callback lives exactly as long as the context; then its store watch and timers stop."""
+    """The callback lives exactly as long as the context; then its store watch
+    and timers stop.  They are stopped by stek's background thread, not in the
+    finalizer: a collection runs finalizers in whatever thread it starts in (an
+    event loop, a thread inside stek holding one of its locks), and closing a
+    watch can talk to the store and wait for the watch's thread.  Before, the
+    finalizer closed the watch itself, in the collecting thread."""
     from stek import _refresh
 
-    store = MemoryStore()
+    closed_in: list[str] = []
+
+    class Recording(MemoryStore):
+        def subscribe(self, on_change: Callable[[], None]) -> Any:
+            sub = super().subscribe(on_change)
+
+            class Closing:
+                def close(self) -> None:
+                    closed_in.append(threading.current_thread().name)
+                    sub.close()
+
+            return Closing()
+
+    store = Recording()
     stek.init_ring(store, Policy())
     ctx = server_context(certs)
     thread = stek.install(ctx, store)._thread
     assert len(store._subs) == 1 and thread is not None and thread.is_alive()
     del ctx
     gc.collect()
+    gc.collect()  # the Python callback's thunks go with the SSL_CTX, its installation next
+    deadline = time.monotonic() + 5
+    while store._subs and time.monotonic() < deadline:
+        time.sleep(0.01)
     assert store._subs == []
+    assert closed_in == ["stek-background"]
     assert all(g.store is not store for g in _refresh._GROUPS.values())
 
 
-def test_a_collection_inside_the_file_watch_waits_for_it(certs: Certs, tmp_path: Path) -> None:
-    """A garbage collection can run an installation's finalizer in a thread that
-    is inside the file watch (stek.stores._filewatch), and the finalizer closes
-    its subscription.  Before: that nested close changed the watch under the
-    call it interrupted, and uninstall() raised "Set changed size during
-    iteration" (seen in CI).  Now the nested close waits until that call ends.
-    The probe below runs the collection at the point where CI's ran: while
-    uninstall() walks the watch's subscriptions."""
-    import weakref
+class Owner:
+    """An application object that uninstalls its context when it is collected."""
 
+    def __init__(self, handle: stek.Installation) -> None:
+        self.handle = handle
+        self.cycle = self  # only a collection frees it
+
+    def __del__(self) -> None:
+        self.handle.uninstall()
+
+
+def test_a_collection_inside_the_file_watch_waits_for_it(certs: Certs, tmp_path: Path) -> None:
+    """A garbage collection can run an application's finalizer that uninstalls
+    in a thread that is inside the file watch (stek.stores._filewatch), and the
+    uninstall closes a subscription.  Before: that nested close changed the
+    watch under the call it interrupted, and uninstall() raised "Set changed
+    size during iteration" (seen in CI, from an installation's own finalizer,
+    which now closes from the background thread).  Now the nested close waits
+    until that call ends.  The probe below runs the collection at the point
+    where CI's ran: while uninstall() walks the watch's subscriptions."""
     from stek.stores import _filewatch
 
     hub = _filewatch._HUB
@@ -450,11 +484,9 @@ def test_a_collection_inside_the_file_watch_waits_for_it(certs: Certs, tmp_path:
     for st in stores:
         stek.init_ring(st, Policy())
     kept = stek.install(server_context(certs), stores[0])
-    ctx = server_context(certs)
-    inst_ref = weakref.ref(stek.install(ctx, stores[1]))
+    owned = stek.install(server_context(certs), stores[1])
     garbage_sub = next(s for s in list(hub._subs) if s.path == stores[1].path)
-    ctx.cycle = ctx  # type: ignore[attr-defined]  # only a collection frees it
-    del ctx
+    Owner(owned)
     seen: dict[str, bool] = {}
 
     class Probe:
@@ -465,11 +497,8 @@ def test_a_collection_inside_the_file_watch_waits_for_it(certs: Certs, tmp_path:
         @property
         def wd(self) -> int:
             if not seen:
-                # The Python callback's thunks are released when OpenSSL frees
-                # the SSL_CTX, in the first pass: its installation goes in the next.
-                for _ in range(3):
-                    gc.collect()
-                seen["collected"] = inst_ref() is None
+                gc.collect()
+                seen["collected"] = not owned.installed
                 seen["watch_unchanged"] = garbage_sub in hub._subs
             return -1  # never polled, never in an inotify watch
 
@@ -493,16 +522,6 @@ def test_a_collection_while_a_group_is_walked_skips_no_member(certs: Certs,
     application's finalizer that uninstalls a member.  Before: the walk was
     over the live list, so the member after the one that left was skipped and
     kept the old ring until the next refresh."""
-    class Owner:
-        """An application object that uninstalls its context when collected."""
-
-        def __init__(self, handle: stek.Installation) -> None:
-            self.handle = handle
-            self.cycle = self
-
-        def __del__(self) -> None:
-            self.handle.uninstall()
-
     first = stek.install(server_context(certs), store)
     Owner(first)  # garbage now; only a collection runs its __del__
     last = stek.install(server_context(certs), store)

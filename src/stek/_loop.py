@@ -18,6 +18,7 @@ registers again: see ``_refresh._after_fork_in_child``).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import gc
 import heapq
@@ -68,6 +69,8 @@ class Reactor:
         self._readers: dict[int, Callback] = {}
         self._timers: list[tuple[float, int, Timer]] = []
         self._soon: list[Callback] = []
+        #: From finalizers (call_from_finalizer): appended with no lock.
+        self._finalized: collections.deque[Callback] = collections.deque()
         self._seq = itertools.count()
         self._thread: threading.Thread | None = None
 
@@ -110,6 +113,19 @@ class Reactor:
             self._soon.append(fn)
             starting = self._ensure_running()
         _start(starting)
+        self._wake()
+
+    def call_from_finalizer(self, fn: Callback) -> None:
+        """Run ``fn`` in the loop thread soon; safe in a garbage-collector finalizer.
+
+        A finalizer runs in whatever thread the collection started in: maybe
+        an application's event loop, maybe in the middle of stek's own work
+        there, holding one of its locks.  So this takes no lock and starts no
+        thread: an append and a wake-up.  The loop thread runs while anything
+        is installed; if it is not running, ``fn`` waits for its next start.
+        """
+        self._check_fork()
+        self._finalized.append(fn)
         self._wake()
 
     def add_reader(self, fd: int, fn: Callback) -> None:
@@ -178,10 +194,12 @@ class Reactor:
         """Callbacks to run now and how long to wait after them; None: nothing left, exit."""
         with self._lock:
             self._skip_cancelled()
-            if not self._timers and not self._soon and not self._readers:
+            if not (self._timers or self._soon or self._readers or self._finalized):
                 self._thread = None  # a later call starts a new thread
                 return None
             run, self._soon = self._soon, []
+            while self._finalized:
+                run.append(self._finalized.popleft())
             now = time.monotonic()
             while self._timers and self._timers[0][0] <= now:
                 timer = heapq.heappop(self._timers)[2]
@@ -223,11 +241,12 @@ def _start(thread: threading.Thread | None) -> None:
     """Start the loop thread, with the garbage collector paused until it has begun.
 
     ``Thread.start()`` waits until the new thread has started.  A collection
-    that runs in the new thread's start-up runs finalizers there, and a
-    finalizer of an installation or a file watch takes the lock of its owner
-    (stek._refresh, stek.stores._filewatch), which the starting thread may
-    hold: each would wait for the other for ever (seen as install() hanging
-    for 300 s).  With no collection in that window, none can.
+    that runs in the new thread's start-up runs finalizers there.  An
+    installation's own finalizer takes no lock (:meth:`call_from_finalizer`),
+    but an application's that uninstalls takes stek._refresh's, which the
+    starting thread may hold: each would wait for the other for ever (seen
+    as install() hanging for 300 s, when installations closed themselves in
+    their finalizer).  With no collection in that window, none can.
     """
     if thread is None:
         return

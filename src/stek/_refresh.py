@@ -250,6 +250,19 @@ class _Background:
             self.group.failing = True  # logged in the parent already
             self.group.schedule(self.group.live())
 
+    def collected(self) -> None:
+        """The finalizer of a collected installation: free its slot; the rest, later.
+
+        It runs in whatever thread the collection started in (an event loop,
+        a thread inside stek holding this module's lock, a file watch's or a
+        Redis connection's), so it waits for nothing and takes none of them.
+        Closing the store watch, which can talk to the store and wait for its
+        thread, is done by the loop thread.
+        """
+        if self.slot is not None:
+            self.slot.release()
+        REACTOR.call_from_finalizer(self.close)
+
     def close(self) -> None:
         self.stop.set()
         with _LOCK:

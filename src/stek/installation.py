@@ -293,8 +293,8 @@ class Installation:
         self._bg.start(self)
         _LIVE.add(self)
         # When the context (and so this installation) is collected, stop the
-        # store watch and let the refresher thread exit.
-        weakref.finalize(self, self._bg.close)
+        # store watch and let the refresher thread exit (from that thread).
+        weakref.finalize(self, self._bg.collected)
 
     def __repr__(self) -> str:
         return f"Installation(store={self.store.url!r}, generation={self.ring.generation})"

@@ -106,8 +106,8 @@ class _Hub:
     def _reset(self) -> None:
         self._pid = os.getpid()
         # Re-entrant: a garbage collection may run a finalizer (an
-        # installation's, an application's that uninstalls) in a thread that
-        # is inside this hub, and the finalizer closes a subscription.  That
+        # application's that uninstalls) in a thread that is inside this hub,
+        # and the finalizer closes a subscription.  That
         # nested call must not change the hub under the call it interrupted
         # (which may be iterating ``_subs`` or closing the descriptor): it is
         # queued in ``_later`` and done when the outer call leaves (_busy).
