@@ -503,12 +503,12 @@ def test_a_collection_inside_the_file_watch_waits_for_it(certs: Certs, tmp_path:
             return -1  # never polled, never in an inotify watch
 
     probe = Probe()
-    with hub._lock:
+    with hub._serial.held():
         hub._subs.add(probe)  # type: ignore[arg-type]
     try:
         kept.uninstall()
     finally:
-        with hub._lock:
+        with hub._serial.held():
             hub._subs.discard(probe)  # type: ignore[arg-type]
     assert seen == {"collected": True, "watch_unchanged": True}
     assert garbage_sub not in hub._subs  # closed once uninstall() had left the watch

@@ -405,3 +405,69 @@ def test_change_watch_works_with_and_without_hiredis(server: RedisServer, kek_fi
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == [expected]
+
+
+def test_a_watch_closed_by_a_finalizer_mid_command_waits_for_the_reply(
+        server: RedisServer, kek_file: Path) -> None:
+    """A garbage collection can run, between a command and its reply, an
+    application's finalizer that closes the store's last watch (as an
+    ``uninstall()`` in ``__del__`` does).  Before: its UNSUBSCRIBE went out on
+    the shared connection right then and took the command's reply, and the
+    command then waited for a reply already taken, until the socket timed out
+    and the connection was dropped.  Now the UNSUBSCRIBE waits for the reply:
+    the read returns the ring from the same connection, and the subscription
+    still ends."""
+    import gc
+    import threading
+
+    from stek import Policy, init_ring
+
+    store = open_store(server.url, kek_file=str(kek_file))
+    assert isinstance(store, RedisStore)
+    ring = init_ring(store, Policy()).ring
+    watch = store.subscribe(lambda: None)
+    try:
+        assert watch.connected.wait(5)
+
+        class Owner:
+            """Closes the watch when collected."""
+
+            def __init__(self) -> None:
+                self.cycle = self
+
+            def __del__(self) -> None:
+                watch.close()
+
+        chan = store._chan
+        conn, epoch = chan._conn, chan._epoch
+        assert conn is not None
+        real_read = conn.read_response
+        main = threading.current_thread()
+        collected: list[bool] = []
+
+        def read_response(*args: object, **kwargs: object) -> object:
+            if threading.current_thread() is main and not collected:
+                collected.append(True)
+                gc.collect()  # the GET is sent, its reply not read yet
+            return real_read(*args, **kwargs)
+
+        conn.read_response = read_response
+        Owner()
+        try:
+            t = time.monotonic()
+            assert store.read().generation == ring.generation
+            took = time.monotonic() - t
+        finally:
+            del conn.read_response
+        assert collected == [True] and watch.stop_event.is_set()
+        assert chan._epoch == epoch, "the read had to reconnect"
+        assert chan._subscribers == {}
+        assert [c["sub"] for c in _clients(server)] == ["0"]  # UNSUBSCRIBE was sent
+        # The watch thread, waiting for the read's lock, outlives the finalizer's
+        # join (WatchThread.close waits 2 s for it); then it ends.
+        assert took < 10
+        watch._thread.join(5)
+        assert not watch._thread.is_alive()
+    finally:
+        watch.close()
+        store.close()

@@ -25,12 +25,12 @@ import errno
 import logging
 import os
 import struct
-import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 from .._loop import REACTOR, Timer
+from .._serial import Serial
 
 log = logging.getLogger("stek.stores.file")
 
@@ -105,15 +105,10 @@ class _Hub:
 
     def _reset(self) -> None:
         self._pid = os.getpid()
-        # Re-entrant: a garbage collection may run a finalizer (an
-        # application's that uninstalls) in a thread that is inside this hub,
-        # and the finalizer closes a subscription.  That
-        # nested call must not change the hub under the call it interrupted
-        # (which may be iterating ``_subs`` or closing the descriptor): it is
-        # queued in ``_later`` and done when the outer call leaves (_busy).
-        self._lock = threading.RLock()
-        self._busy = False
-        self._later: list[Callable[[], None]] = []
+        # A garbage collection may run an application's finalizer that
+        # uninstalls, in a thread that is inside this hub: the subscription it
+        # closes waits until the hub's call it interrupted ends (stek._serial).
+        self._serial = Serial()
         self._libc: ctypes.CDLL | None = None
         self._libc_tried = False
         self._fd = -1
@@ -139,34 +134,12 @@ class _Hub:
     def add(self, path: Path, cb: Callable[[], None]) -> _Subscription:
         self._check_fork()
         sub = _Subscription(self, path, cb)
-        self._run(lambda: self._add(sub))
+        self._serial.run(lambda: self._add(sub))
         return sub
 
     def remove(self, sub: _Subscription) -> None:
         self._check_fork()
-        self._run(lambda: self._remove(sub))
-
-    def _run(self, change: Callable[[], None]) -> None:
-        """Make ``change`` under the lock; from inside the hub's own work, after it."""
-        with self._lock:
-            if self._busy:  # this thread is inside the hub: see _reset
-                self._later.append(change)
-                return
-            with self._working():
-                change()
-
-    @contextlib.contextmanager
-    def _working(self) -> Iterator[None]:
-        """Mark the hub busy (the lock is held); then do what nested calls queued."""
-        self._busy = True
-        try:
-            yield
-        finally:
-            try:
-                while self._later:  # in order: an add queued before its remove
-                    self._later.pop(0)()
-            finally:
-                self._busy = False
+        self._serial.run(lambda: self._remove(sub))
 
     def _add(self, sub: _Subscription) -> None:
         self._subs.add(sub)
@@ -222,7 +195,7 @@ class _Hub:
 
     def _on_events(self) -> None:
         fire: set[_Subscription] = set()
-        with self._lock, self._working():
+        with self._serial.held():
             while self._fd >= 0:
                 try:
                     data = os.read(self._fd, 65536)
@@ -257,7 +230,7 @@ class _Hub:
 
     def _poll(self) -> None:
         fire = []
-        with self._lock, self._working():
+        with self._serial.held():
             self._timer = None
             for sub in [s for s in self._subs if s.wd is None]:
                 # Try inotify again first (the directory may exist now), then

@@ -14,7 +14,9 @@ while holding it, and a push met on the way is handed to the subscribers
 then (redis-py's parser, its own RESP3 one or hiredis's from redis-py 6.2
 on, calls the push handler and reads on).  The watch thread waits for the
 socket to become readable without the lock (``select``), then reads
-whatever pushes are there under it.
+whatever pushes are there under it.  An unsubscribe asked for by a finalizer
+in a thread that is between a command and its reply waits for the reply
+(stek._serial).
 
 A connection that fails is dropped; the next command connects again (through
 the pool, so TLS, AUTH and a Sentinel's choice of primary are as configured)
@@ -28,12 +30,13 @@ from __future__ import annotations
 import contextlib
 import os
 import select
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
 from redis.connection import Connection
+
+from .._serial import Serial
 
 #: A redis-py connection.  Typed loosely: the push handling used here
 #: (``read_response(push_request=True)``, the parser's push handler, the
@@ -60,7 +63,7 @@ class Channel:
 
     def _reset(self) -> None:
         self._pid = os.getpid()
-        self._lock = threading.RLock()
+        self._serial = Serial()  # see stek._serial: a finalizer may unsubscribe mid-command
         self._conn: Conn | None = None
         #: Counts the connections made: the pool may hand the same object out
         #: again, reconnected, so a watch tells its connection by this number.
@@ -128,7 +131,7 @@ class Channel:
         go through :meth:`hold`, which never retries.
         """
         self._check_fork()
-        with self._lock:
+        with self._serial.held():
             for last in (False, True):
                 conn = self._connection()
                 try:
@@ -151,7 +154,7 @@ class Channel:
     def hold(self) -> Iterator[Conn]:
         """The connection, to this thread alone, for a sequence that must stay on it."""
         self._check_fork()
-        with self._lock:
+        with self._serial.held():
             conn = self._connection()
             try:
                 yield conn
@@ -165,19 +168,26 @@ class Channel:
     def subscribe(self, channel: str, key: int, fn: Callable[[], None]) -> int:
         """Call ``fn`` for every message on ``channel``; returns the connection's number."""
         self._check_fork()
-        with self._lock:
+        with self._serial.held():
             self._push_command(self._connection(), "SUBSCRIBE", channel)
             self._subscribers[key] = fn
             return self._epoch
 
     def unsubscribe(self, channel: str, key: int, epoch: int) -> None:
-        """Stop calling watch ``key``; the last one to leave ends the subscription."""
+        """Stop calling watch ``key``; the last one to leave ends the subscription.
+
+        From a finalizer run while this thread is between a command and its
+        reply, UNSUBSCRIBE would take that reply: it is sent after the reply.
+        """
         self._check_fork()
-        with self._lock:
+
+        def leave() -> None:
             conn = self._live(epoch)
             if self._subscribers.pop(key, None) is None or self._subscribers or conn is None:
                 return
             self._push_command(conn, "UNSUBSCRIBE", channel)
+
+        self._serial.run(leave)
 
     def pump(self, epoch: int, timeout: float) -> bool:
         """Wait up to ``timeout`` for pushes on connection ``epoch`` and deliver them.
@@ -186,7 +196,7 @@ class Channel:
         thread dropped it): subscribe again.  Raises if it fails here.
         """
         self._check_fork()
-        with self._lock:
+        with self._serial.held():
             conn = self._live(epoch)
             sock = conn._sock if conn is not None else None
         if sock is None:
@@ -195,7 +205,7 @@ class Channel:
             select.select([sock], [], [], timeout)
         except (OSError, ValueError):  # closed meanwhile by another thread
             return False
-        with self._lock:
+        with self._serial.held():
             conn = self._live(epoch)
             if conn is None:
                 return False
@@ -208,6 +218,9 @@ class Channel:
 
     def close(self) -> None:
         self._check_fork()
-        with self._lock:
+
+        def close() -> None:
             self._subscribers.clear()
             self._drop()
+
+        self._serial.run(close)
