@@ -31,7 +31,7 @@ from stek.keys import TicketKey, generate_key
 from stek.schedule import Policy
 from stek.stores import FileStore
 from stek.stores.memory import MemoryStore
-from support import TLSServer, connect, reconnects, s_client, s_client_reused
+from support import TLSServer, collected_by_hand, connect, reconnects, s_client, s_client_reused
 
 
 def ticket_name(session: ssl.SSLSession | None) -> bytes:
@@ -486,7 +486,6 @@ def test_a_collection_inside_the_file_watch_waits_for_it(certs: Certs, tmp_path:
     kept = stek.install(server_context(certs), stores[0])
     owned = stek.install(server_context(certs), stores[1])
     garbage_sub = next(s for s in list(hub._subs) if s.path == stores[1].path)
-    Owner(owned)
     seen: dict[str, bool] = {}
 
     class Probe:
@@ -506,7 +505,10 @@ def test_a_collection_inside_the_file_watch_waits_for_it(certs: Certs, tmp_path:
     with hub._serial.held():
         hub._subs.add(probe)  # type: ignore[arg-type]
     try:
-        kept.uninstall()
+        with collected_by_hand():
+            Owner(owned)
+            assert owned.installed
+            kept.uninstall()
     finally:
         with hub._serial.held():
             hub._subs.discard(probe)  # type: ignore[arg-type]
@@ -523,7 +525,6 @@ def test_a_collection_while_a_group_is_walked_skips_no_member(certs: Certs,
     over the live list, so the member after the one that left was skipped and
     kept the old ring until the next refresh."""
     first = stek.install(server_context(certs), store)
-    Owner(first)  # garbage now; only a collection runs its __del__
     last = stek.install(server_context(certs), store)
     group = first._bg.group
     assert group is not None and group is last._bg.group
@@ -536,7 +537,10 @@ def test_a_collection_while_a_group_is_walked_skips_no_member(certs: Certs,
 
     group.members.insert(1, Probe())  # type: ignore[arg-type]
     try:
-        live = group.live()
+        with collected_by_hand():
+            Owner(first)  # garbage now; only the probe's collection runs its __del__
+            assert first.installed
+            live = group.live()
     finally:
         group.members = [m for m in group.members if not isinstance(m, Probe)]
     assert not first.installed  # the finalizer ran during the walk
