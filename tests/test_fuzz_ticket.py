@@ -8,6 +8,7 @@ and writes a crash-* file on the first violation.
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -45,7 +46,10 @@ def test_short_fuzz_run_finds_nothing(tmp_path: Path) -> None:
     tail = "\n".join(line for line in proc.stderr.splitlines()
                      if not line.startswith("INFO: Instrumenting"))[-3000:]
     assert proc.returncode == 0, tail
-    assert "Done 20000 runs" in proc.stderr, tail
+    # libFuzzer stops at the first check after -runs is reached, so it may
+    # report a few more (seen: "Done 20009 runs"), never fewer.
+    done = re.search(r"^Done (\d+) runs", proc.stderr, re.MULTILINE)
+    assert done is not None and int(done.group(1)) >= 20000, tail
     assert not list(tmp_path.glob("crash-*")), tail
 
 
