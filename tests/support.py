@@ -125,16 +125,3 @@ def serving(ctx: ssl.SSLContext) -> Iterator[TLSServer]:
     with TLSServer(ctx) as srv:
         yield srv
 
-
-@contextlib.contextmanager
-def collected_by_hand() -> Iterator[None]:
-    """Automatic garbage collection off: garbage goes exactly where the test collects it."""
-    import gc
-
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()

@@ -24,6 +24,7 @@ import pytest
 
 import stek
 from conftest import TLS_VERSIONS, Certs, client_context, server_context
+from stek._loop import collection_paused
 from stek.errors import BindingError, NotInitialized, StoreCorrupt
 from stek.hazmat.libssl import libssl
 from stek.keyring import Keyring
@@ -31,7 +32,7 @@ from stek.keys import TicketKey, generate_key
 from stek.schedule import Policy
 from stek.stores import FileStore
 from stek.stores.memory import MemoryStore
-from support import TLSServer, collected_by_hand, connect, reconnects, s_client, s_client_reused
+from support import TLSServer, connect, reconnects, s_client, s_client_reused
 
 
 def ticket_name(session: ssl.SSLSession | None) -> bytes:
@@ -505,7 +506,7 @@ def test_a_collection_inside_the_file_watch_waits_for_it(certs: Certs, tmp_path:
     with hub._serial.held():
         hub._subs.add(probe)  # type: ignore[arg-type]
     try:
-        with collected_by_hand():
+        with collection_paused():  # collected only where the probe collects
             Owner(owned)
             assert owned.installed
             kept.uninstall()
@@ -537,7 +538,7 @@ def test_a_collection_while_a_group_is_walked_skips_no_member(certs: Certs,
 
     group.members.insert(1, Probe())  # type: ignore[arg-type]
     try:
-        with collected_by_hand():
+        with collection_paused():  # collected only where the probe collects
             Owner(first)  # garbage now; only the probe's collection runs its __del__
             assert first.installed
             live = group.live()

@@ -12,9 +12,9 @@ import pytest
 
 from servers_fleet import RedisServer
 from stek import ConfigError, StoreUnavailable, open_store
+from stek._loop import collection_paused
 from stek.stores.base import health_of
 from stek.stores.redis import RedisStore
-from support import collected_by_hand
 
 pytestmark = [pytest.mark.servers, pytest.mark.usefixtures("no_kek_env")]
 
@@ -454,7 +454,7 @@ def test_a_watch_closed_by_a_finalizer_mid_command_waits_for_the_reply(
 
         conn.read_response = read_response
         try:
-            with collected_by_hand():
+            with collection_paused():  # collected only where the probe collects
                 Owner()
                 assert not watch.stop_event.is_set()
                 t = time.monotonic()

@@ -28,7 +28,7 @@ import os
 import selectors
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 log = logging.getLogger("stek.installation")
 
@@ -250,10 +250,17 @@ def _start(thread: threading.Thread | None) -> None:
     """
     if thread is None:
         return
+    with collection_paused():
+        thread.start()
+
+
+@contextlib.contextmanager
+def collection_paused() -> Iterator[None]:
+    """No automatic garbage collection inside; on again after, if it was on before."""
     enabled = gc.isenabled()
     gc.disable()
     try:
-        thread.start()
+        yield
     finally:
         if enabled:  # else the application turned it off: leave it so
             gc.enable()
