@@ -160,6 +160,7 @@ class _Group:
                 if inst is not leader:
                     inst._swap(ring)
                     bg.record(ok=True)
+                inst._report()
             if self.failing:
                 self.failing = False
                 log.warning("store %s is back; snapshot refreshed (keyring generation %d)",

@@ -34,6 +34,7 @@ from .hazmat.libssl import (
     EVP_MAX_IV_LENGTH,
     SSL_CLIENT_HELLO_SUCCESS,
     SSL_MAX_SID_CTX_LENGTH,
+    SSL_VERIFY_FAIL_IF_NO_PEER_CERT,
     TICKET_NAME_LEN,
     TLS1_3_VERSION,
     ClientHelloCallback,
@@ -62,7 +63,9 @@ from .schedule import (
     next_change,
     state_of,
 )
+from .scope import check_scope, scoped
 from .stores import KeyStore
+from .trust import trust_session_id_context
 
 log = logging.getLogger("stek.installation")
 
@@ -94,7 +97,8 @@ def _accelerator(lib: LibSSL) -> Any:
                      lib.address("SSL_SESSION_get_time"), lib.address("CRYPTO_get_ex_new_index"),
                      lib.address("SSL_CTX_set_ex_data"), lib.address("SSL_CTX_get_ex_data"),
                      lib.address("SSL_set_session_id_context"),
-                     lib.address("SSL_SESSION_get0_id_context"))
+                     lib.address("SSL_SESSION_get0_id_context"),
+                     lib.address("SSL_get_verify_mode"), lib.address("SSL_SESSION_get0_peer"))
         _ACCEL = _fastcb
     return _ACCEL
 
@@ -126,6 +130,10 @@ class Counters:
     # callback runs before OpenSSL checks the MAC, so a forged ticket under a
     # live key's name counts here (and not in ``resumed``).
     accepted_by_name: int = 0
+    # A valid ticket whose session has no client certificate, presented to a
+    # connection that requires one (CERT_REQUIRED): a full handshake instead,
+    # which asks for the certificate (docs/trust.md).
+    rejected_no_peer_cert: int = 0
 
 
 _FIELDS = tuple(Counters.__dataclass_fields__)
@@ -223,18 +231,24 @@ class Installation:
     def __init__(self, context: ssl.SSLContext, store: KeyStore, ring: Keyring, *,
                  rotate: bool, clock: Callable[[], float], lib: LibSSL,
                  accel: Any = None, accel_required: bool = False,
-                 session_id_context: bytes | None = None) -> None:
-        facts = cpython_ssl()  # BindingError on a Python whose _ssl was not checked
-        sid = _check_sid_ctx(session_id_context)
+                 session_id_context: bytes | None = None, scope: str | None = None) -> None:
+        cpython_ssl()  # BindingError on a Python whose _ssl was not checked
+        given = _check_sid_ctx(session_id_context)
+        #: The key scope this context serves (stek.scope); None: the ring's own keys.
+        self.scope = check_scope(scope)
+        self._ctx_ptr = lib.ssl_ctx_pointer(context)
         #: The session id context connections resume in (SSL_CTX_set_session_id_context(3)):
-        #: the one given, else the one CPython's _ssl sets.
-        self.session_id_context = sid if sid is not None else facts.session_id_context
+        #: the one given, else the hash of this context's trust configuration
+        #: (stek.trust), so no session crosses a trust boundary.
+        self.session_id_context = given if given is not None else _trust_context(lib, context,
+                                                                                 self._ctx_ptr)
+        sid = self.session_id_context
         self.store = store
         self.rotate = rotate
         self._clock = clock
         self._lib = lib
         self._ctx_ref = weakref.ref(context)
-        self._ctx_ptr = lib.ssl_ctx_pointer(context)
+        self._no_peer_logged = 0
         self._counts = dict.fromkeys(_FIELDS, 0)
         self._count_lock = threading.Lock()
         self._accel = accel
@@ -246,15 +260,16 @@ class Installation:
                 bytes(int(LIFECYCLE[st].answer_tls12) for st in order),
                 bytes(int(LIFECYCLE[st].answer_tls13) for st in order),
                 bytes(int(DECRYPTED_TICKET[st]) for st in TicketStatus),
-                self.session_id_context, sid is not None,
+                sid, True,
             )
             if self._slot is None and accel_required:
                 raise BindingError(
                     f"all {accel.SLOTS} compiled-callback slots are in use in this process"
                 )
         self._slot_owner = _Slot(accel, self._slot) if self._slot is not None else None
-        self._snap = _Snapshot(lib, ring)
-        self._load_accel(ring)
+        self._source = ring
+        self._snap = _Snapshot(lib, scoped(ring, self.scope))
+        self._load_accel(self._snap.ring)
         self._policy: Policy | None = None
         self._max_age = ring.policy.accept_for
         self._apply_policy(ring.policy)
@@ -278,15 +293,19 @@ class Installation:
             self._dec_cb = DecTicketCallback(self._make_dec_callback())
             arg = None
         lib.set_session_ticket_callbacks(self._ctx_ptr, self._gen_cb, self._dec_cb, arg)
-        # A chosen session id context is set on each connection from the
-        # ClientHello callback (see stek.hazmat.libssl.CPythonSSL.applied_to).
-        self._hello_cb: Any = None
-        if sid is not None:
-            if self._slot is not None:
-                self._hello_cb = ClientHelloCallback(accel.client_hello_address())
-            else:
-                self._hello_cb = ClientHelloCallback(self._make_hello_callback(sid))
-            lib.set_client_hello_callback(self._ctx_ptr, self._hello_cb, arg)
+        # The session id context is set on the SSL_CTX, which connections made
+        # later inherit (SSL_new) and which an SNI switch compares against
+        # (SSL_set_SSL_CTX), and on each connection from the ClientHello
+        # callback, where CPython 3.13 sets its own per connection (see
+        # stek.hazmat.libssl.CPythonSSL.applied_to).
+        if lib.SSL_CTX_set_session_id_context(self._ctx_ptr, sid, len(sid)) != 1:
+            raise BindingError("libssl refused the session id context")
+        self._hello_cb: Any
+        if self._slot is not None:
+            self._hello_cb = ClientHelloCallback(accel.client_hello_address())
+        else:
+            self._hello_cb = ClientHelloCallback(self._make_hello_callback(sid))
+        lib.set_client_hello_callback(self._ctx_ptr, self._hello_cb, arg)
         if self._slot is None:
             _pin(lib, self._ctx_ptr, (self._cfunc, self._gen_cb, self._dec_cb, self._hello_cb))
         self._bg = _Background(self._slot_owner)
@@ -297,12 +316,13 @@ class Installation:
         weakref.finalize(self, self._bg.collected)
 
     def __repr__(self) -> str:
-        return f"Installation(store={self.store.url!r}, generation={self.ring.generation})"
+        scope = f", scope={self.scope!r}" if self.scope is not None else ""
+        return f"Installation(store={self.store.url!r}{scope}, generation={self.ring.generation})"
 
     # -- public ----------------------------------------------------------------
     @property
     def ring(self) -> Keyring:
-        """The snapshot the callback is answering from right now."""
+        """The snapshot the callback is answering from right now (this scope's keys)."""
         return self._snap.ring
 
     @property
@@ -361,8 +381,7 @@ class Installation:
         if ctx is not None:
             self._lib.set_ticket_callback(self._ctx_ptr, None)
             self._lib.set_session_ticket_callbacks(self._ctx_ptr, None, None)
-            if self._hello_cb is not None:
-                self._lib.set_client_hello_callback(self._ctx_ptr, None)
+            self._lib.set_client_hello_callback(self._ctx_ptr, None)
             if getattr(ctx, _ATTR, None) is self:
                 delattr(ctx, _ATTR)
         self._slot = None
@@ -381,10 +400,11 @@ class Installation:
         self._bg.restart(self)
 
     def _swap(self, ring: Keyring) -> None:
-        if ring.generation == self._snap.ring.generation and ring == self._snap.ring:
+        if ring.generation == self._source.generation and ring == self._source:
             return
-        self._snap = _Snapshot(self._lib, ring)
-        self._load_accel(ring)
+        self._source = ring
+        self._snap = _Snapshot(self._lib, scoped(ring, self.scope))
+        self._load_accel(self._snap.ring)
         self._apply_policy(ring.policy)
         log.info("keyring generation %d loaded (%d keys)", ring.generation, len(ring))
 
@@ -410,6 +430,16 @@ class Installation:
         # accept_for more seconds, so that bound never promises more than the
         # ring will honour (s2n #4583), and OpenSSL refuses sessions older than it.
         self._lib.SSL_CTX_set_timeout(self._ctx_ptr, policy.accept_for)
+
+    def _report(self) -> None:
+        """From the background thread: log the first no-peer-certificate refusal, once."""
+        refused = self.counters.rejected_no_peer_cert
+        if refused and not self._no_peer_logged:
+            self._no_peer_logged = refused
+            log.warning(
+                "a ticket whose session has no client certificate was presented to a context "
+                "that requires one (session id context %s): full handshake instead (counted in "
+                "rejected_no_peer_cert; logged once per context)", self.session_id_context.hex())
 
     def _bump(self, name: str) -> None:
         with self._count_lock:
@@ -441,6 +471,8 @@ class Installation:
         success = (TicketStatus.SUCCESS, TicketStatus.SUCCESS_RENEW)
         use = (TicketReturn.USE, TicketReturn.USE_RENEW)
         sid_ctx = self.session_id_context
+        verify_mode = lib.SSL_get_verify_mode
+        peer = lib.SSL_SESSION_get0_peer
 
         def dec(ssl_ptr: Any, sess: Any, name: Any, name_len: int, status: int,
                 arg: Any) -> int:
@@ -455,12 +487,21 @@ class Installation:
                 if status in success and sess:
                     if answer not in use:
                         self._bump("rejected_too_old")
-                    # OpenSSL refuses a session from another session id
-                    # context right after this callback (ssl_get_prev_session).
-                    elif lib.session_id_context(sess) == sid_ctx:
-                        self._bump("resumed")
-                        if answer == TicketReturn.USE_RENEW:
-                            self._bump("renewed")
+                    else:
+                        # OpenSSL refuses a session from another session id
+                        # context right after this callback (ssl_get_prev_session).
+                        same = lib.session_id_context(sess) == sid_ctx
+                        # The last check (docs/trust.md): a session without a
+                        # client certificate never resumes where one is required.
+                        if verify_mode(ssl_ptr) & SSL_VERIFY_FAIL_IF_NO_PEER_CERT \
+                                and not peer(sess):
+                            if same:
+                                self._bump("rejected_no_peer_cert")
+                            answer = TicketReturn.IGNORE_RENEW
+                        elif same:
+                            self._bump("resumed")
+                            if answer == TicketReturn.USE_RENEW:
+                                self._bump("renewed")
                 return int(answer)
             except BaseException:
                 with contextlib.suppress(BaseException):
@@ -562,6 +603,13 @@ class Installation:
         return callback
 
 
+def _trust_context(lib: LibSSL, context: ssl.SSLContext, ctx_ptr: int) -> bytes:
+    """The session id context of ``context``'s trust configuration (stek.trust)."""
+    mode = {ssl.CERT_NONE: 0, ssl.CERT_OPTIONAL: 1, ssl.CERT_REQUIRED: 2}[context.verify_mode]
+    cas = context.get_ca_certs(binary_form=True) if mode else []
+    return trust_session_id_context(lib.server_chain(ctx_ptr), mode, cas)
+
+
 def install(
     context: ssl.SSLContext,
     store: KeyStore | str | None = None,
@@ -572,6 +620,7 @@ def install(
     accelerate: bool | None = None,
     session_id_context: bytes | None = None,
     strict: bool = False,
+    scope: str | None = None,
 ) -> Installation:
     """Serve session tickets on ``context`` with the keys of ``store``.
 
@@ -595,10 +644,18 @@ def install(
     True requires the compiled one; False forces the Python one.
 
     ``session_id_context``: the context sessions resume in (1-32 bytes,
-    SSL_CTX_set_session_id_context(3)); None keeps Python's (``b"Python\\0"``).
+    SSL_CTX_set_session_id_context(3)).  None (the default) hashes this
+    context's trust configuration: its certificate chain, verify mode and
+    client CAs (:mod:`stek.trust`), so a session resumes only where it was
+    made under the same trust; configure the context before installing.
     OpenSSL resumes a session only in the context it was made in, so a
     Python server joins an nginx or HAProxy fleet on the same ring with
-    theirs: see :mod:`stek.compat`.
+    theirs: see :mod:`stek.compat`.  Whatever the context, a session without
+    a client certificate never resumes on a connection that requires one.
+
+    ``scope``: serve this key scope's keys, derived from the ring's
+    (:mod:`stek.scope`): servers in different scopes never resume each
+    other's tickets, on one ring and one rotation schedule.
     """
     if not isinstance(context, ssl.SSLContext):
         raise BindingError(f"install() needs an ssl.SSLContext, got {type(context).__name__}")
@@ -609,6 +666,7 @@ def install(
             "OP_NO_TICKET is set on this context: OpenSSL would never call the ticket "
             "callback (TLS 1.3 would use stateful tickets); clear it first"
         )
+    check_scope(scope)
     existing = getattr(context, _ATTR, None)
     if existing is not None and existing.installed:
         raise BindingError("stek is already installed on this context (uninstall() it first)")
@@ -640,7 +698,8 @@ def install(
                 "or a custom clock was given)"
             )
     inst = Installation(context, st, ring, rotate=rotate, clock=clock, lib=lib, accel=accel,
-                        accel_required=bool(accelerate), session_id_context=session_id_context)
+                        accel_required=bool(accelerate), session_id_context=session_id_context,
+                        scope=scope)
     inst._bg.started(inst, error)
     setattr(context, _ATTR, inst)
     return inst

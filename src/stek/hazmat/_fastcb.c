@@ -48,7 +48,7 @@
 
 /* Counter indices: the order of stek.installation.Counters' fields. */
 enum { C_ISSUED, C_RESUMED, C_RENEWED, C_REJ_UNKNOWN, C_REJ_EXPIRED, C_NO_ACTIVE, C_ERRORS,
-       C_TOO_OLD, C_ACCEPTED, NCOUNTERS };
+       C_TOO_OLD, C_ACCEPTED, C_NO_PEER, NCOUNTERS };
 /* Lifecycle states: the order of stek.schedule.State. */
 enum { S_PENDING, S_ACTIVE, S_DECRYPT_ONLY, S_EXPIRED, NSTATES };
 
@@ -68,6 +68,8 @@ typedef int (*ctx_set_ex_data_fn)(void *, int, void *);
 typedef void *(*ctx_get_ex_data_fn)(const void *, int);
 typedef int (*set_sid_ctx_fn)(void *, const unsigned char *, unsigned int);
 typedef const unsigned char *(*sess_get0_id_ctx_fn)(const void *, unsigned int *);
+typedef int (*get_verify_mode_fn)(const void *);
+typedef void *(*sess_get0_peer_fn)(void *);
 
 /* SSL_TICKET_STATUS and SSL_TICKET_RETURN (openssl/ssl.h) used below. */
 #define NSTATUS 7
@@ -76,6 +78,8 @@ typedef const unsigned char *(*sess_get0_id_ctx_fn)(const void *, unsigned int *
 #define TICKET_RETURN_IGNORE_RENEW 2
 #define TICKET_RETURN_USE 3
 #define TICKET_RETURN_USE_RENEW 4
+/* openssl/ssl.h: SSL_VERIFY_FAIL_IF_NO_PEER_CERT (Python's CERT_REQUIRED). */
+#define VERIFY_FAIL_IF_NO_PEER_CERT 0x02
 /* stek.session.BIRTH_MAGIC + 8-byte big-endian birth time (encode_birth). */
 #define APPDATA_LEN 12
 static const unsigned char APPDATA_MAGIC[4] = {'s', 't', 'k', '1'};
@@ -106,6 +110,8 @@ static struct {
     ctx_get_ex_data_fn ctx_get_ex_data;
     set_sid_ctx_fn set_sid_ctx;
     sess_get0_id_ctx_fn sess_get0_id_ctx;
+    get_verify_mode_fn get_verify_mode;
+    sess_get0_peer_fn sess_get0_peer;
     int ex_index; /* the SSL_CTX ex_data index holding a chain of slots */
     int ready;
 } F;
@@ -406,10 +412,21 @@ static int dec_cb(void *s, void *ss, const unsigned char *kn, size_t knl, int st
     answer = decide(sl->dec_table, status, ok, born, (int64_t)time(NULL),
                     __atomic_load_n(&sl->max_age, __ATOMIC_RELAXED), &refused_old);
     if (refused_old) bump(sl, C_TOO_OLD);
-    if (ok && (answer == TICKET_RETURN_USE || answer == TICKET_RETURN_USE_RENEW) &&
-        same_sid_ctx(sl, ss)) {
-        bump(sl, C_RESUMED);
-        if (answer == TICKET_RETURN_USE_RENEW) bump(sl, C_RENEWED);
+    if (ok && (answer == TICKET_RETURN_USE || answer == TICKET_RETURN_USE_RENEW)) {
+        int same = same_sid_ctx(sl, ss);
+        /* The last check (docs/trust.md): a session made without a client
+         * certificate never resumes on a connection that requires one
+         * (SSL_VERIFY_FAIL_IF_NO_PEER_CERT, SSL_get_verify_mode(3)): resuming
+         * skips the CertificateRequest, so the peer would never be asked.  The
+         * full handshake that follows asks for it.  Counted only where OpenSSL
+         * would otherwise have resumed (same session id context). */
+        if ((F.get_verify_mode(s) & VERIFY_FAIL_IF_NO_PEER_CERT) && F.sess_get0_peer(ss) == NULL) {
+            if (same) bump(sl, C_NO_PEER);
+            answer = TICKET_RETURN_IGNORE_RENEW;
+        } else if (same) {
+            bump(sl, C_RESUMED);
+            if (answer == TICKET_RETURN_USE_RENEW) bump(sl, C_RENEWED);
+        }
     }
     return answer;
 }
@@ -465,13 +482,14 @@ static int slot_arg(PyObject *arg, int *out) {
 }
 
 static PyObject *fc_init(PyObject *self, PyObject *args) {
-    unsigned long long rb, ei, di, msp, hi, sha, sv, gs, ga, sa, st, eni, sed, ged, ssc, sgi;
+    unsigned long long rb, ei, di, msp, hi, sha, sv, gs, ga, sa, st, eni, sed, ged, ssc, sgi,
+        gvm, sgp;
     int index;
-    if (!PyArg_ParseTuple(args, "KKKKKKKKKKKKKKKK", &rb, &ei, &di, &msp, &hi, &sha, &sv, &gs,
-                          &ga, &sa, &st, &eni, &sed, &ged, &ssc, &sgi))
+    if (!PyArg_ParseTuple(args, "KKKKKKKKKKKKKKKKKK", &rb, &ei, &di, &msp, &hi, &sha, &sv, &gs,
+                          &ga, &sa, &st, &eni, &sed, &ged, &ssc, &sgi, &gvm, &sgp))
         return NULL;
     if (!rb || !ei || !di || !sv || (!msp && !hi) || !gs || !ga || !sa || !st || !eni || !sed ||
-        !ged || !ssc || !sgi) {
+        !ged || !ssc || !sgi || !gvm || !sgp) {
         PyErr_SetString(PyExc_ValueError, "missing OpenSSL function");
         return NULL;
     }
@@ -491,6 +509,8 @@ static PyObject *fc_init(PyObject *self, PyObject *args) {
     F.ctx_get_ex_data = (ctx_get_ex_data_fn)(uintptr_t)ged;
     F.set_sid_ctx = (set_sid_ctx_fn)(uintptr_t)ssc;
     F.sess_get0_id_ctx = (sess_get0_id_ctx_fn)(uintptr_t)sgi;
+    F.get_verify_mode = (get_verify_mode_fn)(uintptr_t)gvm;
+    F.sess_get0_peer = (sess_get0_peer_fn)(uintptr_t)sgp;
     /* SSL_CTX_get_ex_new_index(3) is this macro: */
     index = ((ex_new_index_fn)(uintptr_t)eni)(CRYPTO_EX_INDEX_SSL_CTX, 0, NULL, NULL, NULL,
                                               ctx_free_cb);
@@ -764,8 +784,8 @@ static PyMethodDef methods[] = {
                                     "get0_ticket_appdata, set1_ticket_appdata, "
                                     "SSL_SESSION_get_time, CRYPTO_get_ex_new_index, "
                                     "SSL_CTX_set_ex_data, SSL_CTX_get_ex_data, "
-                                    "SSL_set_session_id_context, SSL_SESSION_get0_id_context): "
-                                    "addresses"},
+                                    "SSL_set_session_id_context, SSL_SESSION_get0_id_context, "
+                                    "SSL_get_verify_mode, SSL_SESSION_get0_peer): addresses"},
     {"acquire", fc_acquire, METH_VARARGS,
      "acquire(ans12, ans13, dec_table, sid_ctx, set_sid) -> slot or None"},
     {"release", fc_release, METH_O, "release(slot): the Installation's reference"},

@@ -93,6 +93,10 @@ CRYPTO_EX_INDEX_SSL_CTX = 1
 SSL_MAX_SID_CTX_LENGTH = 32
 #: openssl/ssl.h: SSL_CLIENT_HELLO_SUCCESS.
 SSL_CLIENT_HELLO_SUCCESS = 1
+#: openssl/ssl.h: SSL_VERIFY_FAIL_IF_NO_PEER_CERT (set by Python's CERT_REQUIRED).
+SSL_VERIFY_FAIL_IF_NO_PEER_CERT = 0x02
+#: openssl/ssl.h: SSL_CTRL_GET_CHAIN_CERTS, the ctrl behind SSL_CTX_get0_chain_certs().
+SSL_CTRL_GET_CHAIN_CERTS = 82
 
 
 @dataclass(frozen=True)
@@ -232,6 +236,19 @@ class LibSSL:
         self.SSL_SESSION_get0_id_context = fn(
             "SSL_SESSION_get0_id_context", c_void_p, c_void_p, POINTER(c_uint)
         )
+        self.SSL_CTX_set_session_id_context = fn(
+            "SSL_CTX_set_session_id_context", c_int, c_void_p, c_char_p, c_uint
+        )
+        # The last check on a presented ticket (SSL_get_verify_mode(3),
+        # SSL_SESSION_get0_peer(3)) and the server chain that a context's
+        # trust configuration is hashed from (SSL_CTX_get0_certificate(3)).
+        self.SSL_get_verify_mode = fn("SSL_get_verify_mode", c_int, c_void_p)
+        self.SSL_SESSION_get0_peer = fn("SSL_SESSION_get0_peer", c_void_p, c_void_p)
+        self.SSL_CTX_get0_certificate = fn("SSL_CTX_get0_certificate", c_void_p, c_void_p)
+        self.SSL_CTX_ctrl = fn("SSL_CTX_ctrl", c_long, c_void_p, c_int, c_long, c_void_p)
+        self.i2d_X509 = fn("i2d_X509", c_int, c_void_p, POINTER(c_void_p))
+        self.OPENSSL_sk_num = fn("OPENSSL_sk_num", c_int, c_void_p)
+        self.OPENSSL_sk_value = fn("OPENSSL_sk_value", c_void_p, c_void_p, c_int)
         self.SSL_CTX_set_client_hello_cb = fn(
             "SSL_CTX_set_client_hello_cb", None, c_void_p, c_void_p, c_void_p
         )
@@ -329,6 +346,34 @@ class LibSSL:
         """SSL_CTX_set_client_hello_cb(3); ``callback`` is a CFUNCTYPE object or None."""
         ptr = ctypes.cast(callback, c_void_p) if callback is not None else None
         self.SSL_CTX_set_client_hello_cb(ctx_ptr, ptr, arg)
+
+    def _x509_der(self, x509: int) -> bytes:
+        n = int(self.i2d_X509(x509, None))
+        if n <= 0:
+            raise BindingError("i2d_X509 failed")
+        buf = ctypes.create_string_buffer(n)
+        out = c_void_p(ctypes.addressof(buf))
+        self.i2d_X509(x509, ctypes.byref(out))
+        return buf.raw
+
+    def server_chain(self, ctx_ptr: int) -> list[bytes]:
+        """DER of the certificate the context serves, then its chain (empty if none yet).
+
+        ``SSL_CTX_get0_certificate`` and ``SSL_CTX_get0_chain_certs`` read the
+        context's current certificate; both return borrowed pointers.
+        """
+        leaf = self.SSL_CTX_get0_certificate(ctx_ptr)
+        if not leaf:
+            return []
+        chain = [self._x509_der(leaf)]
+        stack = c_void_p()
+        if self.SSL_CTX_ctrl(ctx_ptr, SSL_CTRL_GET_CHAIN_CERTS, 0, ctypes.byref(stack)) == 1 \
+                and stack.value:
+            for i in range(int(self.OPENSSL_sk_num(stack.value))):
+                cert = self.OPENSSL_sk_value(stack.value, i)
+                if cert:
+                    chain.append(self._x509_der(cert))
+        return chain
 
     def session_id_context(self, session_ptr: int) -> bytes:
         """``SSL_SESSION_get0_id_context``: the context a session was made in."""
