@@ -68,6 +68,26 @@ def store_option(f: F) -> F:
     )(_sealing_options(f))
 
 
+def _check_scope(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    from ..errors import ConfigError
+    from ..scope import check_scope
+
+    try:
+        return check_scope(value)
+    except ConfigError as exc:
+        raise click.BadParameter(str(exc)) from None
+
+
+def scope_option(f: F) -> F:
+    """--scope NAME: the key scope (stek.scope) whose derived keys the command uses."""
+    return click.option(
+        "--scope", "scope", metavar="NAME", default=None, callback=_check_scope,
+        help="Use the keys of this key scope, derived from the ring's (docs/trust.md): "
+             "servers in different scopes never resume each other's tickets.  Default: the "
+             "ring's own keys.",
+    )(f)
+
+
 def lookup_store_option(f: F) -> F:
     """--store URL for a command that uses a store only when asked: no $STEK_STORE, no default."""
     return click.option(

@@ -9,7 +9,8 @@ from pathlib import Path
 import click
 
 from ..export import FORMATS, export, is_directory_format, render
-from ._common import open_cli_store, store_option
+from ..scope import scoped
+from ._common import open_cli_store, scope_option, store_option
 
 _LAYOUTS = {
     "nginx": "DIR: one <name>.key per key (80: name|HMAC|AES, 48: name|AES|HMAC) and "
@@ -28,7 +29,8 @@ _LAYOUTS = {
 @click.option("--out", type=click.Path(dir_okay=True, path_type=Path), default=None,
               help="Where to write (a directory for nginx and envoy).  Without it, "
                    "single-file formats go to stdout, but never to a terminal.")
-def export_cmd(store_url: str | None, fmt: str, out: Path | None) -> None:
+@scope_option
+def export_cmd(store_url: str | None, fmt: str, out: Path | None, scope: str | None) -> None:
     """Write the ring's live keys the way a TLS server reads them.
 
     Files are created with mode 0600 and replaced atomically, and only when
@@ -37,7 +39,7 @@ def export_cmd(store_url: str | None, fmt: str, out: Path | None) -> None:
     See docs/exporters.md for each layout and its limits.
     """
     store = open_cli_store(store_url)
-    ring = store.read()
+    ring = scoped(store.read(), scope)
     now = time.time()
     if out is None:
         if is_directory_format(fmt):
@@ -56,7 +58,8 @@ def export_cmd(store_url: str | None, fmt: str, out: Path | None) -> None:
         click.echo(f"removed {p}", err=True)
     state = "changed" if result.changed else "unchanged"
     enc = ring.encrypting_key(now)
-    click.echo(f"{fmt} keys {state} in {result.path} (generation {ring.generation}, "
+    shown = f"scope {scope} " if scope else ""
+    click.echo(f"{fmt} {shown}keys {state} in {result.path} (generation {ring.generation}, "
                f"encrypting key {enc.name.hex() if enc else 'none'})")
 
 
