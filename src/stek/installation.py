@@ -98,7 +98,9 @@ def _accelerator(lib: LibSSL) -> Any:
                      lib.address("SSL_CTX_set_ex_data"), lib.address("SSL_CTX_get_ex_data"),
                      lib.address("SSL_set_session_id_context"),
                      lib.address("SSL_SESSION_get0_id_context"),
-                     lib.address("SSL_get_verify_mode"), lib.address("SSL_SESSION_get0_peer"))
+                     lib.address("SSL_get_verify_mode"), lib.address("SSL_SESSION_get0_peer"),
+                     lib.address("SSL_client_hello_get0_ext"),
+                     lib.address("SSL_SESSION_get0_hostname"))
         _ACCEL = _fastcb
     return _ACCEL
 
@@ -134,6 +136,9 @@ class Counters:
     # connection that requires one (CERT_REQUIRED): a full handshake instead,
     # which asks for the certificate (docs/trust.md).
     rejected_no_peer_cert: int = 0
+    # A valid ticket whose session was made for another server name than the
+    # one the client asks for now (RFC 6066 section 3; docs/trust.md).
+    rejected_other_name: int = 0
 
 
 _FIELDS = tuple(Counters.__dataclass_fields__)
@@ -498,6 +503,10 @@ class Installation:
                             if same:
                                 self._bump("rejected_no_peer_cert")
                             answer = TicketReturn.IGNORE_RENEW
+                        elif not _same_server_name(lib, ssl_ptr, sess):
+                            if same:
+                                self._bump("rejected_other_name")
+                            answer = TicketReturn.IGNORE_RENEW
                         elif same:
                             self._bump("resumed")
                             if answer == TicketReturn.USE_RENEW:
@@ -601,6 +610,25 @@ class Installation:
                 return Answer.NO_TICKET
 
         return callback
+
+
+def _same_server_name(lib: LibSSL, ssl_ptr: int, sess: int) -> bool:
+    """Was the session made for the server name the ClientHello asks for?
+
+    RFC 6066 section 3: a server "MUST NOT accept the request to resume the
+    session if the server_name extension contains a different name"; stek
+    holds TLS 1.3 to the same rule, because an SNI callback may switch the
+    connection to another context after its PSK was accepted (docs/trust.md).
+    DNS names compare without regard to ASCII case (RFC 4343).
+    """
+    try:
+        want = lib.hello_server_name(ssl_ptr)
+    except ValueError:
+        return False
+    had = lib.session_hostname(sess)
+    if had is None or want is None:
+        return had is None and want is None
+    return had.lower() == want.lower()
 
 
 def _trust_context(lib: LibSSL, context: ssl.SSLContext, ctx_ptr: int) -> bytes:

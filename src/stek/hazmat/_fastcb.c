@@ -48,7 +48,7 @@
 
 /* Counter indices: the order of stek.installation.Counters' fields. */
 enum { C_ISSUED, C_RESUMED, C_RENEWED, C_REJ_UNKNOWN, C_REJ_EXPIRED, C_NO_ACTIVE, C_ERRORS,
-       C_TOO_OLD, C_ACCEPTED, C_NO_PEER, NCOUNTERS };
+       C_TOO_OLD, C_ACCEPTED, C_NO_PEER, C_OTHER_NAME, NCOUNTERS };
 /* Lifecycle states: the order of stek.schedule.State. */
 enum { S_PENDING, S_ACTIVE, S_DECRYPT_ONLY, S_EXPIRED, NSTATES };
 
@@ -70,6 +70,8 @@ typedef int (*set_sid_ctx_fn)(void *, const unsigned char *, unsigned int);
 typedef const unsigned char *(*sess_get0_id_ctx_fn)(const void *, unsigned int *);
 typedef int (*get_verify_mode_fn)(const void *);
 typedef void *(*sess_get0_peer_fn)(void *);
+typedef int (*hello_get0_ext_fn)(void *, unsigned int, const unsigned char **, size_t *);
+typedef const char *(*sess_get0_hostname_fn)(const void *);
 
 /* SSL_TICKET_STATUS and SSL_TICKET_RETURN (openssl/ssl.h) used below. */
 #define NSTATUS 7
@@ -112,6 +114,8 @@ static struct {
     sess_get0_id_ctx_fn sess_get0_id_ctx;
     get_verify_mode_fn get_verify_mode;
     sess_get0_peer_fn sess_get0_peer;
+    hello_get0_ext_fn hello_get0_ext;
+    sess_get0_hostname_fn sess_get0_hostname;
     int ex_index; /* the SSL_CTX ex_data index holding a chain of slots */
     int ready;
 } F;
@@ -400,6 +404,48 @@ static int same_sid_ctx(const slot_t *sl, const void *ss) {
     return len == sl->sid_len && (len == 0 || memcmp(sid, sl->sid, len) == 0);
 }
 
+/* The host name the ClientHello asks for (RFC 6066 section 3: ServerNameList =
+ * u16 length, then NameType host_name(0), u16 length, HostName), read with
+ * SSL_client_hello_get0_ext(3): the ClientHello is still held while tickets are
+ * decrypted.  Returns 0 for a malformed extension; *name is NULL without one. */
+static int hello_server_name(void *s, const unsigned char **name, size_t *len) {
+    const unsigned char *p = NULL;
+    size_t n = 0, list, host;
+    *name = NULL;
+    *len = 0;
+    if (F.hello_get0_ext(s, 0 /* TLSEXT_TYPE_server_name */, &p, &n) != 1 || p == NULL)
+        return 1;
+    if (n < 5) return 0;
+    list = ((size_t)p[0] << 8) | p[1];
+    host = ((size_t)p[3] << 8) | p[4];
+    if (list != n - 2 || p[2] != 0 || host == 0 || host > n - 5) return 0;
+    *name = p + 5;
+    *len = host;
+    return 1;
+}
+
+/* Was the session made for the server name this connection asks for?  RFC 6066
+ * section 3: a server "MUST NOT accept the request to resume the session if the
+ * server_name extension contains a different name"; stek holds TLS 1.3 to the
+ * same rule, because an SNI callback may switch the connection to another
+ * context after its PSK was accepted (docs/trust.md).  DNS names compare
+ * without regard to ASCII case (RFC 4343). */
+static int same_server_name(void *s, void *ss) {
+    const char *had = F.sess_get0_hostname(ss);
+    const unsigned char *want;
+    size_t len, i;
+    if (!hello_server_name(s, &want, &len)) return 0;
+    if (had == NULL || want == NULL) return had == NULL && want == NULL;
+    if (strlen(had) != len) return 0;
+    for (i = 0; i < len; i++) {
+        unsigned char a = (unsigned char)had[i], b = want[i];
+        if (a >= 'A' && a <= 'Z') a = (unsigned char)(a + 32);
+        if (b >= 'A' && b <= 'Z') b = (unsigned char)(b + 32);
+        if (a != b) return 0;
+    }
+    return 1;
+}
+
 /* dec_cb: OpenSSL's verdict on a presented ticket (its MAC checked, its state
  * decrypted): stek.schedule.decrypted_ticket_answer, in C.  This is where a
  * resumption is counted, not in the key callback, which runs before the MAC. */
@@ -422,6 +468,9 @@ static int dec_cb(void *s, void *ss, const unsigned char *kn, size_t knl, int st
          * would otherwise have resumed (same session id context). */
         if ((F.get_verify_mode(s) & VERIFY_FAIL_IF_NO_PEER_CERT) && F.sess_get0_peer(ss) == NULL) {
             if (same) bump(sl, C_NO_PEER);
+            answer = TICKET_RETURN_IGNORE_RENEW;
+        } else if (!same_server_name(s, ss)) {
+            if (same) bump(sl, C_OTHER_NAME);
             answer = TICKET_RETURN_IGNORE_RENEW;
         } else if (same) {
             bump(sl, C_RESUMED);
@@ -483,13 +532,13 @@ static int slot_arg(PyObject *arg, int *out) {
 
 static PyObject *fc_init(PyObject *self, PyObject *args) {
     unsigned long long rb, ei, di, msp, hi, sha, sv, gs, ga, sa, st, eni, sed, ged, ssc, sgi,
-        gvm, sgp;
+        gvm, sgp, hge, sgh;
     int index;
-    if (!PyArg_ParseTuple(args, "KKKKKKKKKKKKKKKKKK", &rb, &ei, &di, &msp, &hi, &sha, &sv, &gs,
-                          &ga, &sa, &st, &eni, &sed, &ged, &ssc, &sgi, &gvm, &sgp))
+    if (!PyArg_ParseTuple(args, "KKKKKKKKKKKKKKKKKKKK", &rb, &ei, &di, &msp, &hi, &sha, &sv, &gs,
+                          &ga, &sa, &st, &eni, &sed, &ged, &ssc, &sgi, &gvm, &sgp, &hge, &sgh))
         return NULL;
     if (!rb || !ei || !di || !sv || (!msp && !hi) || !gs || !ga || !sa || !st || !eni || !sed ||
-        !ged || !ssc || !sgi || !gvm || !sgp) {
+        !ged || !ssc || !sgi || !gvm || !sgp || !hge || !sgh) {
         PyErr_SetString(PyExc_ValueError, "missing OpenSSL function");
         return NULL;
     }
@@ -511,6 +560,8 @@ static PyObject *fc_init(PyObject *self, PyObject *args) {
     F.sess_get0_id_ctx = (sess_get0_id_ctx_fn)(uintptr_t)sgi;
     F.get_verify_mode = (get_verify_mode_fn)(uintptr_t)gvm;
     F.sess_get0_peer = (sess_get0_peer_fn)(uintptr_t)sgp;
+    F.hello_get0_ext = (hello_get0_ext_fn)(uintptr_t)hge;
+    F.sess_get0_hostname = (sess_get0_hostname_fn)(uintptr_t)sgh;
     /* SSL_CTX_get_ex_new_index(3) is this macro: */
     index = ((ex_new_index_fn)(uintptr_t)eni)(CRYPTO_EX_INDEX_SSL_CTX, 0, NULL, NULL, NULL,
                                               ctx_free_cb);
@@ -785,7 +836,8 @@ static PyMethodDef methods[] = {
                                     "SSL_SESSION_get_time, CRYPTO_get_ex_new_index, "
                                     "SSL_CTX_set_ex_data, SSL_CTX_get_ex_data, "
                                     "SSL_set_session_id_context, SSL_SESSION_get0_id_context, "
-                                    "SSL_get_verify_mode, SSL_SESSION_get0_peer): addresses"},
+                                    "SSL_get_verify_mode, SSL_SESSION_get0_peer, SSL_client_hello_get0_ext, "
+                                    "SSL_SESSION_get0_hostname): addresses"},
     {"acquire", fc_acquire, METH_VARARGS,
      "acquire(ans12, ans13, dec_table, sid_ctx, set_sid) -> slot or None"},
     {"release", fc_release, METH_O, "release(slot): the Installation's reference"},

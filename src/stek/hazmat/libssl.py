@@ -244,6 +244,11 @@ class LibSSL:
         # trust configuration is hashed from (SSL_CTX_get0_certificate(3)).
         self.SSL_get_verify_mode = fn("SSL_get_verify_mode", c_int, c_void_p)
         self.SSL_SESSION_get0_peer = fn("SSL_SESSION_get0_peer", c_void_p, c_void_p)
+        self.SSL_client_hello_get0_ext = fn(
+            "SSL_client_hello_get0_ext", c_int, c_void_p, c_uint, POINTER(c_void_p),
+            POINTER(c_size_t)
+        )
+        self.SSL_SESSION_get0_hostname = fn("SSL_SESSION_get0_hostname", c_void_p, c_void_p)
         self.SSL_CTX_get0_certificate = fn("SSL_CTX_get0_certificate", c_void_p, c_void_p)
         self.SSL_CTX_ctrl = fn("SSL_CTX_ctrl", c_long, c_void_p, c_int, c_long, c_void_p)
         self.i2d_X509 = fn("i2d_X509", c_int, c_void_p, POINTER(c_void_p))
@@ -374,6 +379,31 @@ class LibSSL:
                 if cert:
                     chain.append(self._x509_der(cert))
         return chain
+
+    def hello_server_name(self, ssl_ptr: int) -> bytes | None:
+        """The host name the ClientHello being processed asks for (None without one).
+
+        ``SSL_client_hello_get0_ext(3)`` on the server_name extension (RFC 6066
+        section 3: u16 list length, type host_name (0), u16 length, name).
+        ValueError for a malformed extension.
+        """
+        data = c_void_p()
+        length = c_size_t()
+        if self.SSL_client_hello_get0_ext(ssl_ptr, 0, ctypes.byref(data),
+                                          ctypes.byref(length)) != 1 or not data.value:
+            return None
+        ext = ctypes.string_at(data.value, length.value)
+        if len(ext) < 5:
+            raise ValueError("malformed server_name extension")
+        listed, host = int.from_bytes(ext[0:2], "big"), int.from_bytes(ext[3:5], "big")
+        if listed != len(ext) - 2 or ext[2] != 0 or not 0 < host <= len(ext) - 5:
+            raise ValueError("malformed server_name extension")
+        return ext[5:5 + host]
+
+    def session_hostname(self, session_ptr: int) -> bytes | None:
+        """``SSL_SESSION_get0_hostname``: the server name the session was made for."""
+        name = self.SSL_SESSION_get0_hostname(session_ptr)
+        return ctypes.string_at(name) if name else None
 
     def session_id_context(self, session_ptr: int) -> bytes:
         """``SSL_SESSION_get0_id_context``: the context a session was made in."""
