@@ -100,7 +100,8 @@ def _accelerator(lib: LibSSL) -> Any:
                      lib.address("SSL_SESSION_get0_id_context"),
                      lib.address("SSL_get_verify_mode"), lib.address("SSL_SESSION_get0_peer"),
                      lib.address("SSL_client_hello_get0_ext"),
-                     lib.address("SSL_SESSION_get0_hostname"))
+                     lib.address("SSL_SESSION_get0_hostname"),
+                     lib.address("SSL_get_servername"), lib.address("SSL_SESSION_set1_hostname"))
         _ACCEL = _fastcb
     return _ACCEL
 
@@ -461,6 +462,7 @@ class Installation:
                 sess = lib.SSL_get_session(ssl_ptr)
                 if sess:
                     lib.stamp_born_at(sess)
+                    lib.record_server_name(ssl_ptr, sess)
             except BaseException:
                 with contextlib.suppress(BaseException):
                     self._bump("errors")

@@ -17,8 +17,9 @@ from ..compat import (
 from ..errors import ConfigError
 from ..inspect import MAX_SID_CTX_LEN, Inspection, inspect_ticket, iso, read_input, sid_ctx_label
 from ..recognize import MAX_INPUT_LEN, looks_inline
+from ..scope import scoped
 from ..session import SessionInfo
-from ._common import open_cli_store, store_option
+from ._common import open_cli_store, scope_option, store_option
 
 #: Exit statuses, documented in --help.
 EXIT_RESUME = 0
@@ -185,10 +186,11 @@ def _print_text(result: Inspection, store_url: str, form: str) -> None:
                    "shows each session's).  OpenSSL resumes a session only in the "
                    "context it was made in.  Without it the context is shown, not "
                    "checked.")
+@scope_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 def inspect_cmd(ctx: click.Context, input_path: str, store_url: str | None,
-                sid_ctx: bytes | None, as_json: bool) -> None:
+                sid_ctx: bytes | None, scope: str | None, as_json: bool) -> None:
     """Explain whether a server with this ring would resume a session ticket.
 
     INPUT is a session file written by 'openssl s_client -sess_out FILE' (PEM,
@@ -211,16 +213,17 @@ def inspect_cmd(ctx: click.Context, input_path: str, store_url: str | None,
     data = _read(input_path)
     parsed = read_input(data)
     store = open_cli_store(store_url)
-    ring = store.read()
+    ring = scoped(store.read(), scope)
     result = inspect_ticket(parsed.ticket, ring, time.time(),
                             client_session=parsed.client_session, sid_ctx=sid_ctx)
     if as_json:
         doc = result.to_dict()
         doc["store"] = store.url
+        doc["scope"] = scope
         doc["input_form"] = parsed.form
         click.echo(json.dumps(doc, indent=2))
     else:
-        _print_text(result, store.url, parsed.form)
+        _print_text(result, f"{store.url} (scope {scope})" if scope else store.url, parsed.form)
     ctx.exit(EXIT_RESUME if result.resumes else EXIT_NO_RESUME)
 
 

@@ -72,6 +72,8 @@ typedef int (*get_verify_mode_fn)(const void *);
 typedef void *(*sess_get0_peer_fn)(void *);
 typedef int (*hello_get0_ext_fn)(void *, unsigned int, const unsigned char **, size_t *);
 typedef const char *(*sess_get0_hostname_fn)(const void *);
+typedef const char *(*get_servername_fn)(const void *, int);
+typedef int (*sess_set1_hostname_fn)(void *, const char *);
 
 /* SSL_TICKET_STATUS and SSL_TICKET_RETURN (openssl/ssl.h) used below. */
 #define NSTATUS 7
@@ -116,6 +118,8 @@ static struct {
     sess_get0_peer_fn sess_get0_peer;
     hello_get0_ext_fn hello_get0_ext;
     sess_get0_hostname_fn sess_get0_hostname;
+    get_servername_fn get_servername;
+    sess_set1_hostname_fn sess_set1_hostname;
     int ex_index; /* the SSL_CTX ex_data index holding a chain of slots */
     int ready;
 } F;
@@ -389,10 +393,24 @@ static int decide(const signed char *table, int status, int have_session, uint64
     return answer;
 }
 
+/* OpenSSL records the server name in a session only when a servername
+ * callback acknowledged it (final_server_name); stek records the name the
+ * client asked for in every session it seals, so the decrypt path can hold a
+ * ticket to it (same_server_name).  SSL_get_servername(3). */
+static void record_server_name(void *s, void *sess) {
+    const char *name;
+    if (F.sess_get0_hostname(sess) != NULL) return;
+    name = F.get_servername(s, 0 /* TLSEXT_NAMETYPE_host_name */);
+    if (name != NULL) F.sess_set1_hostname(sess, name);
+}
+
 /* gen_cb: answering 0 would abort the handshake, so it always answers 1. */
 static int gen_cb(void *s, void *arg) {
     void *sess = F.get_session(s);
-    if (sess != NULL) stamp_born(sess);
+    if (sess != NULL) {
+        stamp_born(sess);
+        record_server_name(s, sess);
+    }
     return 1;
 }
 
@@ -532,13 +550,14 @@ static int slot_arg(PyObject *arg, int *out) {
 
 static PyObject *fc_init(PyObject *self, PyObject *args) {
     unsigned long long rb, ei, di, msp, hi, sha, sv, gs, ga, sa, st, eni, sed, ged, ssc, sgi,
-        gvm, sgp, hge, sgh;
+        gvm, sgp, hge, sgh, gsn, ssh;
     int index;
-    if (!PyArg_ParseTuple(args, "KKKKKKKKKKKKKKKKKKKK", &rb, &ei, &di, &msp, &hi, &sha, &sv, &gs,
-                          &ga, &sa, &st, &eni, &sed, &ged, &ssc, &sgi, &gvm, &sgp, &hge, &sgh))
+    if (!PyArg_ParseTuple(args, "KKKKKKKKKKKKKKKKKKKKKK", &rb, &ei, &di, &msp, &hi, &sha, &sv,
+                          &gs, &ga, &sa, &st, &eni, &sed, &ged, &ssc, &sgi, &gvm, &sgp, &hge,
+                          &sgh, &gsn, &ssh))
         return NULL;
     if (!rb || !ei || !di || !sv || (!msp && !hi) || !gs || !ga || !sa || !st || !eni || !sed ||
-        !ged || !ssc || !sgi || !gvm || !sgp || !hge || !sgh) {
+        !ged || !ssc || !sgi || !gvm || !sgp || !hge || !sgh || !gsn || !ssh) {
         PyErr_SetString(PyExc_ValueError, "missing OpenSSL function");
         return NULL;
     }
@@ -562,6 +581,8 @@ static PyObject *fc_init(PyObject *self, PyObject *args) {
     F.sess_get0_peer = (sess_get0_peer_fn)(uintptr_t)sgp;
     F.hello_get0_ext = (hello_get0_ext_fn)(uintptr_t)hge;
     F.sess_get0_hostname = (sess_get0_hostname_fn)(uintptr_t)sgh;
+    F.get_servername = (get_servername_fn)(uintptr_t)gsn;
+    F.sess_set1_hostname = (sess_set1_hostname_fn)(uintptr_t)ssh;
     /* SSL_CTX_get_ex_new_index(3) is this macro: */
     index = ((ex_new_index_fn)(uintptr_t)eni)(CRYPTO_EX_INDEX_SSL_CTX, 0, NULL, NULL, NULL,
                                               ctx_free_cb);
@@ -837,7 +858,8 @@ static PyMethodDef methods[] = {
                                     "SSL_CTX_set_ex_data, SSL_CTX_get_ex_data, "
                                     "SSL_set_session_id_context, SSL_SESSION_get0_id_context, "
                                     "SSL_get_verify_mode, SSL_SESSION_get0_peer, SSL_client_hello_get0_ext, "
-                                    "SSL_SESSION_get0_hostname): addresses"},
+                                    "SSL_SESSION_get0_hostname, SSL_get_servername, "
+                                    "SSL_SESSION_set1_hostname): addresses"},
     {"acquire", fc_acquire, METH_VARARGS,
      "acquire(ans12, ans13, dec_table, sid_ctx, set_sid) -> slot or None"},
     {"release", fc_release, METH_O, "release(slot): the Installation's reference"},

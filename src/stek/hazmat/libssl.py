@@ -249,6 +249,9 @@ class LibSSL:
             POINTER(c_size_t)
         )
         self.SSL_SESSION_get0_hostname = fn("SSL_SESSION_get0_hostname", c_void_p, c_void_p)
+        self.SSL_get_servername = fn("SSL_get_servername", c_void_p, c_void_p, c_int)
+        self.SSL_SESSION_set1_hostname = fn("SSL_SESSION_set1_hostname", c_int, c_void_p,
+                                            c_char_p)
         self.SSL_CTX_get0_certificate = fn("SSL_CTX_get0_certificate", c_void_p, c_void_p)
         self.SSL_CTX_ctrl = fn("SSL_CTX_ctrl", c_long, c_void_p, c_int, c_long, c_void_p)
         self.i2d_X509 = fn("i2d_X509", c_int, c_void_p, POINTER(c_void_p))
@@ -404,6 +407,19 @@ class LibSSL:
         """``SSL_SESSION_get0_hostname``: the server name the session was made for."""
         name = self.SSL_SESSION_get0_hostname(session_ptr)
         return ctypes.string_at(name) if name else None
+
+    def record_server_name(self, ssl_ptr: int, session_ptr: int) -> None:
+        """Record the server name the client asked for in the session, if it has none.
+
+        OpenSSL records it only when a servername callback acknowledged it
+        (``final_server_name``); stek records it in every session it seals so
+        that the decrypt path can hold a ticket to it.  SSL_get_servername(3).
+        """
+        if self.SSL_SESSION_get0_hostname(session_ptr):
+            return
+        name = self.SSL_get_servername(ssl_ptr, 0)  # TLSEXT_NAMETYPE_host_name
+        if name:
+            self.SSL_SESSION_set1_hostname(session_ptr, ctypes.string_at(name))
 
     def session_id_context(self, session_ptr: int) -> bytes:
         """``SSL_SESSION_get0_id_context``: the context a session was made in."""
