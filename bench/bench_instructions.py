@@ -4,13 +4,14 @@ A deterministic companion to ``bench_resumption.py``, whose timings move with
 the machine.  The *server's serving thread* runs under ``valgrind --tool=callgrind`` (which
 counts instructions, the same count on every run), in its own process, and
 serves resumed handshakes over loopback to a client running at native speed.
-Each variant (built-in key, stek's compiled callback, stek's Python one) is
+Each variant (built-in key, stek's compiled callback, the same serving a key
+scope, stek's Python callback) is
 run with two numbers of handshakes; the difference divided by the number of
 extra handshakes is the server's cost of one resumed handshake, start-up
 excluded.  The ratio built-in / stek is then handshakes per instruction, stek
 relative to OpenSSL's built-in key.
 
-    python bench/bench_instructions.py [--tls 1.2 1.3] [--n1 20] [--n2 120]
+    python bench/bench_instructions.py [--tls 1.2 1.3] [--n1 20] [--n2 120] [--variants ...]
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-VARIANTS = ("builtin", "stek-c", "stek-python")
+VARIANTS = ("builtin", "stek-c", "stek-c-scoped", "stek-python")
 
 
 def serve(variant: str, version: str, count: int, port_file: Path, cert: Path,
@@ -38,7 +39,8 @@ def serve(variant: str, version: str, count: int, port_file: Path, cert: Path,
     if variant != "builtin":
         import stek
 
-        stek.install(ctx, f"file:{ring}", accelerate=variant == "stek-c")
+        stek.install(ctx, f"file:{ring}", accelerate=variant.startswith("stek-c"),
+                     scope="bench" if variant.endswith("-scoped") else None)
     srv = socket.create_server(("127.0.0.1", 0))
     port_file.write_text(str(srv.getsockname()[1]))
     for _ in range(count + 1):
@@ -100,6 +102,8 @@ def main() -> None:
     ap.add_argument("--tls", nargs="+", default=["1.2", "1.3"], choices=["1.2", "1.3"])
     ap.add_argument("--n1", type=int, default=20)
     ap.add_argument("--n2", type=int, default=120)
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS,
+                    help="builtin is always measured: the others are relative to it")
     ap.add_argument("--serve", choices=VARIANTS, help=argparse.SUPPRESS)
     ap.add_argument("--count", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--port-file", type=Path, help=argparse.SUPPRESS)
@@ -127,12 +131,12 @@ def main() -> None:
               f"instructions per resumed handshake ({args.n2}-{args.n1} handshakes)")
         for version in args.tls:
             per = {}
-            for variant in VARIANTS:
+            for variant in dict.fromkeys(["builtin", *args.variants]):
                 i1 = instructions(variant, version, args.n1, d, cert, key, ring)
                 i2 = instructions(variant, version, args.n2, d, cert, key, ring)
                 per[variant] = (i2 - i1) / (args.n2 - args.n1)
             base = per["builtin"]
-            line = "  ".join(f"{v} {per[v]:,.0f} ({base / per[v]:.3f})" for v in VARIANTS)
+            line = "  ".join(f"{v} {per[v]:,.0f} ({base / per[v]:.3f})" for v in per)
             print(f"  TLS {version}: {line}")
 
 
