@@ -363,3 +363,24 @@ def test_gunicorn_workers_read_a_mirror_owned_by_the_agents_user(certs: Certs,
     assert len({r.body["pid"] for r in [*run.replies, *replies]}) >= 2  # workers, not one
     assert path.read_bytes() == before and path.stat().st_uid == agent_user.pw_uid
     assert not path.with_name("mirror.json.lock").exists()  # nobody tried to rotate it
+
+
+def test_gunicorn_workers_resume_within_a_key_scope(certs: Certs, tmp_path: Path) -> None:
+    """STEK_SCOPE=tenant: the workers resume each other's tickets under the scope's keys."""
+    from stek.inspect import ticket_of
+    from stek.scope import scoped
+    from stek.stores.file import FileStore
+
+    cctx = client_context(certs, ssl.TLSVersion.TLSv1_2)
+    env = env_with(STEK_STORE=f"file:{tmp_path}/ring.json", STEK_SCOPE="tenant")
+    with gunicorn(certs, tmp_path, with_stek=True, env=env) as (port, _proc):
+        run = reconnect_run(port, cctx, RECONNECTS)
+        issuer, replies = cross_worker(port, cctx, 5)
+    assert run.resumed >= RECONNECTS - 1, run
+    assert issuer not in {r.body["pid"] for r in replies}
+    assert all(r.reused for r in replies)
+    ring = FileStore(tmp_path / "ring.json").read()
+    names = {k.name for k in scoped(ring, "tenant").keys}
+    held = ticket_of(replies[-1].session)
+    assert held is not None and held[:16] in names
+    assert held[:16] not in {k.name for k in ring.keys}

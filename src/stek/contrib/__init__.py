@@ -11,7 +11,8 @@ A store that cannot be read when a worker starts does not take TLS down: the
 worker serves full handshakes without tickets, logs one warning, and picks
 the ring up as soon as the store answers (see ``stek.install``).  Set
 ``STEK_STRICT=1`` to make the worker fail instead (the server then refuses
-TLS connections until the store answers).
+TLS connections until the store answers).  ``STEK_SCOPE=NAME`` serves that
+key scope (docs/trust.md).
 
 Pre-fork servers ask for a context in each worker, and gunicorn's sync and
 gthread workers ask again on *every connection*.  Installing per connection
@@ -37,10 +38,12 @@ from ..installation import Installation, install
 from ..mirror import mirror_source
 from ..stores import default_url
 
-__all__ = ["STRICT_ENV", "PerProcessContext", "strict_from_env"]
+__all__ = ["SCOPE_ENV", "STRICT_ENV", "PerProcessContext", "strict_from_env"]
 
 #: ``STEK_STRICT=1``: a worker whose store cannot be read at start raises.
 STRICT_ENV = "STEK_STRICT"
+#: ``STEK_SCOPE=NAME``: the workers serve that key scope (stek.scope).
+SCOPE_ENV = "STEK_SCOPE"
 
 
 def strict_from_env() -> bool:
@@ -87,7 +90,7 @@ class PerProcessContext:
             store = shared_store(default_url())
             # A host's mirror (stek agent --mirror) is rotated by its agent only.
             inst = install(ctx, store, rotate=mirror_source(store) is None,
-                           strict=strict_from_env())
+                           strict=strict_from_env(), scope=os.environ.get(SCOPE_ENV) or None)
             self._state = (pid, ctx, inst)
         self._log.info("stek installed in pid %d: store %s, generation %d, %d key(s)%s",
                        pid, inst.store.url, inst.ring.generation, len(inst.ring),
