@@ -31,6 +31,7 @@ from stek.compat import (
     nginx_session_id_context,
 )
 from stek.export import export
+from stek.scope import scoped
 from stek.session import decode
 from stek.ticket import open_ticket
 from support import TLSServer, connect
@@ -65,19 +66,26 @@ FLEETS: dict[str, tuple[Start, Callable[[Certs], bytes]]] = {
 
 @pytest.mark.parametrize("peer", list(FLEETS))
 @pytest.mark.parametrize("adopt", [True, False], ids=["their-context", "python-context"])
+@pytest.mark.parametrize("scope", [None, "edge"], ids=["unscoped", "scoped"])
 @TLS_VERSIONS
 def test_python_server_and_peer_resume_each_others_tickets(
         tmp_path: Path, certs: Certs, tls_version: ssl.TLSVersion, accelerate: bool,
-        peer: str, adopt: bool) -> None:
+        peer: str, adopt: bool, scope: str | None) -> None:
+    """Within one key scope (the peer fed that scope's export) as without."""
     start, context_of = FLEETS[peer]
     store, now = live_store(tmp_path)
-    ring = store.read()
+    ring = scoped(store.read(), scope)
     sid = context_of(certs)
     sctx = server_context(certs)
     handle = stek.install(sctx, store, accelerate=accelerate,
-                          session_id_context=sid if adopt else None)
+                          session_id_context=sid if adopt else None, scope=scope)
     assert handle.accelerated is accelerate
-    assert handle.session_id_context == (sid if adopt else PYTHON_SESSION_ID_CONTEXT)
+    if adopt:
+        assert handle.session_id_context == sid
+    else:
+        # stek's own: the trust configuration's hash (stek.trust), not the peer's.
+        assert handle.session_id_context not in (sid, PYTHON_SESSION_ID_CONTEXT)
+        assert len(handle.session_id_context) == 32
     cctx = client_context(certs, tls_version)
     with start(tmp_path, certs, ring, now) as srv, TLSServer(sctx) as py:
         theirs = get(srv.port, cctx)
@@ -106,17 +114,21 @@ def test_python_server_and_peer_resume_each_others_tickets(
 
 def test_python_servers_keep_pythons_context(certs: Certs, tmp_path: Path,
                                              accelerate: bool) -> None:
-    """Given explicitly, Python's own context changes nothing between Python servers."""
+    """Python's own context, given explicitly to both, joins them as before stek's default;
+    a server left on the default (the trust hash) resumes neither's session."""
     store, _ = live_store(tmp_path)
-    a, b = server_context(certs), server_context(certs)
-    ha = stek.install(a, store, accelerate=accelerate)
+    a, b, c = server_context(certs), server_context(certs), server_context(certs)
+    ha = stek.install(a, store, accelerate=accelerate,
+                      session_id_context=PYTHON_SESSION_ID_CONTEXT)
     hb = stek.install(b, store, accelerate=accelerate,
                       session_id_context=PYTHON_SESSION_ID_CONTEXT)
+    hc = stek.install(c, store, accelerate=accelerate)
     cctx = client_context(certs, ssl.TLSVersion.TLSv1_3)
-    with TLSServer(a) as sa, TLSServer(b) as sb:
+    with TLSServer(a) as sa, TLSServer(b) as sb, TLSServer(c) as sc:
         first = connect(sa.port, cctx)
         assert connect(sb.port, cctx, first.session).reused
-    assert ha.counters.issued >= 1 and hb.counters.resumed == 1
+        assert not connect(sc.port, cctx, first.session).reused
+    assert ha.counters.issued >= 1 and hb.counters.resumed == 1 and hc.counters.resumed == 0
 
 
 @pytest.mark.parametrize("bad", [b"", b"x" * 33, "HAProxy"])
