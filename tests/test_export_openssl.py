@@ -17,6 +17,7 @@ import pytest
 
 import stek
 from conftest import TLS_VERSIONS, Certs, client_context, server_context
+from stek.compat import PYTHON_SESSION_ID_CONTEXT
 from stek.export import export
 from stek.hazmat.libssl import libssl
 from stek.rotation import init_ring
@@ -57,7 +58,10 @@ def test_exported_key_drives_openssl_builtin_tickets(
              else (out / f"{enc.name.hex()}.key").read_bytes())[:80]
     plain = openssl_keyed_context(certs, key80)
     with_stek = server_context(certs)
-    handle = stek.install(with_stek, store, clock=lambda: T0)
+    # A stek server joins servers keyed by OpenSSL's control (Python's own
+    # session id context) by taking their context (docs/integrations.md).
+    handle = stek.install(with_stek, store, clock=lambda: T0,
+                          session_id_context=PYTHON_SESSION_ID_CONTEXT)
     cctx = client_context(certs, tls_version)
     with TLSServer(plain) as a, TLSServer(with_stek) as b:
         first = connect(a.port, cctx)

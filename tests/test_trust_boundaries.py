@@ -62,7 +62,7 @@ class Hit:
 
 
 def hit(port: int, cctx: ssl.SSLContext, session: ssl.SSLSession | None = None,
-        host: str = "localhost") -> Hit:
+        host: str | None = "localhost") -> Hit:
     """One round trip; a failed handshake or a refused request is an error, not an exception."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
@@ -254,6 +254,35 @@ def test_an_sni_switch_never_carries_a_session_to_another_virtual_host(
     # OpenSSL runs the first context's ticket callbacks for every connection.
     assert handles["a.test"].counters.rejected_other_name == 2
     assert handles["a.test"].counters.resumed == 2
+
+
+@CALLBACKS
+@TLS_VERSIONS
+def test_a_session_made_without_sni_never_resumes_under_a_name(
+        tmp_path: Path, store: FileStore, tls_version: ssl.TLSVersion,
+        accelerate: bool) -> None:
+    """No SNI reaches the default virtual host; that session must not resume for b.test."""
+    ca, pairs = _vhost_certs(tmp_path)
+    contexts = {}
+    handle = None
+    for host, (cert, key) in pairs.items():
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        contexts[host] = ctx
+        inst = stek.install(ctx, store, accelerate=accelerate)
+        handle = handle or inst
+    cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    cctx.load_verify_locations(ca)
+    cctx.check_hostname = False
+    cctx.minimum_version = cctx.maximum_version = tls_version
+    with VhostServer(contexts) as srv:
+        unnamed = hit(srv.port, cctx, host=None)
+        assert unnamed.error is None and ticket_of(unnamed.session)
+        assert hit(srv.port, cctx, unnamed.session, host=None).reused
+        named = hit(srv.port, cctx, unnamed.session, host="b.test")
+        assert named.error is None and not named.reused
+        assert srv.served_by[-1] == "b.test"
+    assert handle is not None and handle.counters.rejected_other_name == 1
 
 
 # -- 3. key scopes ---------------------------------------------------------------

@@ -488,7 +488,10 @@ class Installation:
             try:
                 now = int(clock())  # whole seconds, as the C callback's time(NULL)
                 born = now
+                ours = False
                 if status in success and sess:
+                    # Sealed by stek: it carries stek's appdata before it is stamped here.
+                    ours = lib._appdata_born_at(sess) is not None
                     born = lib.stamp_born_at(sess)
                 answer = decrypted_ticket_answer(status, born, now, self._max_age)
                 if status in success and sess:
@@ -505,7 +508,7 @@ class Installation:
                             if same:
                                 self._bump("rejected_no_peer_cert")
                             answer = TicketReturn.IGNORE_RENEW
-                        elif not _same_server_name(lib, ssl_ptr, sess):
+                        elif not _same_server_name(lib, ssl_ptr, sess, ours):
                             if same:
                                 self._bump("rejected_other_name")
                             answer = TicketReturn.IGNORE_RENEW
@@ -614,23 +617,27 @@ class Installation:
         return callback
 
 
-def _same_server_name(lib: LibSSL, ssl_ptr: int, sess: int) -> bool:
+def _same_server_name(lib: LibSSL, ssl_ptr: int, sess: int, ours: bool) -> bool:
     """Was the session made for the server name the ClientHello asks for?
 
     RFC 6066 section 3: a server "MUST NOT accept the request to resume the
     session if the server_name extension contains a different name"; stek
     holds TLS 1.3 to the same rule, because an SNI callback may switch the
     connection to another context after its PSK was accepted (docs/trust.md).
-    DNS names compare without regard to ASCII case (RFC 4343).
+    DNS names compare without regard to ASCII case (RFC 4343).  A session
+    without a name that stek sealed (``ours``) was made without SNI, since
+    stek records every name asked; one sealed elsewhere may come from a
+    server that records none (no servername callback), and is left to the
+    session id context.
     """
     try:
         want = lib.hello_server_name(ssl_ptr)
     except ValueError:
         return False
     had = lib.session_hostname(sess)
-    if had is None or want is None:
-        return had is None and want is None
-    return had.lower() == want.lower()
+    if had is None:
+        return want is None or not ours
+    return want is not None and had.lower() == want.lower()
 
 
 def _trust_context(lib: LibSSL, context: ssl.SSLContext, ctx_ptr: int) -> bytes:

@@ -447,13 +447,18 @@ static int hello_server_name(void *s, const unsigned char **name, size_t *len) {
  * server_name extension contains a different name"; stek holds TLS 1.3 to the
  * same rule, because an SNI callback may switch the connection to another
  * context after its PSK was accepted (docs/trust.md).  DNS names compare
- * without regard to ASCII case (RFC 4343). */
-static int same_server_name(void *s, void *ss) {
+ * without regard to ASCII case (RFC 4343).  A session without a name that
+ * stek sealed (`ours`: it carries stek's appdata) was made without SNI, since
+ * stek records every name asked (record_server_name); one sealed elsewhere
+ * may come from a server that records none (no servername callback), and is
+ * left to the session id context. */
+static int same_server_name(void *s, void *ss, int ours) {
     const char *had = F.sess_get0_hostname(ss);
     const unsigned char *want;
     size_t len, i;
     if (!hello_server_name(s, &want, &len)) return 0;
-    if (had == NULL || want == NULL) return had == NULL && want == NULL;
+    if (had == NULL) return want == NULL || !ours;
+    if (want == NULL) return 0;
     if (strlen(had) != len) return 0;
     for (i = 0; i < len; i++) {
         unsigned char a = (unsigned char)had[i], b = want[i];
@@ -472,7 +477,9 @@ static int dec_cb(void *s, void *ss, const unsigned char *kn, size_t knl, int st
     slot_t *sl = (slot_t *)arg;
     int ok = (status == TICKET_SUCCESS || status == TICKET_SUCCESS_RENEW) && ss != NULL;
     int refused_old, answer;
-    uint64_t born = ok ? stamp_born(ss) : 0;
+    uint64_t born = 0;
+    int ours = ok && appdata_born(ss, &born); /* before stamp_born adds stek's appdata */
+    born = ok ? stamp_born(ss) : 0;
     answer = decide(sl->dec_table, status, ok, born, (int64_t)time(NULL),
                     __atomic_load_n(&sl->max_age, __ATOMIC_RELAXED), &refused_old);
     if (refused_old) bump(sl, C_TOO_OLD);
@@ -487,7 +494,7 @@ static int dec_cb(void *s, void *ss, const unsigned char *kn, size_t knl, int st
         if ((F.get_verify_mode(s) & VERIFY_FAIL_IF_NO_PEER_CERT) && F.sess_get0_peer(ss) == NULL) {
             if (same) bump(sl, C_NO_PEER);
             answer = TICKET_RETURN_IGNORE_RENEW;
-        } else if (!same_server_name(s, ss)) {
+        } else if (!same_server_name(s, ss, ours)) {
             if (same) bump(sl, C_OTHER_NAME);
             answer = TICKET_RETURN_IGNORE_RENEW;
         } else if (same) {

@@ -178,7 +178,10 @@ class LibSSL:
         self.openssl3 = version >= 0x30000000
 
         def fn(name: str, restype: Any, *argtypes: Any) -> Any:
-            f = getattr(lib, name)
+            # lib[name] is a function object of stek's own: ``lib.name`` is
+            # shared by everything in the process that uses this CDLL, and
+            # whoever sets its argtypes there would change stek's prototype.
+            f = lib[name]
             f.restype = restype
             f.argtypes = argtypes
             return f
