@@ -78,7 +78,9 @@ def diagnose(report: Report, ring: Keyring | None) -> list[Diagnosis]:
                     CROSS_NAME, tls, (n.target,),
                     f"TLS {tls}: {n.target} resumed a ticket it issued for server name "
                     f"{n.src} on a connection for {n.dst}: a session crosses from one name "
-                    f"to the other (give each name its own key scope, or its own listener)"))
+                    f"to the other (give each name its own listener: a server decrypts "
+                    f"every ticket on a port with the keys of the context that received "
+                    f"the connection, nginx its default server block's)"))
         if ring is not None:
             out.extend(_ring_diagnoses(measured, ring, report.now, tls))
     return out
