@@ -145,10 +145,6 @@ class TLSConnector:
             self._contexts.update({(tls, True): self._context(v, cafile, cert)
                                    for tls, v in TLS_VERSIONS.items()})
 
-    @property
-    def has_cert(self) -> bool:
-        return (next(iter(TLS_VERSIONS)), True) in self._contexts
-
     def _context(self, version: ssl.TLSVersion, cafile: str | None,
                  cert: tuple[str, str] | None) -> ssl.SSLContext:
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
