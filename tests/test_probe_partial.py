@@ -58,7 +58,7 @@ def test_one_dead_one_silent_one_live(tmp_path: Path, certs: Certs) -> None:
     try:
         with TLSServer(ctx) as srv, never_speaks_tls() as plain_port:
             live, plain = addr(srv.port), addr(plain_port)
-            proc = stek_cli("probe", live, dead, plain, "--json", "--timeout", "1",
+            proc = stek_cli("probe", live, dead, plain, "--json", "--timeout", "3",
                             "--textfile", str(textfile), "--store", f"file:{store.path}")
     finally:
         handle.uninstall()
@@ -71,7 +71,7 @@ def test_one_dead_one_silent_one_live(tmp_path: Path, certs: Certs) -> None:
         assert eps[dead]["error_kind"] == eps[plain]["error_kind"] == "unreachable"
         assert eps[dead]["error"] == f"{dead} TLS {tls}: connection refused: nothing listens there"
         assert eps[plain]["error"] == (f"{plain} TLS {tls}: no TLS server answered "
-                                       f"(nothing came back within 1s)")
+                                       f"(nothing came back within 3s)")
         cells = {(c["from"], c["to"]): c for c in doc["matrix"] if c["tls"] == tls}
         assert len(cells) == 9
         assert cells[(live, live)]["resumed"] is True
