@@ -145,16 +145,19 @@ def test_haproxy_ticket_is_judged_by_the_servers_context(
 @TLS_VERSIONS
 def test_python_ticket_is_judged_by_the_servers_context(
         tmp_path: Path, certs: Certs, tls_version: ssl.TLSVersion) -> None:
-    """A stek Python server's ticket: context 'Python\\0'; resumes on Python servers,
-    not on a server under HAProxy's context; the text output names both contexts."""
+    """A ticket of a stek Python server on Python's own context ('Python\\0'):
+    resumes on Python servers, not on a server under HAProxy's context; the text
+    output names both contexts."""
     store, _ = live_store(tmp_path)
     ring = store.read()
-    with stek_server(certs, tmp_path / "issuer", ring) as srv:
+    with stek_server(certs, tmp_path / "issuer", ring,
+                     session_id_context=PYTHON_SESSION_ID_CONTEXT) as srv:
         sess = srv.session_file(tls_version)
     code, doc = inspect(sess, store, "python")
     assert code == 0 and doc["verdict"] == "resume", doc
     assert doc["session_id_context"]["hex"] == PYTHON_SESSION_ID_CONTEXT.hex()
-    assert python_server_resumes(certs, tmp_path / "py", ring, sess, tls_version)
+    assert python_server_resumes(certs, tmp_path / "py", ring, sess, tls_version,
+                                 sid_ctx=PYTHON_SESSION_ID_CONTEXT)
 
     code, doc = inspect(sess, store, "haproxy")
     assert code == 1 and doc["reason"].startswith("session id context"), doc
@@ -167,6 +170,26 @@ def test_python_ticket_is_judged_by_the_servers_context(
     assert proc.returncode == 1
     assert "sid context   507974686f6e00 (7 bytes, Python's ssl)" in proc.stdout
     assert "server        session id context 686170726f7879 (7 bytes, HAProxy)" in proc.stdout
+
+
+@TLS_VERSIONS
+def test_a_default_stek_ticket_is_judged_by_the_trust_context(
+        tmp_path: Path, certs: Certs, tls_version: ssl.TLSVersion) -> None:
+    """stek's default context (docs/trust.md): the ticket carries the server's
+    handle.session_id_context; --server HEX of it resumes, --server python does not,
+    and another stek server with the same certificate and settings resumes it."""
+    store, _ = live_store(tmp_path)
+    ring = store.read()
+    with stek_server(certs, tmp_path / "issuer", ring) as srv:
+        sess = srv.session_file(tls_version)
+        trust = srv.installation.session_id_context
+    assert len(trust) == 32
+    code, doc = inspect(sess, store, trust.hex())
+    assert code == 0 and doc["verdict"] == "resume", doc
+    assert doc["session_id_context"]["hex"] == trust.hex()
+    code, doc = inspect(sess, store, "python")
+    assert code == 1 and doc["reason"].startswith("session id context"), doc
+    assert python_server_resumes(certs, tmp_path / "py", ring, sess, tls_version)
 
 
 def test_server_option_is_validated_and_documented() -> None:

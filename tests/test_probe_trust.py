@@ -265,14 +265,15 @@ def _self_signed(directory: Path, name: str) -> tuple[Path, Path]:
 
 @contextlib.contextmanager
 def virtual_hosts(tmp_path: Path, certs: Certs, store: object,
-                  sid: bytes | None) -> Iterator[str]:
+                  sid: bytes | None, *, with_stek: bool = True) -> Iterator[str]:
     """One Python server, two virtual hosts chosen by SNI (a.test: the default context,
-    b.test: a context with its own certificate), both installed on the ring."""
+    b.test: a context with its own certificate), both installed on the ring (or,
+    without stek, each on OpenSSL's built-in key)."""
     ctx_a = server_context(certs)
     ctx_b = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx_b.load_cert_chain(*_self_signed(tmp_path, "b.test"))
     handles = [stek.install(ctx, store, session_id_context=sid)  # type: ignore[arg-type]
-               for ctx in (ctx_a, ctx_b)]
+               for ctx in (ctx_a, ctx_b)] if with_stek else []
 
     def choose(sslobj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
         if name == "b.test":
@@ -289,11 +290,12 @@ def virtual_hosts(tmp_path: Path, certs: Certs, store: object,
 
 def test_sni_names_sharing_sessions_are_cross_name_resumptions(tmp_path: Path,
                                                                certs: Certs) -> None:
-    """Two virtual hosts in one context for sessions (an explicit shared
-    session_id_context): a.test's ticket resumes under b.test and back; exit 1,
-    or 0 with --allow-cross-name (still reported)."""
+    """Two virtual hosts of a plain Python server (no stek): OpenSSL decrypts
+    every ticket on the listener with the first context's built-in key, in
+    Python's one session id context, so a.test's ticket resumes under b.test
+    and back; exit 1, or 0 with --allow-cross-name (still reported)."""
     store, _ = live_store(tmp_path)
-    with virtual_hosts(tmp_path, certs, store, b"vhosts") as target:
+    with virtual_hosts(tmp_path, certs, store, None, with_stek=False) as target:
         code, doc, err = probe(target, "--sni", "a.test", "--sni", "b.test")
         assert code == 1, err
         crossed = {(n["tls"], n["from_sni"], n["to_sni"]): n["resumed"] for n in doc["names"]}
@@ -340,6 +342,8 @@ def test_sni_probe_matches_what_the_server_does(tmp_path: Path, certs: Certs) ->
         server = {(tls, a, b): resumes_under(target, tls, a, b) for tls in BOTH
                   for a, b in (("a.test", "b.test"), ("b.test", "a.test"))}
         assert seen == server, doc["names"]
+        # stek holds each ticket to its server name (docs/trust.md): nothing crosses.
+        assert not any(server.values()), server
         found = {(d["tls"], d["message"].split("server name ")[1].split(" ")[0])
                  for d in kinds(doc, "cross-name-resumption")}
         assert found == {(tls, a) for (tls, a, _b), resumed in server.items() if resumed}
