@@ -78,8 +78,15 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .._atomic import ensure_dir, unsafe_reason, write_file
-from ..errors import ConfigError, NotInitialized, SealingError, StekError, StoreUnavailable
-from ..keyring import Keyring
+from ..errors import (
+    ConfigError,
+    NotInitialized,
+    SealingError,
+    StekError,
+    StoreCorrupt,
+    StoreUnavailable,
+)
+from ..keyring import MAX_RING_BYTES, Keyring
 from .base import Mutator
 
 log = logging.getLogger("stek.stores")
@@ -95,6 +102,12 @@ _V1_HEADER_LEN = len(MAGIC) + 1 + 8
 _HEADER_LEN = len(MAGIC) + 1 + 8 + 8 + 8
 _NONCE_LEN = 12  # NIST SP 800-38D: 96-bit IVs for random nonces
 _TAG_LEN = 16
+
+#: Bytes: the largest value a fleet store's reader takes in, checked before
+#: the transfer (a ring is at most MAX_RING_BYTES, plus the sealing's 61).  A
+#: writer without the KEK may store far more (Redis: 512 MiB): read whole, it
+#: would cost every reader its memory and CPU on every re-read.
+MAX_VALUE_BYTES = MAX_RING_BYTES + MAX_RING_BYTES // 10
 
 #: Attempts of an update's compare-and-set before giving up (each conflict
 #: means another writer succeeded, so progress is being made fleet-wide).
@@ -624,6 +637,13 @@ def check_format_1(ring: Keyring, where: str, now: float) -> None:
             f"{ring.policy.rotate_every}s): an old value put back, not a ring an agent "
             f"kept; refusing to re-seal it (restore the newest ring with 'stek migrate "
             f"--force' from a trusted copy, or start anew with 'stek init --force')")
+
+
+def too_large(url: str, size: int | None = None) -> StoreCorrupt:
+    """The error for a stored value larger than :data:`MAX_VALUE_BYTES` (not read)."""
+    what = f"{size} bytes" if size is not None else f"more than {MAX_VALUE_BYTES} bytes"
+    return StoreCorrupt(f"{url}: holds a value of {what}, larger than any sealed ring "
+                        f"({MAX_VALUE_BYTES} bytes at most): refusing to read it")
 
 
 def unavailable(url: str, action: str, exc: BaseException, *secrets: str,
