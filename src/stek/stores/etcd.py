@@ -138,6 +138,7 @@ class _Members:
 
     def __init__(self, u: StoreURL, timeout: float) -> None:
         self.url = u
+        self.timeout = timeout
         self.tls = u.scheme == "etcds"
         self.user = u.user
         if u.password and not u.user:
@@ -206,13 +207,33 @@ class EtcdStore(SharedStore[int]):
     def __init__(self, members: _Members, *, url: str, key: str,
                  sealer: AnySealer, timeout: float = TIMEOUT) -> None:
         super().__init__(url, sealer)
-        self._m = members
+        self._members = members
+        self._pid = os.getpid()
         self._timeout = timeout
         self.key = key
         #: Stable name of the ring: engine and key (no host, no credential).
         self.identity = f"etcd:{key}"
         self._key64 = _b64(key.encode())
         self._watch_member = 0
+
+    @property
+    def _m(self) -> _Members:
+        """The members' clients, made anew in a forked child.
+
+        After ``fork()`` the child holds the parent's pooled keep-alive
+        connections: a request from each on one connection takes whichever
+        reply comes first (crossed replies, a compare-and-set reported for
+        another process's write).  The child gets its own session; the
+        inherited one is dropped, never closed or shut down, so nothing is
+        sent on the parent's connections (closing a descriptor in the child
+        leaves the parent's open).  Its lock may have been held at fork time:
+        it is not reused either.
+        """
+        if self._pid != os.getpid():
+            old = self._members
+            self._members = _Members(old.url, old.timeout)
+            self._pid = os.getpid()
+        return self._members
 
     @property
     def _client(self) -> etcd3gw.Etcd3Client:
