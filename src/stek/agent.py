@@ -693,12 +693,15 @@ METRICS_TIMEOUT = _httpd.TIMEOUT
 
 
 class MetricsServer:
-    """``/metrics`` (Prometheus text format) and ``/healthz`` for one agent, in one thread.
+    """``/metrics`` (Prometheus text format) and ``/healthz`` for one agent.
 
-    Bounded (:class:`stek._httpd.BoundedHTTPServer`): one thread whatever the
-    number of clients, at most ``max_connections`` open (a new one closes the
-    oldest), ``timeout`` seconds to send a request.  A non-loopback ``host``
-    is refused unless ``public``: the page names keys and targets.
+    Bounded (:class:`stek._httpd.BoundedHTTPServer`): one loop thread and a
+    few answering threads whatever the number of clients, at most
+    ``max_connections`` open (a new one closes the oldest), ``timeout``
+    seconds to send a request.  The store's servers are probed by a thread
+    of their own (:class:`stek._storeprobe.StoreProbe`), never while a
+    request waits.  A non-loopback ``host`` is refused unless ``public``:
+    the page names keys and targets.
     """
 
     def __init__(self, agent: Agent, host: str = "127.0.0.1", port: int = 0, *,
