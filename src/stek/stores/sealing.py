@@ -241,7 +241,7 @@ class Sealer:
                 raise SealingError(
                     f"{where}: sealed in format 1, which binds neither the store nor the "
                     f"generation, so an old value put back looks the same; refusing it "
-                    f"(see 'Format 1 values' in docs/fleet.md)"
+                    f"(docs/fleet.md, 'Replayed and copied values', says what to do)"
                 )
             return self._open_v1(blob, where), None
         if version != VERSION or len(blob) < _HEADER_LEN + _NONCE_LEN + _TAG_LEN:
