@@ -205,9 +205,7 @@ class FileStore:
         """Raise :class:`MirroredRing` if this file is a mirror, by configuration or by
         the marker in ``data`` (its bytes; read now if None)."""
         if self.mirror:
-            raise mirrored(self.url, "the fleet store (file:PATH?mirror=1)"
-                           if self.path.absolute() != MIRROR_PATH else
-                           f"the fleet store ({MIRROR_PATH} is the agent's mirror)")
+            raise mirrored(self.url, "the fleet store")
         data = self.read_bytes() if data is None else data
         source = marked_source(data, str(self.path)) if data else None
         if source is not None:
