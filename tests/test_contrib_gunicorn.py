@@ -349,6 +349,7 @@ def test_gunicorn_workers_read_a_mirror_owned_by_the_agents_user(certs: Certs,
     assert mirror.write(ring)
     os.chown(path, agent_user.pw_uid, agent_user.pw_gid)
     before = path.read_bytes()
+    path.with_name("mirror.json.lock").unlink()  # the agent's write took the lock
     env = env_with(STEK_STORE=f"file:{path}?owner={agent_user.pw_name}")
     cctx = client_context(certs, ssl.TLSVersion.TLSv1_3)
     with gunicorn(certs, tmp_path, with_stek=True, env=env) as (port, proc):

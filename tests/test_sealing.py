@@ -316,7 +316,7 @@ def test_sealed_generation_must_match_the_ring() -> None:
         FakeShared(sealer, cell).read()
 
 
-def test_format_1_value_is_refused_until_rekey_reseals_it() -> None:
+def test_format_1_value_is_refused_unless_resealed_as_format_1() -> None:
     kek = os.urandom(KEK_LEN)
     ring = ring_with_keys()
     header = b"STEKSEAL\x01" + bytes.fromhex(kek_id(kek))
@@ -324,11 +324,14 @@ def test_format_1_value_is_refused_until_rekey_reseals_it() -> None:
     legacy = header + nonce + AESGCM(kek).encrypt(nonce, ring.to_bytes(), header)
     cell: dict[str, object] = {"value": legacy, "version": 1}
     store = FakeShared(Sealer(kek), cell)
-    with pytest.raises(SealingError, match=r"format 1.*stek rekey"):
+    with pytest.raises(SealingError, match=r"format 1.*docs/fleet.md"):
         store.read()
-    assert store.reseal(Sealer(kek)).keys == ring.keys
+    with pytest.raises(SealingError, match=r"refusing to re-seal it \(--format-1"):
+        store.reseal(Sealer(kek))
+    resealed = store.reseal(Sealer(kek), format_1=True, now=BASE + 2 * STEP)
+    assert resealed.keys == ring.keys and resealed.generation == ring.generation + 1
     assert isinstance(cell["value"], bytes) and cell["value"][8] == 2
-    assert FakeShared(Sealer(kek), cell).read() == ring
+    assert FakeShared(Sealer(kek), cell).read() == resealed
 
 
 def test_planted_key_beyond_the_policy_is_refused() -> None:

@@ -1,7 +1,11 @@
-"""A small, bounded HTTP/1.0 GET server for ``/metrics`` and ``/healthz``, in one thread.
+"""A small, bounded HTTP/1.0 GET server for ``/metrics`` and ``/healthz``.
 
 One asyncio event loop in one thread serves every connection, so an idle or
-slow client costs a socket, never a thread.  The limits:
+slow client costs a socket, never a thread.  The application runs in a few
+worker threads (``workers``), never in the loop: a slow answer (a scrape)
+holds one worker, while the loop goes on reading requests and the other
+workers answer them (``/healthz`` is never queued behind ``/metrics``).
+The limits:
 
 * at most ``max_connections`` open connections: a new one closes the oldest
   (an idle client cannot lock a scraper out for long);
@@ -20,6 +24,7 @@ import logging
 import socket
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from http import HTTPStatus
 
 log = logging.getLogger("stek.agent")
@@ -30,6 +35,8 @@ MAX_CONNECTIONS = 32
 TIMEOUT = 5.0
 #: Longest request line plus headers (bytes).
 MAX_HEAD = 8192
+#: Default threads running the application.
+WORKERS = 4
 
 #: (status, body, content type)
 Response = tuple[int, bytes, str]
@@ -41,10 +48,12 @@ class BoundedHTTPServer:
     """Serve ``app`` on ``(host, port)`` from one thread; ``OSError`` if it cannot bind."""
 
     def __init__(self, app: App, host: str, port: int, *,
-                 max_connections: int = MAX_CONNECTIONS, timeout: float = TIMEOUT) -> None:
-        if max_connections < 1 or not timeout > 0:
-            raise ValueError("max_connections and timeout must be positive")
+                 max_connections: int = MAX_CONNECTIONS, timeout: float = TIMEOUT,
+                 workers: int = WORKERS) -> None:
+        if max_connections < 1 or not timeout > 0 or workers < 1:
+            raise ValueError("max_connections, timeout and workers must be positive")
         self.app = app
+        self._workers = ThreadPoolExecutor(workers, thread_name_prefix="stek-metrics-app")
         self.max_connections = max_connections
         self.timeout = timeout
         self._open: dict[asyncio.StreamWriter, None] = {}  # insertion order: oldest first
@@ -56,6 +65,7 @@ class BoundedHTTPServer:
             sock.listen(128)
         except OSError:
             sock.close()
+            self._workers.shutdown(wait=False)
             raise
         self.address: tuple[str, int] = sock.getsockname()[:2]
         self._loop = asyncio.new_event_loop()
@@ -76,6 +86,8 @@ class BoundedHTTPServer:
         else:
             self._loop.run_until_complete(self._shutdown())
         self._loop.close()
+        # An answer still being computed finishes on its own; nobody waits for it.
+        self._workers.shutdown(wait=False, cancel_futures=True)
 
     async def _shutdown(self) -> None:
         self._server.close()
@@ -101,7 +113,9 @@ class BoundedHTTPServer:
         done = False
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), self.timeout)
-            writer.write(self._answer(head))
+            answer = await asyncio.get_running_loop().run_in_executor(
+                self._workers, self._answer, head)
+            writer.write(answer)
             await asyncio.wait_for(writer.drain(), self.timeout)
             done = True
         except (TimeoutError, asyncio.TimeoutError, asyncio.IncompleteReadError,

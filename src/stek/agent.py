@@ -65,6 +65,7 @@ from prometheus_client.registry import Collector
 
 from . import _httpd
 from ._command import RELOAD_TIMEOUT, CommandResult, reload_environment, run_command
+from ._storeprobe import StoreProbe
 from .errors import ConfigError, SealingError, StekError, StoreCorrupt
 from .export import FORMATS, ExportError, Rendered, render, write
 from .export import haproxy as haproxy_export
@@ -543,10 +544,15 @@ def next_boundary(ring: Keyring, now: float) -> float:
 # -- /metrics and /healthz ----------------------------------------------------------------
 
 class AgentCollector(Collector):
-    """Metrics drawn from the agent's state at scrape time (no stale label sets)."""
+    """Metrics drawn from the agent's state at scrape time (no stale label sets).
 
-    def __init__(self, agent: Agent) -> None:
+    With a ``probe`` (the metrics server's), the store's servers are shown as
+    it last found them; without one, they are probed at collection time.
+    """
+
+    def __init__(self, agent: Agent, probe: StoreProbe | None = None) -> None:
         self.agent = agent
+        self.probe = probe
 
     def collect(self) -> Iterator[Metric]:
         a = self.agent
@@ -555,7 +561,7 @@ class AgentCollector(Collector):
         yield _counter("stek_rotations", "Passes that changed the ring.", a.rotations)
         yield _counter("stek_store_failures", "Passes that could not read or write the store.",
                        a.store_failures)
-        yield from _store_health(a.store)
+        yield from _store_health(a.store, self.probe)
         yield _counter("stek_store_rollbacks_refused",
                        "Store values refused for carrying an older generation than one seen.",
                        getattr(a.store, "rollbacks_refused", 0))
@@ -630,17 +636,18 @@ class AgentCollector(Collector):
         yield from families.values()
 
 
-def _store_health(store: KeyStore) -> Iterator[Metric]:
-    """stek_store_endpoint_up: each store server as stek sees it, probed at scrape time."""
-    from .stores.base import health_of
-
+def _store_health(store: KeyStore, probe: StoreProbe | None) -> Iterator[Metric]:
+    """stek_store_endpoint_up: each store server as stek sees it (see stek._storeprobe)."""
+    if probe is None:
+        probe = StoreProbe(store)
+        probe.probe()
+    yield _gauge("stek_store_last_probe_timestamp_seconds",
+                 "When the store's servers were last probed.", probe.at)
     g = GaugeMetricFamily("stek_store_endpoint_up",
                           "1 if the store server answers; role, TLS and user as labels.",
                           labels=["endpoint", "role", "tls", "user"])
-    try:
-        h = health_of(store)
-    except Exception:  # a probe must never break a scrape
-        log.debug("store health probe failed", exc_info=True)
+    h = probe.last
+    if h is None:
         return
     for e in h.endpoints:
         g.add_metric([e.address, e.role, "1" if h.tls else "0", h.user or ""],
@@ -686,12 +693,15 @@ METRICS_TIMEOUT = _httpd.TIMEOUT
 
 
 class MetricsServer:
-    """``/metrics`` (Prometheus text format) and ``/healthz`` for one agent, in one thread.
+    """``/metrics`` (Prometheus text format) and ``/healthz`` for one agent.
 
-    Bounded (:class:`stek._httpd.BoundedHTTPServer`): one thread whatever the
-    number of clients, at most ``max_connections`` open (a new one closes the
-    oldest), ``timeout`` seconds to send a request.  A non-loopback ``host``
-    is refused unless ``public``: the page names keys and targets.
+    Bounded (:class:`stek._httpd.BoundedHTTPServer`): one loop thread and a
+    few answering threads whatever the number of clients, at most
+    ``max_connections`` open (a new one closes the oldest), ``timeout``
+    seconds to send a request.  The store's servers are probed by a thread
+    of their own (:class:`stek._storeprobe.StoreProbe`), never while a
+    request waits.  A non-loopback ``host`` is refused unless ``public``:
+    the page names keys and targets.
     """
 
     def __init__(self, agent: Agent, host: str = "127.0.0.1", port: int = 0, *,
@@ -699,8 +709,10 @@ class MetricsServer:
                  timeout: float = METRICS_TIMEOUT) -> None:
         check_metrics_host(host, public)
         self.agent = agent
+        #: The store is probed in the background: a hung store never holds a request.
+        self.probe = StoreProbe(agent.store)
         self.registry = CollectorRegistry(auto_describe=False)
-        self.registry.register(AgentCollector(agent))
+        self.registry.register(AgentCollector(agent, self.probe))
         try:
             self.httpd = _httpd.BoundedHTTPServer(self.app, host, port,
                                                   max_connections=max_connections,
@@ -721,6 +733,7 @@ class MetricsServer:
         return 404, b"not found: try /metrics or /healthz\n", "text/plain; charset=utf-8"
 
     def start(self) -> MetricsServer:
+        self.probe.start()
         self.httpd.start()
         log.info("serving /metrics and /healthz on http://%s:%d (at most %d connections, "
                  "%gs per request)", self.host, self.port, self.httpd.max_connections,
@@ -728,6 +741,7 @@ class MetricsServer:
         return self
 
     def close(self) -> None:
+        self.probe.close()
         self.httpd.close()
 
 

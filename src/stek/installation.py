@@ -48,7 +48,7 @@ from .hazmat.libssl import (
     libssl,
 )
 from .keyring import Keyring
-from .mirror import refuse_rotation
+from .mirror import MirroredRing, refuse_rotation
 from .rotation import rotate as rotate_store
 from .schedule import (
     DECRYPTED_TICKET,
@@ -367,7 +367,13 @@ class Installation:
         ring = self._snap.ring
         try:
             if self.rotate and next_change(ring.keys, ring.policy, now) <= now:
-                ring = rotate_store(self.store, now=now, create=ring.policy).ring
+                try:
+                    ring = rotate_store(self.store, now=now, create=ring.policy).ring
+                except MirroredRing as exc:
+                    # The file became the agent's mirror since install(): follow it.
+                    log.warning("%s; following it, no longer rotating", exc)
+                    self.rotate = False
+                    ring = self.store.read()
             else:
                 ring = self.store.read()
         except BaseException:

@@ -24,11 +24,18 @@ need neither.  The fleet store sees one client per host.
   shared one, so the group can reach it); an existing directory must belong
   to this user or root and be writable by no one else, as for exports
   (:func:`stek._atomic.unsafe_dir_reason`).
-* The file is a normal stek keyring plus one top-level field, ``MARKER``,
-  naming the store it mirrors.  :func:`refuse_rotation` looks for it: a
-  worker must not rotate a mirror (its write would be overwritten by the next
-  pass, and its keys would exist on one host only), so ``install(rotate=True)``,
-  ``stek rotate`` and ``stek agent --store file:MIRROR`` refuse it.
+* A worker must not rotate a mirror (its write would be overwritten by the
+  next pass, and its keys would exist on one host only), so
+  ``install(rotate=True)``, ``stek rotate`` and ``stek agent --store
+  file:MIRROR`` refuse it (:func:`refuse_rotation`).  That a file is a
+  mirror is configuration first: workers read it as ``file:PATH?mirror=1``
+  (the agent's default path, :data:`DEFAULT_PATH`, needs no option), so a
+  worker that starts before the agent has written the file (the fleet store
+  unreachable at boot) never creates a ring there.  The file also says it:
+  it is a normal stek keyring plus one top-level field, ``MARKER``, naming
+  the store it mirrors; a file store refuses to write over it, checked again
+  under the file's lock, which the agent holds while it writes
+  (:meth:`stek.stores.file.FileStore.update`), so no writer drops the marker.
 * Through a store outage the agent's passes fail before they reach the
   mirror, so the file keeps the last ring and workers keep serving it, as a
   server does from its last snapshot.
@@ -53,9 +60,10 @@ from prometheus_client.registry import Collector
 
 from ._atomic import ensure_dir, unsafe_dir_reason, write_file
 from .errors import ConfigError, StoreError
-from .keyring import Keyring, parse_document
+from .keyring import Keyring
 from .stores import KeyStore, open_store
-from .stores.file import FileStore
+from .stores.file import MIRROR_MARKER, MIRROR_PATH, FileStore, MirroredRing, mirrored
+from .stores.file import marked_source as _marked_source
 from .stores.url import scrub
 
 if TYPE_CHECKING:
@@ -64,17 +72,13 @@ if TYPE_CHECKING:
 log = logging.getLogger("stek.mirror")
 
 #: The top-level JSON field that marks a keyring file as a mirror.
-MARKER = "stek_mirror"
+MARKER = MIRROR_MARKER
 #: tmpfs, so keys never reach a disk and a reboot forgets them.
-DEFAULT_PATH = Path("/run/stek/mirror.json")
+DEFAULT_PATH = MIRROR_PATH
 DEFAULT_URL = f"file:{DEFAULT_PATH}"
 FILE_MODE = 0o600
 GROUP_FILE_MODE = 0o640
 GROUP_DIR_MODE = 0o2750  # setgid: files created inside take the directory's group
-
-
-class MirroredRing(ConfigError):
-    """A rotation was asked of a mirror: only the agent that keeps it may write it."""
 
 
 # -- the marker ---------------------------------------------------------------------
@@ -89,24 +93,19 @@ def read_marker(store: FileStore) -> str | None:
     Raises the StoreError that reading the ring itself would raise.
     """
     data = store.read_bytes()
-    if data is None:
-        return None
-    doc = parse_document(data, str(store.path))
-    marker = doc.get(MARKER) if isinstance(doc, dict) else None
-    if not isinstance(marker, dict):
-        return None
-    source = marker.get("source")
-    # The source is shown in one-line errors: nothing but a printable string.
-    return source if isinstance(source, str) and source.isprintable() else "a fleet store"
+    return _marked_source(data, str(store.path)) if data is not None else None
 
 
 def mirror_source(store: KeyStore | str | os.PathLike[str]) -> str | None:
     """The store a keyring file mirrors, or None if it is not a mirror (or not a file store).
 
-    ``store``: a store, a store URL or a path.  Unreadable or invalid files
+    ``store``: a store, a store URL or a path.  A store configured as a mirror
+    (``file:PATH?mirror=1``, :data:`DEFAULT_PATH`) is one whatever the file
+    holds, even before it exists.  Otherwise unreadable or invalid files
     answer None: reading them is the caller's business, and its own read
     (through the same checks) says what is wrong.
     """
+    configured = None
     try:
         if isinstance(store, str):
             scheme, sep, _ = store.strip().partition(":")
@@ -116,9 +115,12 @@ def mirror_source(store: KeyStore | str | os.PathLike[str]) -> str | None:
             store = open_store(store)
         elif isinstance(store, os.PathLike):
             store = FileStore(store)
-        return read_marker(store) if isinstance(store, FileStore) else None
+        if not isinstance(store, FileStore):
+            return None
+        configured = "the fleet store" if store.mirror else None
+        return read_marker(store) or configured
     except (StoreError, ConfigError):
-        return None
+        return configured
 
 
 def refuse_rotation(store: KeyStore, advice: str | None = None) -> None:
@@ -127,12 +129,7 @@ def refuse_rotation(store: KeyStore, advice: str | None = None) -> None:
     last clause of the message."""
     source = mirror_source(store)
     if source is not None:
-        advice = advice or ("rotate the fleet store (the agent does), and install without "
-                            "rotate=True")
-        raise MirroredRing(
-            f"{store.url} is a mirror of {source} kept by 'stek agent --mirror': it is read-only "
-            f"here; {advice}"
-        )
+        raise mirrored(store.url, source, advice)
 
 
 def mirror_bytes(ring: Keyring, source: str) -> bytes:
@@ -244,12 +241,16 @@ class Mirror:
         again, and meanwhile the file keeps the last ring it held.
         """
         try:
-            changed = write_file(self.path, mirror_bytes(ring, self.source), self.mode)
+            # Under the file store's lock: a writer that checked for a mirror
+            # under it (FileStore.update) writes before this, or sees the marker.
+            with FileStore(self.path).locked():
+                changed = write_file(self.path, mirror_bytes(ring, self.source), self.mode)
             if self.gid is not None and os.stat(self.path).st_gid != self.gid:
                 os.chown(self.path, -1, self.gid)  # a directory that lost its setgid bit
-        except OSError as exc:
+        except (OSError, StoreError) as exc:
             self.failures += 1
-            message = f"cannot write {self.path}: {exc.strerror or exc}"
+            why = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+            message = f"cannot write {self.path}: {why}"
             if message != self.error:
                 log.warning("mirror: %s; keeping the last ring there, retrying next pass",
                             message)

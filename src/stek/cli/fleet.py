@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
 import click
@@ -43,7 +44,10 @@ def _names(ring: Keyring) -> list[str]:
 @click.option("--new-kek-file", metavar="PATH", required=True, type=click.Path(dir_okay=False),
               help="The KEK to seal under from now on (first key of the file; further keys "
                    "in it still open).")
-def rekey(store_url: str | None, new_kek_file: str) -> None:
+@click.option("--format-1", "format_1", is_flag=True,
+              help="Also re-seal a value sealed in the old format 1, if its keys show it is "
+                   "current; prints every key it re-seals.")
+def rekey(store_url: str | None, new_kek_file: str, format_1: bool) -> None:
     """Re-seal the ring of a shared store under a new key-encryption key.
 
     The current KEK comes from --kek-file or the environment (or give
@@ -51,6 +55,10 @@ def rekey(store_url: str | None, new_kek_file: str) -> None:
     are carried over unchanged, in one compare-and-set, so no key is lost.
     Roll out a KEK file holding the new key first and the old one second,
     then rekey, then drop the old key.
+
+    A value in the old format 1 binds no ring and no generation, so an old
+    value put back looks the same: it is refused unless --format-1, and then
+    re-sealed only if a key of it activated within the policy's rotate_every.
     """
     store = open_cli_store(store_url)
     if not isinstance(store, SharedStore):
@@ -58,12 +66,22 @@ def rekey(store_url: str | None, new_kek_file: str) -> None:
     keks = read_kek_file(new_kek_file)
     new = Sealer(keks[0], tuple(keks[1:]))
     old_id = store.sealer.kek_id
-    before = store.reseal(new)
+    before = store.reseal(new, format_1=format_1)
     after = store.read()  # now opened with the new KEK
     if after.generation == before.generation and _names(after) != _names(before):
         raise StekError(f"{store.url}: the re-sealed ring does not match; check 'stek status'")
     click.echo(f"re-sealed {len(before)} key(s) in {store.url} under KEK {new.kek_id} "
-               f"(was {old_id})")
+               f"(was {old_id}), generation {before.generation}")
+    if format_1:
+        # Show what went into format 2, so that an operator sees which keys
+        # (and how old) every reader now loads.
+        for key in before.keys:
+            click.echo(f"  key {key.name.hex()} activates {_iso(key.activates_at)} "
+                       f"retires {_iso(key.retires_at)}")
+
+
+def _iso(t: int) -> str:
+    return datetime.fromtimestamp(t, timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def _describe(ring: Keyring) -> str:

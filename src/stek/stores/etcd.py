@@ -59,11 +59,13 @@ from etcd3gw import exceptions as etcd_exc
 from ..errors import ConfigError, StoreUnavailable
 from .base import Endpoint, StoreHealth
 from .sealing import (
+    MAX_VALUE_BYTES,
     AnySealer,
     SharedStore,
     WatchThread,
     options_only,
     sealer_from,
+    too_large,
     unavailable,
 )
 from .url import StoreURL, parse
@@ -75,6 +77,10 @@ TIMEOUT = 2.0
 WATCH_IDLE = 60.0
 #: Bytes: the longest watch line kept in memory (a ring is a few KB).
 MAX_WATCH_LINE = 4 * 1024 * 1024
+#: Bytes: the longest range reply taken in (a value of MAX_VALUE_BYTES, in
+#: base64, and its JSON around it).  etcd refuses writes above
+#: ``--max-request-bytes`` (1.5 MiB by default), which an operator may raise.
+MAX_RANGE_REPLY = MAX_VALUE_BYTES * 4 // 3 + 4096
 #: Bytes read from a watch stream at a time.
 _READ = 65536
 DEFAULT_PREFIX = "/stek"
@@ -132,6 +138,7 @@ class _Members:
 
     def __init__(self, u: StoreURL, timeout: float) -> None:
         self.url = u
+        self.timeout = timeout
         self.tls = u.scheme == "etcds"
         self.user = u.user
         if u.password and not u.user:
@@ -200,13 +207,33 @@ class EtcdStore(SharedStore[int]):
     def __init__(self, members: _Members, *, url: str, key: str,
                  sealer: AnySealer, timeout: float = TIMEOUT) -> None:
         super().__init__(url, sealer)
-        self._m = members
+        self._members = members
+        self._pid = os.getpid()
         self._timeout = timeout
         self.key = key
         #: Stable name of the ring: engine and key (no host, no credential).
         self.identity = f"etcd:{key}"
         self._key64 = _b64(key.encode())
         self._watch_member = 0
+
+    @property
+    def _m(self) -> _Members:
+        """The members' clients, made anew in a forked child.
+
+        After ``fork()`` the child holds the parent's pooled keep-alive
+        connections: a request from each on one connection takes whichever
+        reply comes first (crossed replies, a compare-and-set reported for
+        another process's write).  The child gets its own session; the
+        inherited one is dropped, never closed or shut down, so nothing is
+        sent on the parent's connections (closing a descriptor in the child
+        leaves the parent's open).  Its lock may have been held at fork time:
+        it is not reused either.
+        """
+        if self._pid != os.getpid():
+            old = self._members
+            self._members = _Members(old.url, old.timeout)
+            self._pid = os.getpid()
+        return self._members
 
     @property
     def _client(self) -> etcd3gw.Etcd3Client:
@@ -246,14 +273,15 @@ class EtcdStore(SharedStore[int]):
         return unavailable(self.url, action + where, exc, *self._m.secrets(),
                            detail=_detail(exc))
 
-    def _post(self, path: str, body: dict[str, Any], action: str) -> dict[str, Any]:
+    def _post(self, path: str, body: dict[str, Any], action: str,
+              **kw: Any) -> dict[str, Any]:
         """POST to the current member; on a member failure, to the next ones."""
         last: BaseException | None = None
         last_member = ""
         for i in self._m.order():
             client = self._m.clients[i]
             try:
-                resp = self._post_one(client, path, body)
+                resp = self._post_one(client, path, body, **kw)
             except _ERRORS as exc:
                 last, last_member = exc, self._m.names[i]
                 if _member_down(exc):
@@ -265,30 +293,49 @@ class EtcdStore(SharedStore[int]):
         raise self._fail(action, last, last_member if len(self._m.names) == 1 else "all members")
 
     def _post_one(self, client: etcd3gw.Etcd3Client, path: str,
-                  body: dict[str, Any]) -> dict[str, Any]:
+                  body: dict[str, Any], **kw: Any) -> dict[str, Any]:
         self._m.ensure_auth(client)
         try:
-            resp = client.post(client.get_url(path), json=body)
+            resp = client.post(client.get_url(path), json=body, **kw)
         except etcd_exc.Etcd3Exception as exc:
             if not _auth_expired(exc):
                 raise
             self._m.authenticate(client)  # renew the token once, then retry
-            resp = client.post(client.get_url(path), json=body)
+            resp = client.post(client.get_url(path), json=body, **kw)
         if not isinstance(resp, dict):
             raise TypeError("etcd answered something other than a JSON object")
         return resp
 
     def _load(self) -> tuple[bytes | None, int]:
-        resp = self._post("/kv/range", {"key": self._key64}, "read")
+        resp = self._post("/kv/range", {"key": self._key64}, "read", stream=True,
+                          hooks={"response": self._bounded})
         kvs = resp.get("kvs") or []
         if not kvs:
             return None, 0
         try:
             # The gateway renders int64 as JSON strings, and omits zero values.
-            return base64.b64decode(kvs[0].get("value", ""), validate=True), \
-                int(kvs[0]["mod_revision"])
+            value = base64.b64decode(kvs[0].get("value", ""), validate=True)
+            revision = int(kvs[0]["mod_revision"])
         except (KeyError, ValueError, binascii.Error) as exc:
             raise unavailable(self.url, "read", exc, detail="malformed range reply") from exc
+        if len(value) > MAX_VALUE_BYTES:
+            raise too_large(self.url, len(value))
+        return value, revision
+
+    def _bounded(self, resp: requests.Response, *args: Any, **kwargs: Any) -> None:
+        """A response hook: take in at most MAX_RANGE_REPLY bytes of a streamed reply.
+
+        Consuming the body to its end hands the connection back to the pool
+        (requests: "Body Content Workflow"); a longer one closes it unread.
+        """
+        body, size = [], 0
+        for chunk in resp.iter_content(_READ):
+            size += len(chunk)
+            if size > MAX_RANGE_REPLY:
+                resp.close()
+                raise too_large(self.url)
+            body.append(chunk)
+        resp._content = b"".join(body)  # what resp.json() then parses
 
     def _swap(self, token: int, data: bytes) -> bool:
         guard: dict[str, Any] = (

@@ -16,6 +16,14 @@
   directories are created 0700 whatever the umask.
 * Change notification: one inotify watch on the file's directory, shared by
   the whole process, or one shared ``stat()`` loop (see stek.stores._filewatch).
+* A mirror (``stek agent --mirror``, :mod:`stek.mirror`) is never written
+  through a file store.  That it is one is configuration: ``file:PATH?mirror=1``,
+  or the agent's default path :data:`MIRROR_PATH`, so a worker that starts
+  before the agent has written the file neither creates a ring there nor waits
+  for a lock it may not take.  A file that says it is one (the top-level
+  :data:`MIRROR_MARKER` field the agent writes) is refused too, checked again
+  under the lock before every write: a writer that found no mirror a moment
+  earlier never replaces one that appeared since, and drops no marker.
 
 Prefer a tmpfs path (``/run``, ``$XDG_RUNTIME_DIR``): keys then never reach a
 disk, and a reboot forgets them, as forward secrecy wants.
@@ -35,8 +43,8 @@ from pathlib import Path
 from urllib.parse import parse_qsl
 
 from .._atomic import ensure_dir, unsafe_reason, write_file
-from ..errors import ConfigError, NotInitialized, StoreUnavailable
-from ..keyring import MAX_RING_BYTES, Keyring
+from ..errors import ConfigError, NotInitialized, StoreError, StoreUnavailable
+from ..keyring import MAX_RING_BYTES, Keyring, parse_document
 from ._filewatch import watch
 from .base import Mutator, Subscription
 
@@ -64,31 +72,75 @@ def _uid_of(name: str) -> int:
         raise ConfigError(f"file store: owner={name!r}: no such user") from None
 
 
+#: The top-level JSON field that marks a keyring file as a mirror (stek.mirror).
+MIRROR_MARKER = "stek_mirror"
+#: Where ``stek agent --mirror`` keeps its mirror by default: a mirror by configuration.
+#: tmpfs, so keys never reach a disk and a reboot forgets them.
+MIRROR_PATH = Path("/run/stek/mirror.json")
+#: ``?mirror=`` values that say yes.
+_YES = ("1", "yes", "true", "on")
+
+
+class MirroredRing(ConfigError):
+    """A write was asked of a mirror: only the agent that keeps it may write it."""
+
+
+def mirrored(url: str, source: str, advice: str | None = None) -> MirroredRing:
+    """The refusal to write the mirror ``url`` of ``source``; ``advice`` ends it."""
+    advice = advice or "rotate the fleet store (the agent does), and install without rotate=True"
+    return MirroredRing(f"{url} is a mirror of {source} kept by 'stek agent --mirror': it is "
+                        f"read-only here; {advice}")
+
+
+def marked_source(data: bytes, where: str) -> str | None:
+    """The store a keyring file's bytes say they mirror, or None if they carry no marker.
+
+    Parsed as the ring itself is (:func:`~stek.keyring.parse_document`: size
+    and depth capped); raises the StoreError reading the ring would raise.
+    """
+    doc = parse_document(data, where)
+    marker = doc.get(MIRROR_MARKER) if isinstance(doc, dict) else None
+    if not isinstance(marker, dict):
+        return None
+    source = marker.get("source")
+    # The source is shown in one-line errors: nothing but a printable string.
+    return source if isinstance(source, str) and source.isprintable() else "a fleet store"
+
+
 #: open(2) flags for the keyring and its lock: never follow a symbolic link
 #: (ELOOP), never block on a FIFO planted in its place.
 _NOFOLLOW = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
 class FileStore:
-    """A keyring in one local file (URL ``file:PATH``, or ``file:PATH?owner=NAME``)."""
+    """A keyring in one local file (URL ``file:PATH``, ``file:PATH?owner=NAME&mirror=1``)."""
 
-    def __init__(self, path: str | os.PathLike[str], owner: str | None = None) -> None:
+    def __init__(self, path: str | os.PathLike[str], owner: str | None = None, *,
+                 mirror: bool = False) -> None:
         self.path = Path(path).expanduser()
         self.owner = owner
         self._owners = (_uid_of(owner),) if owner else ()
-        self.url = f"file:{self.path}" + (f"?owner={owner}" if owner else "")
+        #: A mirror by configuration: never written through this store.
+        self.mirror = mirror or self.path.absolute() == MIRROR_PATH
+        query = [f"owner={owner}"] if owner else []
+        query += ["mirror=1"] if mirror else []
+        self.url = f"file:{self.path}" + (f"?{'&'.join(query)}" if query else "")
         self._lock_path = self.path.with_name(self.path.name + ".lock")
 
     @classmethod
     def from_url(cls, spec: str) -> FileStore:
-        """``PATH`` or ``PATH?owner=NAME`` (what follows ``file:``)."""
+        """``PATH``, ``PATH?owner=NAME``, ``PATH?mirror=1`` (what follows ``file:``)."""
         path, _, query = spec.partition("?")
         options = dict(parse_qsl(query, keep_blank_values=True))
-        unknown = sorted(set(options) - {"owner"})
+        unknown = sorted(set(options) - {"owner", "mirror"})
         if unknown:
             raise ConfigError(f"file store: unknown option(s): {', '.join(unknown)} "
-                              f"(file:PATH?owner=NAME)")
-        return cls(path, owner=options.get("owner") or None)
+                              f"(file:PATH?owner=NAME&mirror=1)")
+        mirror = options.get("mirror")
+        if mirror is not None and mirror.lower() not in (*_YES, "0", "no", "false", "off"):
+            raise ConfigError(f"file store: mirror={mirror!r}: use mirror=1")
+        return cls(path, owner=options.get("owner") or None,
+                   mirror=(mirror or "").lower() in _YES)
 
     def __repr__(self) -> str:
         return f"FileStore({str(self.path)!r})"
@@ -149,8 +201,19 @@ class FileStore:
         return (st.st_ino, st.st_size, st.st_mtime_ns)
 
     # -- writing ----------------------------------------------------------------
+    def refuse_mirror(self, data: bytes | None = None) -> None:
+        """Raise :class:`MirroredRing` if this file is a mirror, by configuration or by
+        the marker in ``data`` (its bytes; read now if None)."""
+        if self.mirror:
+            raise mirrored(self.url, "the fleet store")
+        data = self.read_bytes() if data is None else data
+        source = marked_source(data, str(self.path)) if data else None
+        if source is not None:
+            raise mirrored(self.url, source)
+
     @contextlib.contextmanager
-    def _locked(self) -> Iterator[None]:
+    def locked(self) -> Iterator[None]:
+        """This keyring's advisory lock (``flock`` on ``PATH.lock``), held by every writer."""
         try:
             ensure_dir(self.path.parent)
             fd = self._open_checked(self._lock_path, os.O_RDWR | os.O_CREAT, "lock file")
@@ -164,8 +227,12 @@ class FileStore:
             os.close(fd)  # closing releases the flock
 
     def update(self, mutate: Mutator) -> Keyring:
-        with self._locked():
+        # Before the lock, too: a worker of another user may not take a mirror's.
+        self.refuse_mirror()
+        with self.locked():
             data = self.read_bytes()
+            with contextlib.suppress(StoreError):  # a corrupt file: from_bytes says why
+                self.refuse_mirror(data or b"")
             # A corrupt file raises here, before anything is written.
             current = Keyring.from_bytes(data, str(self.path)) if data is not None else None
             new = mutate(current)

@@ -68,11 +68,13 @@ from ..keyring import Keyring
 from ._redis_channel import Channel
 from .base import Endpoint, Mutator, StoreHealth
 from .sealing import (
+    MAX_VALUE_BYTES,
     AnySealer,
     SharedStore,
     WatchThread,
     options_only,
     sealer_from,
+    too_large,
     unavailable,
 )
 from .url import StoreURL, parse
@@ -89,11 +91,16 @@ WAIT_TIMEOUT = 1.5
 log = logging.getLogger("stek.store")
 
 # KEYS[1] = the ring's key; ARGV[1] = "1" if a value was read ("0" if the key
-# was absent), ARGV[2] = that value, ARGV[3] = the new value.
+# was absent or empty), ARGV[2] = that value, ARGV[3] = the new value,
+# ARGV[4] = MAX_VALUE_BYTES: a larger value is not even copied into the
+# script (it cannot equal one read, which _load bounds).
 # Returns 1 when written, 0 when another writer changed the value first.
 _CAS = """
+if redis.call('STRLEN', KEYS[1]) > tonumber(ARGV[4]) then
+  return 0
+end
 local cur = redis.call('GET', KEYS[1])
-if (ARGV[1] == '0' and cur == false) or (ARGV[1] == '1' and cur == ARGV[2]) then
+if (ARGV[1] == '0' and (cur == false or cur == '')) or (ARGV[1] == '1' and cur == ARGV[2]) then
   redis.call('SET', KEYS[1], ARGV[3])
   return 1
 end
@@ -150,6 +157,7 @@ class _Link:
         return self.conn.read_response()
 
     def cas(self, key: str, *args: Any) -> bool:
+        args = (*args, MAX_VALUE_BYTES)
         try:
             done = self.call("EVALSHA", _CAS_SHA, 1, key, *args)
         except redis.exceptions.NoScriptError:
@@ -305,12 +313,18 @@ class RedisStore(SharedStore[bytes | None]):
         return unavailable(self.url, action, exc, *self._secrets)
 
     def _load(self) -> tuple[bytes | None, bytes | None]:
+        # The size first, then at most one byte more than a value may hold
+        # (GETRANGE's end is inclusive): a huge value is never transferred.
+        # An absent key and an empty value read alike (b""): neither is a ring.
         try:
-            value = self._chan.call("GET", self.key)
+            size = int(self._chan.call("STRLEN", self.key))
+            if size > MAX_VALUE_BYTES:
+                raise too_large(self.url, size)
+            value = bytes(self._chan.call("GETRANGE", self.key, 0, MAX_VALUE_BYTES)) or None
         except redis.RedisError as exc:
             raise self._fail("read", exc) from exc
-        if value is not None and not isinstance(value, bytes):
-            value = bytes(value)
+        if value is not None and len(value) > MAX_VALUE_BYTES:  # grew in between
+            raise too_large(self.url)
         self._local.loaded = value
         return value, value
 

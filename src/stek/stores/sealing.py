@@ -36,8 +36,14 @@ sealed values that are genuine but out of place:
   a running server keeps serving its newer snapshot.  A process that starts
   after the replay has no memory to compare against; see docs/fleet.md.
 
-Version 1 values (no ring id, no generation) are refused by readers; ``stek
-rekey`` (with the same or a new KEK) re-seals them as version 2.
+Version 1 values (no ring id, no generation) are refused by readers, and
+by ``stek rekey`` too: a version-1 value put back by a writer without the
+KEK (an old backup, another ring's value) is indistinguishable from a
+genuine one, and re-sealing it would launder it into a version-2 value that
+fresh readers load.  ``stek rekey --format-1`` re-seals one only if its keys
+say an agent kept it current (a key active now, activated within the
+policy's ``rotate_every``), at a generation above any seen, and prints the
+keys it re-sealed (:func:`check_format_1`).
 
 A KEK is 32 random bytes, given as a file (``STEK_KEK_FILE``: one base64 line
 per KEK, the first seals, the others only open, for rolling a new KEK out) or
@@ -72,8 +78,15 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from .._atomic import ensure_dir, unsafe_reason, write_file
-from ..errors import ConfigError, NotInitialized, SealingError, StekError, StoreUnavailable
-from ..keyring import Keyring
+from ..errors import (
+    ConfigError,
+    NotInitialized,
+    SealingError,
+    StekError,
+    StoreCorrupt,
+    StoreUnavailable,
+)
+from ..keyring import MAX_RING_BYTES, Keyring
 from .base import Mutator
 
 log = logging.getLogger("stek.stores")
@@ -89,6 +102,12 @@ _V1_HEADER_LEN = len(MAGIC) + 1 + 8
 _HEADER_LEN = len(MAGIC) + 1 + 8 + 8 + 8
 _NONCE_LEN = 12  # NIST SP 800-38D: 96-bit IVs for random nonces
 _TAG_LEN = 16
+
+#: Bytes: the largest value a fleet store's reader takes in, checked before
+#: the transfer (a ring is at most MAX_RING_BYTES, plus the sealing's 61).  A
+#: writer without the KEK may store far more (Redis: 512 MiB): read whole, it
+#: would cost every reader its memory and CPU on every re-read.
+MAX_VALUE_BYTES = MAX_RING_BYTES + MAX_RING_BYTES // 10
 
 #: Attempts of an update's compare-and-set before giving up (each conflict
 #: means another writer succeeded, so progress is being made fleet-wide).
@@ -217,10 +236,12 @@ class Sealer:
         version = blob[len(MAGIC)] if len(blob) > len(MAGIC) else None
         if version == LEGACY_VERSION:
             if not legacy:
+                # No advice to re-seal it: a replayed old value looks exactly
+                # like this, and re-sealing would launder it (module doc).
                 raise SealingError(
                     f"{where}: sealed in format 1, which binds neither the store nor the "
-                    f"generation; re-seal it with 'stek rekey --new-kek-file PATH' "
-                    f"(the same KEK file will do)"
+                    f"generation, so an old value put back looks the same; refusing it "
+                    f"(docs/fleet.md, 'Replayed and copied values', says what to do)"
                 )
             return self._open_v1(blob, where), None
         if version != VERSION or len(blob) < _HEADER_LEN + _NONCE_LEN + _TAG_LEN:
@@ -542,13 +563,16 @@ class SharedStore(abc.ABC, Generic[T]):
             time.sleep(random.random() * min(0.05, 0.002 * (attempt + 1)))
         raise StoreUnavailable(f"{self.url}: gave up after {MAX_ATTEMPTS} conflicting writes")
 
-    def reseal(self, new: AnySealer) -> Keyring:
-        """Re-seal the stored ring under ``new`` (KEK rotation), atomically.
+    def reseal(self, new: AnySealer, *, format_1: bool = False,
+               now: float | None = None) -> Keyring:
+        """Re-seal the stored ring under ``new`` (KEK rotation), atomically; the ring written.
 
         The ring's bytes are carried over unchanged: no key is lost, and a
         concurrent rotation either lands before (and is re-sealed) or after
         (and is sealed under ``new`` by a writer that holds it).  A value in
-        the older format 1 is opened too, and re-sealed in the current format.
+        the older format 1 is refused unless ``format_1``, and then only if
+        :func:`check_format_1` finds it current; it is written in the current
+        format at a generation above its own and any seen.
         """
         for _ in range(MAX_ATTEMPTS):
             self._count("read")
@@ -556,11 +580,22 @@ class SharedStore(abc.ABC, Generic[T]):
             blob, token = self._load()
             if blob is None:
                 raise NotInitialized(f"{self.url}: no keyring yet (run 'stek init')")
-            plain, _ = self.sealer.open(blob, self.url, self.ring_id, legacy=True)
+            if is_format_1(blob) and not format_1:
+                raise SealingError(
+                    f"{self.url}: sealed in format 1, which binds neither the store nor the "
+                    f"generation, so an old value put back looks the same; refusing to "
+                    f"re-seal it (--format-1 re-seals a format-1 ring that is current)")
+            plain, _ = self.sealer.open(blob, self.url, self.ring_id, legacy=format_1)
             ring = Keyring.from_bytes(plain, self.url)
-            self._admit(ring.generation, floor)
+            if is_format_1(blob):
+                check_format_1(ring, self.url, time.time() if now is None else now)
+                ring = Keyring(ring.policy, ring.keys, max(ring.generation, floor) + 1)
+                plain = ring.to_bytes()
+            else:
+                self._admit(ring.generation, floor)
             self._count("cas")
             if self._swap(token, new.seal(plain, self.ring_id, ring.generation)):
+                self._note(ring.generation)
                 self.sealer = new
                 return ring
             self._count("conflict")
@@ -572,6 +607,43 @@ class SharedStore(abc.ABC, Generic[T]):
 
     def close(self) -> None:
         """Release connections (backends override)."""
+
+
+def is_format_1(blob: bytes) -> bool:
+    """Whether ``blob`` is a sealed value in format 1 (no ring id, no generation)."""
+    return blob[:len(MAGIC) + 1] == MAGIC + bytes([LEGACY_VERSION])
+
+
+#: Seconds of clock skew allowed between the host that rotated a ring and the one
+#: that re-seals it.
+_SKEW = 300
+
+
+def check_format_1(ring: Keyring, where: str, now: float) -> None:
+    """Refuse to re-seal a format-1 ring no agent was keeping current.
+
+    A genuine format-1 ring met on an upgrade was rotated until the upgrade:
+    one of its keys activated within ``rotate_every`` (plus clock skew).  A
+    value put back from an old backup has no such key, and re-sealing it
+    would hand fresh readers old keys and an old policy.
+    """
+    started = [k.activates_at for k in ring.keys if k.activates_at <= now + _SKEW]
+    newest = max(started, default=None)
+    if newest is None or now - newest > ring.policy.rotate_every + _SKEW:
+        age = "no key ever active" if newest is None else \
+            f"its newest key activated {int(now - newest)}s ago"
+        raise SealingError(
+            f"{where}: the format-1 ring is stale ({age}, rotate_every is "
+            f"{ring.policy.rotate_every}s): an old value put back, not a ring an agent "
+            f"kept; refusing to re-seal it (restore the newest ring with 'stek migrate "
+            f"--force' from a trusted copy, or start anew with 'stek init --force')")
+
+
+def too_large(url: str, size: int | None = None) -> StoreCorrupt:
+    """The error for a stored value larger than :data:`MAX_VALUE_BYTES` (not read)."""
+    what = f"{size} bytes" if size is not None else f"more than {MAX_VALUE_BYTES} bytes"
+    return StoreCorrupt(f"{url}: holds a value of {what}, larger than any sealed ring "
+                        f"({MAX_VALUE_BYTES} bytes at most): refusing to read it")
 
 
 def unavailable(url: str, action: str, exc: BaseException, *secrets: str,
