@@ -93,7 +93,8 @@ def rotate(
             current, created = _new_ring(create), True
         _check(current, t, store.url)
         change = plan(current.keys, current.policy, t)
-        ring = current.apply(change)
+        # A change also forgets revocations whose key would have expired by now.
+        ring = current.apply(change).without({}, t)
         outcome["r"] = Rotation(ring, change.add, change.drop, created=created)
         return ring
 
