@@ -22,11 +22,12 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 import stek
 from conftest import TLS_VERSIONS, Certs, client_context, server_context
 from servers_fleet import EtcdServer, RedisServer, child_env
-from stek.agent import Agent, Target, TargetSpec
+from stek.agent import Agent, AgentCollector, Target, TargetSpec
 from stek.errors import ConfigError, NotInitialized
 from stek.export import export
 from stek.mirror import open_mirror
@@ -140,6 +141,9 @@ def test_revoke_all_reaches_every_consumer(
             assert get(port, cctx, fresh.session).reused, name
         assert hap.proc is not None and hap.proc.poll() is None  # no HAProxy reload
         assert agent.revocations == len(ring) and agent.store_error is None
+        metrics = CollectorRegistry()
+        metrics.register(AgentCollector(agent))
+        assert metrics.get_sample_value("stek_keys_revoked_total") == len(ring)
 
 
 def test_revoke_one_key_keeps_the_others_and_a_fresh_active_key() -> None:
@@ -159,6 +163,25 @@ def test_revoke_one_key_keeps_the_others_and_a_fresh_active_key() -> None:
     # Remembered until the key would have expired, then forgotten.
     later = stek.rotate(store, now=active.expires_at + 1).ring
     assert later.revoked == ()
+
+
+def test_server_metrics_count_revoked_keys(certs: Certs) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from stek.contrib.prometheus import register
+
+    store = MemoryStore()
+    ring = init_ring(store, POLICY).ring
+    inst = stek.install(server_context(certs), store)
+    try:
+        registry = CollectorRegistry()
+        register(inst, registry)
+        assert registry.get_sample_value("stek_server_revoked_keys") == 0
+        revoke(store, None)
+        assert wait_for(lambda: inst.ring.generation > ring.generation, 10)
+        assert registry.get_sample_value("stek_server_revoked_keys") == len(ring)
+    finally:
+        inst.uninstall()
 
 
 def test_revoke_errors_change_nothing() -> None:

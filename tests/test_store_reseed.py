@@ -22,11 +22,12 @@ from contextlib import ExitStack, contextmanager
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 import stek
 from conftest import Certs, client_context, server_context
 from servers_fleet import EtcdServer, RedisServer
-from stek.agent import Agent
+from stek.agent import Agent, AgentCollector
 from stek.installation import Installation
 from stek.keyring import Keyring
 from stek.rotation import init_ring, revoke, rotate
@@ -193,6 +194,9 @@ def test_store_back_empty_does_not_split_the_fleet(
             assert len(reseeded) == 1, reseeded  # said once, in one line
             assert after.generation > before.generation
             assert any("re-seeded" in n for n in f.agent.notes())  # and on /healthz
+            metrics = CollectorRegistry()
+            metrics.register(AgentCollector(f.agent))
+            assert metrics.get_sample_value("stek_store_reseeds_total") == 1
 
         # Rotation goes on: the agent adds the next slot's key (within a slot)
         # and both servers follow.
