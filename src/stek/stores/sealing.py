@@ -590,17 +590,19 @@ class SharedStore(abc.ABC, Generic[T]):
                     why = "held an older generation"
                 else:
                     current = self._remember(raw)
-            forced, old = current is not raw, -1
+            forced, old = False, -1
             if current is None:
                 current = self._reseeded()
                 forced = current is not None
                 old = self.last_ring.generation if self.last_ring is not None else -1
-            elif forced:
+            elif raw is not None and current.keys != raw.keys:
                 # The stored ring still holds a key revoked in a ring seen (an
-                # older snapshot written back), or lacks the revocations: write
-                # it without those keys, with them remembered.
+                # older snapshot written back): write it without, the
+                # revocation remembered.  (A ring that only lacks a revocation
+                # is not rewritten for that alone: clocks that disagree on
+                # when it lapses would take turns putting it back.)
                 current = current.at_generation(next_generation(current.generation, time.time()))
-                why = "held a revoked key, or lacked a revocation"
+                forced, why = True, "held a revoked key"
             new = mutate(current)
             if new is None or new is current:
                 if current is None:
