@@ -33,8 +33,10 @@ sealed values that are genuine but out of place:
 * A replayed older value of the same ring is refused by any reader that has
   seen a newer generation (:meth:`SharedStore.read` and ``update`` keep the
   highest generation seen and count refusals in ``rollbacks_refused``):
-  a running server keeps serving its newer snapshot.  A process that starts
-  after the replay has no memory to compare against; see docs/fleet.md.
+  a running server keeps serving its newer snapshot, and a rotator writes
+  its newer ring back over the replay (:meth:`SharedStore.update`, which
+  also re-seeds a store found empty).  A process that starts after the
+  replay has no memory to compare against; see docs/fleet.md.
 
 Version 1 values (no ring id, no generation) are refused by readers; ``stek
 rekey`` (with the same or a new KEK) re-seals them as version 2.
