@@ -15,6 +15,10 @@ refresher does (subscribe, re-read on notification, 5 s backstop).  Parts
   read-only user).  Rotations alternate between the two in rounds, so that
   the load of a shared machine falls on both alike.  Target: TLS p99 within
   1.5x the plaintext p99.
+* ``revoke``: per store, 20 consumers; revoke the active key N times
+  (:func:`stek.rotation.revoke`, what ``stek revoke NAME`` calls) and
+  measure from the start of that call to the last consumer no longer
+  holding the key, that is, refusing its tickets.  Target: p99 under 1 s.
 * ``failover``: etcd, 3 members with TLS and users, its leader killed with
   SIGKILL; Redis, a TLS primary, one replica and 3 Sentinels, its primary
   killed with SIGKILL.  Per kill: seconds from the kill to the next
@@ -25,8 +29,9 @@ refresher does (subscribe, re-read on notification, 5 s backstop).  Parts
 The servers come from the tests' own fixtures (tests/servers_fleet.py,
 tests/fleet_tls.py), so the benchmark runs what the tests run.
 
-usage: python bench/bench_propagation.py [--part propagation|tls|failover ...]
-       [--rotations 100] [--consumers 20] [--kills 5] [--store redis|etcd ...]
+usage: python bench/bench_propagation.py [--part propagation|tls|revoke|failover ...]
+       [--rotations 100] [--revocations 50] [--consumers 20] [--kills 5]
+       [--store redis|etcd ...]
 """
 
 from __future__ import annotations
@@ -56,6 +61,7 @@ from servers_fleet import (  # noqa: E402
     child_env,
 )
 from stek import Policy, StekError, init_ring, open_store, rotate  # noqa: E402
+from stek.rotation import revoke  # noqa: E402
 from stek.stores.sealing import SharedStore, write_kek_file  # noqa: E402
 
 STEP = 60
@@ -68,6 +74,7 @@ from stek import open_store
 store = open_store(sys.argv[1])
 wake = threading.Event()
 seen = {k.name for k in store.read().keys}
+held = set(seen)
 sub = store.subscribe(wake.set)
 print("ready", flush=True)
 reads = 0
@@ -80,10 +87,14 @@ while True:
         continue
     reads += 1
     now = time.time()
+    names = {k.name for k in ring.keys}
     for k in ring.keys:
         if k.name not in seen:
-            seen.add(k.name)
             print(f"seen {k.name.hex()} {now:.6f} {reads}", flush=True)
+    for name in held - names:
+        print(f"gone {name.hex()} {now:.6f} {reads}", flush=True)
+    seen |= names
+    held = names
 """
 
 
@@ -104,6 +115,7 @@ class Consumers:
     def __init__(self, url: str, n: int, kek: Path, log: Path) -> None:
         self.n = n
         self.seen: dict[str, list[float]] = {}
+        self.gone: dict[str, list[float]] = {}
         self.reads = [0] * n
         self.lock = threading.Lock()
         env = child_env(STEK_KEK_FILE=str(kek))
@@ -122,9 +134,10 @@ class Consumers:
         assert p.stdout is not None
         for line in p.stdout:
             parts = line.split()
-            if parts and parts[0] == "seen":
+            if parts and parts[0] in ("seen", "gone"):
+                events = self.seen if parts[0] == "seen" else self.gone
                 with self.lock:
-                    self.seen.setdefault(parts[1], []).append(float(parts[2]))
+                    events.setdefault(parts[1], []).append(float(parts[2]))
                     self.reads[i] = int(parts[3])
 
     def wait_all(self, names: set[str], timeout: float) -> float | None:
@@ -213,6 +226,47 @@ def run(kind: str, rotations: int, consumers: int, workdir: Path,
             "racing_8_writers_ops_per_rotation": {k: round(v / race_slots, 2)
                                                   for k, v in race.items()},
         }
+    finally:
+        if fleet is not None:
+            fleet.stop()
+        server.stop()
+
+
+# -- revocation --------------------------------------------------------------------------
+
+
+def revocations(kind: str, count: int, consumers: int, workdir: Path,
+                kek: Path) -> dict[str, object]:
+    """From ``revoke()`` to the last of the consumers no longer holding the key."""
+    server = (RedisServer if kind == "redis" else EtcdServer)(workdir / f"{kind}-revoke")
+    server.start()
+    fleet: Consumers | None = None
+    try:
+        store = shared(server.url, kek)
+        # Real time: a revocation makes a fresh key active at the real instant.
+        init_ring(store, Policy(rotate_every=3600, accept_for=3600, publish_ahead=60))
+        fleet = Consumers(server.url, consumers, kek, workdir / f"{kind}-revoke-consumers.log")
+        time.sleep(1.0)
+        last: list[float] = []
+        for _ in range(count):
+            key = store.read().encrypting_key(time.time())
+            assert key is not None
+            name = key.name.hex()
+            t0 = time.time()
+            revoke(store, [key.name])
+            deadline = time.time() + 10
+            while True:
+                with fleet.lock:
+                    gone = list(fleet.gone.get(name, []))
+                if len(gone) == consumers:
+                    last.append(max(gone) - t0)
+                    break
+                if time.time() > deadline:
+                    raise RuntimeError(f"{kind}: not every consumer dropped {name}")
+                time.sleep(0.005)
+            time.sleep(0.1)
+        return {"part": "revoke", "store": kind, "consumers": consumers,
+                "revocations": count, **ms(last)}
     finally:
         if fleet is not None:
             fleet.stop()
@@ -365,14 +419,16 @@ def failover(kind: str, kills: int, consumers: int, workdir: Path,
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    ap.add_argument("--part", choices=["propagation", "tls", "failover"], action="append")
+    ap.add_argument("--part", choices=["propagation", "tls", "revoke", "failover"],
+                    action="append")
     ap.add_argument("--rotations", type=int, default=100)
+    ap.add_argument("--revocations", type=int, default=50)
     ap.add_argument("--consumers", type=int, default=20)
     ap.add_argument("--kills", type=int, default=5)
     ap.add_argument("--store", choices=["redis", "etcd"], action="append")
     args = ap.parse_args()
     kinds = args.store or ["redis", "etcd"]
-    parts = args.part or ["propagation", "tls", "failover"]
+    parts = args.part or ["propagation", "tls", "revoke", "failover"]
     with tempfile.TemporaryDirectory() as d:
         kek = Path(d) / "bench.kek"
         write_kek_file(kek)
@@ -390,6 +446,13 @@ def main() -> None:
                 ratio = float(res["tls_over_plain_p99"])  # type: ignore[arg-type]
                 print(f"{kind}: TLS p99 / plaintext p99 = {ratio} -> "
                       f"{'OK' if ratio <= 1.5 else 'MISSED TARGET'} (1.5x)", flush=True)
+            if "revoke" in parts:
+                res = revocations(kind, args.revocations, args.consumers, Path(d), kek)
+                print(json.dumps(res), flush=True)
+                ok = float(res["p99_ms"]) < 1000  # type: ignore[arg-type]
+                print(f"{kind}: revoke to the last of {args.consumers} consumers: p50 "
+                      f"{res['p50_ms']} ms, p99 {res['p99_ms']} ms -> "
+                      f"{'OK' if ok else 'MISSED TARGET'}", flush=True)
             if "failover" in parts:
                 res = failover(kind, args.kills, args.consumers, Path(d), kek)
                 print(json.dumps(res), flush=True)

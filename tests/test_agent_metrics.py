@@ -46,7 +46,8 @@ def healthz(port: int) -> tuple[int, str]:
 
 def test_metrics_reflect_a_rotation_and_a_failed_reload(tmp_path: Path) -> None:
     store = FileStore(tmp_path / "ring.json")
-    init_ring(store, Policy(rotate_every=SLOT, accept_for=5 * SLOT, publish_ahead=60), now=T0)
+    first = init_ring(store, Policy(rotate_every=SLOT, accept_for=5 * SLOT, publish_ahead=60),
+                      now=T0).ring
     clock = [float(T0)]
     flag = tmp_path / "reload-ok"
     target = Target(TargetSpec("nginx", tmp_path / "nginx", reload=f"test -e {flag}"))
@@ -56,7 +57,7 @@ def test_metrics_reflect_a_rotation_and_a_failed_reload(tmp_path: Path) -> None:
     try:
         agent.step()
         m = scrape(server.port)
-        assert m[("stek_ring_generation", ())] == 1
+        assert m[("stek_ring_generation", ())] == first.generation
         assert m[("stek_rotations_total", ())] == 0  # the ring existed already
         assert m[("stek_keys", (("state", "active"),))] == 1
         assert m[("stek_active_key_age_seconds", ())] == 0
@@ -75,7 +76,7 @@ def test_metrics_reflect_a_rotation_and_a_failed_reload(tmp_path: Path) -> None:
         agent.step()
         m = scrape(server.port)
         assert m[("stek_rotations_total", ())] == 1
-        assert m[("stek_ring_generation", ())] == 2
+        assert m[("stek_ring_generation", ())] == first.generation + 1
         assert m[("stek_keys", (("state", "pending"),))] == 1
         assert m[("stek_active_key_age_seconds", ())] == retires - 30 - T0
         assert m[("stek_target_reload_failures_total", labels)] == 1  # kept, not reset

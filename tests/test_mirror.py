@@ -118,11 +118,12 @@ def test_mirror_group_makes_it_group_readable(tmp_path: Path) -> None:
     gid = grp.getgrnam(group).gr_gid
     path = tmp_path / "run" / "stek" / "mirror.json"
     m = open_mirror(f"file:{path}", group, MemoryStore())
-    assert m.write(_ring())
+    ring = _ring()
+    assert m.write(ring)
     st, dst = path.stat(), path.parent.stat()
     assert stat.S_IMODE(st.st_mode) == 0o640 and st.st_gid == gid
     assert stat.S_IMODE(dst.st_mode) == 0o2750 and dst.st_gid == gid
-    assert FileStore(path).read().generation == 1
+    assert FileStore(path).read().generation == ring.generation
 
 
 @contextlib.contextmanager
@@ -423,8 +424,8 @@ def test_agent_pass_writes_the_mirror_and_reports_failures(tmp_path: Path) -> No
     agent.step()
     assert agent.health() == []
     assert FileStore(path).read() == agent.ring
-    assert f'stek_mirror_generation{{path="{path}"}} 1.0' in \
-        generate_latest(registry).decode()
+    assert registry.get_sample_value("stek_mirror_generation", {"path": str(path)}) == \
+        agent.ring.generation
 
 
 # -- real processes ----------------------------------------------------------------------

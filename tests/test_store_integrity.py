@@ -103,11 +103,15 @@ def test_replayed_older_value_is_refused_by_a_running_server(
         assert again.doc["counters"]["resumed"] >= 3  # the callback ran: stek's key resumed
         assert again.doc["failures"] == []
     assert "Traceback" not in proc.log.read_text()
-    # The agent refuses to rotate from the replayed value, and counts it.
-    with pytest.raises(SealingError, match="older than generation"):
-        agent.step()
+    # The agent never rotates from the replayed value: it counts it and writes
+    # its newer ring back over it, above every generation seen.
+    agent.step()
+    restored = shared(server.url, kek_file).read()
+    assert restored.keys == newer.keys and restored.generation > newer.generation
+    assert agent.store_error is None
     metrics = {m.name: m.samples[0].value for m in AgentCollector(agent).collect() if m.samples}
     assert metrics["stek_store_rollbacks_refused"] == 1
+    assert metrics["stek_store_reseeds"] == 1
 
 
 @pytest.mark.parametrize("tls_version", [ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3],

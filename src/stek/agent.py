@@ -79,6 +79,9 @@ log = logging.getLogger("stek.agent")
 #: Even with nothing due, re-read at least this often (seconds): another
 #: writer may have changed the ring, and targets may need a retry.
 MAX_SLEEP = 30.0
+#: Longest time between two reads of a fleet store (stek's installations
+#: re-read as often: stek._refresh.BACKSTOP_INTERVAL).
+RESEED_CHECK = 5.0
 #: Backoff bounds while the store is unreachable (seconds).
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
 #: Backoff bounds for a failed export, reload or runtime API update (seconds).
@@ -340,6 +343,9 @@ class Agent:
         self.last_pass_ok: float | None = None
         self.store_error: str | None = None
         self.store_error_permanent = False
+        #: Names of revoked keys seen in the ring, and how many were new since start.
+        self.revoked_seen: set[bytes] = set()
+        self.revocations = 0
         self.started_at = clock()
         self._warned: set[str] = set()
         self._lock = threading.Lock()  # one pass at a time (run loop vs. tests)
@@ -370,6 +376,7 @@ class Agent:
             log.info("keyring generation %d: +%d key(s), -%d key(s)", result.ring.generation,
                      len(result.added), len(result.dropped))
         ring = result.ring
+        self._note_revoked(ring)
         self.ring = ring
         self._sync_targets(ring, now)
         for hook in self.hooks:
@@ -383,7 +390,26 @@ class Agent:
         for target in self.targets:
             if target.retry_at is not None:
                 due = min(due, target.retry_at)
+        if hasattr(self.store, "last_ring"):
+            # A fleet store emptied without a change notification (a Redis DEL)
+            # is found, and re-seeded, within RESEED_CHECK seconds.
+            due = min(due, now + RESEED_CHECK)
         return max(0.05, min(self.interval, due - now + 0.01))
+
+    def _note_revoked(self, ring: Keyring) -> None:
+        """Log (once) and count the keys a new ring says were revoked."""
+        names = {name for name, _ in ring.revoked}
+        fresh = sorted(names - self.revoked_seen)
+        if fresh and self.ring is not None:
+            self.revocations += len(fresh)
+            log.warning("keyring generation %d revokes %d key(s): %s; the targets follow",
+                        ring.generation, len(fresh), ", ".join(n.hex() for n in fresh))
+        self.revoked_seen |= names
+
+    def notes(self) -> list[str]:
+        """Events worth a line in /healthz though not a problem (a re-seed of the store)."""
+        last = getattr(self.store, "last_reseed", None)
+        return [f"store {self.store.url}: {last}"] if isinstance(last, str) else []
 
     def _sync_targets(self, ring: Keyring, now: float) -> None:
         for target in self.targets:
@@ -565,6 +591,11 @@ class AgentCollector(Collector):
         yield _counter("stek_store_rollbacks_refused",
                        "Store values refused for carrying an older generation than one seen.",
                        getattr(a.store, "rollbacks_refused", 0))
+        yield _counter("stek_store_reseeds",
+                       "Times the agent wrote its last ring back to a store found empty or "
+                       "rolled back.", getattr(a.store, "reseeds", 0))
+        yield _counter("stek_keys_revoked", "Keys seen revoked ('stek revoke') since start.",
+                       a.revocations)
         yield _gauge("stek_agent_last_pass_timestamp_seconds",
                      "When the last successful pass ran.", a.last_pass_ok)
         if ring is not None:
@@ -729,6 +760,7 @@ class MetricsServer:
         if path == "/healthz":
             problems = self.agent.health()
             text = "ok\n" if not problems else "".join(f"{p}\n" for p in problems)
+            text += "".join(f"{n}\n" for n in self.agent.notes())
             return (200 if not problems else 503), text.encode(), "text/plain; charset=utf-8"
         return 404, b"not found: try /metrics or /healthz\n", "text/plain; charset=utf-8"
 

@@ -45,6 +45,10 @@ class SealingError(StoreError):
     """A sealed keyring could not be opened (wrong or missing key-encryption key)."""
 
 
+class RolledBack(SealingError):
+    """The store holds a genuine ring older than one this process already saw."""
+
+
 class BindingError(StekError):
     """The ticket callback cannot be installed on this ``ssl.SSLContext``."""
 

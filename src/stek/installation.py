@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._refresh import _LIVE, _Background, _Slot, shared_store
-from .errors import BindingError, ConfigError, NotInitialized, StoreError
+from .errors import BindingError, ConfigError, NotInitialized, RolledBack, StoreError
 from .hazmat.libssl import (
     CRYPTO_EX_INDEX_SSL_CTX,
     EVP_MAX_IV_LENGTH,
@@ -375,7 +375,14 @@ class Installation:
                     self.rotate = False
                     ring = self.store.read()
             else:
-                ring = self.store.read()
+                try:
+                    ring = self.store.read()
+                except (NotInitialized, RolledBack):
+                    if not self.rotate:
+                        raise
+                    # Empty or rolled back: a rotating process writes its
+                    # snapshot back (stores/sealing.py, SharedStore.update).
+                    ring = rotate_store(self.store, now=now, create=ring.policy).ring
         except BaseException:
             self._bg.record(ok=False)
             raise

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import ConfigError, KeyringError, StoreCorrupt
-from .keys import TicketKey
+from .keys import NAME_LEN, TicketKey
 from .schedule import (
     MAX_INSTANT,
     MAX_KEYS,
@@ -46,6 +46,22 @@ MAX_RING_BYTES = 1 << 20
 MAX_DEPTH = 16
 #: Generations fit the sealed header's unsigned 64-bit field (stores/sealing.py).
 MAX_GENERATION = 2**63 - 1
+#: Revoked names a ring remembers (each until its key would have expired).
+MAX_REVOKED = 4 * MAX_KEYS
+
+
+def next_generation(seen: int, now: float) -> int:
+    """The generation of a ring written anew (created, re-seeded, revoked) at ``now``.
+
+    Above ``seen`` and at least ``now`` in milliseconds since the epoch: a
+    process with no memory of the ring (the store came back empty, every
+    process that saw it is gone) still numbers its ring above every ring
+    written before, as long as clocks agree and no ring changed more than
+    1000 times a second on average since it was created (every other change
+    adds one).  Readers that saw a generation refuse any lower one
+    (stores/sealing.py), so numbers from time keep that refusal for replays.
+    """
+    return min(MAX_GENERATION, max(seen + 1, int(now * 1000)))
 
 
 def _reject_constant(name: str) -> Any:
@@ -105,11 +121,18 @@ def _int(value: Any, label: str, high: int, low: int = 0) -> int:
 
 @dataclass(frozen=True, slots=True, repr=False)
 class Keyring:
-    """Policy + keys (+ a generation counter bumped on every change)."""
+    """Policy + keys (+ a generation counter bumped on every change).
+
+    ``revoked`` maps the names of keys taken out by ``stek revoke`` to the
+    instant each would have expired: until then a process that saw the
+    revocation drops such a key from any ring it reads (an older snapshot
+    written back after the store lost its value must not bring it back).
+    """
 
     policy: Policy
     keys: tuple[TicketKey, ...] = ()
     generation: int = 0
+    revoked: tuple[tuple[bytes, int], ...] = ()
     _by_name: Mapping[bytes, TicketKey] = field(init=False, compare=False)
     #: Values derived from this snapshot by other modules (the codec's prepared
     #: primitives): they live exactly as long as the ring they came from.
@@ -119,7 +142,16 @@ class Keyring:
         keys = tuple(sorted(self.keys, key=lambda k: (k.activates_at, k.name)))
         object.__setattr__(self, "keys", keys)
         validate_keys(keys, self.policy.key_size)
+        revoked = dict(sorted(self.revoked))
+        if len(revoked) > MAX_REVOKED:
+            raise KeyringError(f"a ring remembers at most {MAX_REVOKED} revoked keys")
+        for name in revoked:
+            if len(name) != NAME_LEN:
+                raise KeyringError(f"revoked key name must be {NAME_LEN} bytes")
+        object.__setattr__(self, "revoked", tuple(revoked.items()))
         object.__setattr__(self, "_by_name", {k.name: k for k in keys})
+        if not revoked.keys().isdisjoint(self._by_name):
+            raise KeyringError("a revoked key is still in the ring")
         object.__setattr__(self, "_derived", {})
 
     def __repr__(self) -> str:
@@ -157,7 +189,27 @@ class Keyring:
             return self
         dropped = set(change.drop)
         keys = [k for k in self.keys if k.name not in dropped] + list(change.add)
-        return Keyring(self.policy, tuple(keys), self.generation + 1)
+        return Keyring(self.policy, tuple(keys), self.generation + 1, self.revoked)
+
+    def at_generation(self, generation: int) -> Keyring:
+        """The same ring, renumbered (a re-seed or a revocation moves it forward)."""
+        return Keyring(self.policy, self.keys, generation, self.revoked)
+
+    def without(self, revoked: Mapping[bytes, int], now: float) -> Keyring:
+        """This ring with the keys named in ``revoked`` taken out and remembered.
+
+        Entries whose key would have expired by ``now`` are forgotten: such a
+        key is refused by its own windows.  Returns ``self`` when nothing changes.
+        """
+        merged = dict(revoked)
+        for name, t in self.revoked:
+            merged[name] = max(t, merged.get(name, t))
+        merged = {n: t for n, t in merged.items() if t > now}
+        keys = tuple(k for k in self.keys if k.name not in merged)
+        kept = tuple(sorted(merged.items()))
+        if keys == self.keys and kept == self.revoked:
+            return self
+        return Keyring(self.policy, keys, self.generation, kept)
 
     def with_policy(self, policy: Policy) -> Keyring:
         """The same keys under ``policy``, each window cut down to what ``policy`` allows.
@@ -173,7 +225,7 @@ class Keyring:
             if (retires, expires) != (k.retires_at, k.expires_at):
                 k = TicketKey(k.name, k.aes_key, k.hmac_key, k.activates_at, retires, expires)
             keys.append(k)
-        return Keyring(policy, tuple(keys), self.generation + 1)
+        return Keyring(policy, tuple(keys), self.generation + 1, self.revoked)
 
     def check(self, now: float | None = None) -> None:
         """Raise :class:`~stek.errors.KeyringError` if a key's windows exceed the policy."""
@@ -181,7 +233,7 @@ class Keyring:
 
     # -- serialization ----------------------------------------------------------------
     def to_dict(self) -> dict[str, Any]:
-        return {
+        doc: dict[str, Any] = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
             "generation": self.generation,
@@ -198,6 +250,12 @@ class Keyring:
                 for k in self.keys
             ],
         }
+        if self.revoked:
+            # Only when there is one, so rings without revocations read the
+            # same in stek versions that predate the field.
+            doc["revoked"] = [{"name": n.hex(), "expires_at": t}
+                              for n, t in self.revoked]
+        return doc
 
     def to_bytes(self) -> bytes:
         return (json.dumps(self.to_dict(), indent=1, sort_keys=True) + "\n").encode()
@@ -259,7 +317,16 @@ class Keyring:
                 expires_at=_int(item["expires_at"], "expires_at", MAX_INSTANT),
             ))
         generation = _int(doc.get("generation", 0), "generation", MAX_GENERATION)
-        return cls(policy, tuple(keys), generation)
+        gone = doc.get("revoked", [])
+        if not isinstance(gone, list) or len(gone) > MAX_REVOKED:
+            raise KeyringError(f"revoked must be a list of at most {MAX_REVOKED} entries")
+        revoked: dict[bytes, int] = {}
+        for item in gone:
+            if not isinstance(item["name"], str):
+                raise TypeError("revoked names must be strings")
+            revoked[bytes.fromhex(item["name"])] = _int(item["expires_at"], "expires_at",
+                                                         MAX_INSTANT)
+        return cls(policy, tuple(keys), generation, tuple(revoked.items()))
 
 
 def validate_keys(keys: Iterable[TicketKey], key_size: int) -> None:

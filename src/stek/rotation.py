@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-from .errors import KeyringError, NotInitialized, StekError, StoreCorrupt
-from .keyring import Keyring
+from .errors import ConfigError, KeyringError, NotInitialized, StekError, StoreCorrupt
+from .keyring import Keyring, next_generation
 from .keys import TicketKey
 from .schedule import Plan, Policy, plan
 from .stores import KeyStore
@@ -58,7 +59,7 @@ def init_ring(
                 f"{store.url}: a keyring already exists; use --force to change its policy "
                 f"(its keys are kept)"
             )
-        base = Keyring(pol) if current is None else current.with_policy(pol)
+        base = _new_ring(pol) if current is None else current.with_policy(pol)
         # A shorter publish_ahead: keys published further ahead than it now
         # allows are dropped (readers would refuse them); plan() refills the gap.
         early = tuple(k.name for k in base.keys if k.activates_at > t + pol.publish_ahead)
@@ -89,10 +90,11 @@ def rotate(
         if current is None:
             if create is None:
                 raise NotInitialized(f"{store.url}: no keyring yet (run 'stek init')")
-            current, created = Keyring(create), True
+            current, created = _new_ring(create), True
         _check(current, t, store.url)
         change = plan(current.keys, current.policy, t)
-        ring = current.apply(change)
+        # A change also forgets revocations whose key would have expired by now.
+        ring = current.apply(change).without({}, t)
         outcome["r"] = Rotation(ring, change.add, change.drop, created=created)
         return ring
 
@@ -107,6 +109,61 @@ def rotate(
         )
     for name in result.dropped:
         log.info("dropped expired key %s", name.hex())
+    return result
+
+
+def _new_ring(policy: Policy) -> Keyring:
+    """An empty ring numbered from the wall clock (keyring.next_generation), so
+    that readers which saw a ring this store held before do not refuse it."""
+    return Keyring(policy, generation=next_generation(-1, time.time()))
+
+
+@dataclass(frozen=True)
+class Revocation:
+    """The outcome of :func:`revoke`: the ring now stored and the keys taken out."""
+
+    ring: Keyring
+    revoked: tuple[bytes, ...]
+    added: tuple[TicketKey, ...]
+
+
+def revoke(store: KeyStore, names: Sequence[bytes] | None, *,
+           now: float | None = None) -> Revocation:
+    """Take the keys ``names`` (every key when None) out of the ring, at once.
+
+    The ring is re-planned at ``now`` without them, so that when the active
+    key goes a fresh one is active immediately, and numbered from the wall
+    clock (above its generation).  The names are remembered in the ring
+    until each key would have expired, so that a process holding an older
+    snapshot cannot bring one back (stores/sealing.py).  An unknown name
+    raises ConfigError and changes nothing.
+    """
+    t = _now(now)
+    outcome: dict[str, Revocation] = {}
+
+    def mutate(current: Keyring | None) -> Keyring:
+        if current is None:
+            raise NotInitialized(f"{store.url}: no keyring yet, nothing to revoke")
+        wanted = [k.name for k in current.keys] if names is None else list(names)
+        unknown = [n.hex() for n in wanted if current.find(n) is None]
+        if unknown:
+            raise ConfigError(f"{store.url}: no key named {', '.join(unknown)} in the ring "
+                              f"(see 'stek status')")
+        if not wanted:
+            raise ConfigError(f"{store.url}: the ring holds no key to revoke")
+        gone = {n: current.find(n).expires_at for n in wanted}  # type: ignore[union-attr]
+        base = current.without(gone, t)
+        base = base.at_generation(next_generation(current.generation, time.time()) - 1)
+        change = plan(base.keys, base.policy, t)
+        ring = base.apply(change) if not change.empty else base.at_generation(base.generation + 1)
+        outcome["r"] = Revocation(ring, tuple(wanted), change.add)
+        return ring
+
+    store.update(mutate)
+    result = outcome["r"]
+    log.warning("revoked %d key(s): %s; keyring generation %d, %d key(s) added",
+                len(result.revoked), ", ".join(n.hex() for n in result.revoked),
+                result.ring.generation, len(result.added))
     return result
 
 

@@ -31,6 +31,7 @@ _COMMAND_MODULES = (
     "stek.cli.export",
     "stek.cli.inspect",
     "stek.cli.probe",
+    "stek.cli.revoke",
 )
 
 

@@ -25,6 +25,7 @@ has: a field ``f`` that is not listed becomes ``stek_tickets_f_total``):
 ``errors``                              ``stek_ticket_callback_errors_total``
 a mapping field ``f`` (key name -> n)   ``stek_tickets_f_total{key_name="<hex>"}``
 ring generation                         ``stek_server_ring_generation``
+keys revoked, still remembered          ``stek_server_revoked_keys``
 seconds since the last store read       ``stek_server_snapshot_age_seconds``
 last store read succeeded (1/0)         ``stek_server_store_ok``
 ======================================  ==========================================
@@ -91,7 +92,8 @@ def _samples(counters: Any) -> Iterator[tuple[str, dict[str, str], float]]:
 
 
 def _health(handle: Installation, now: float) -> dict[str, float]:
-    out = {"stek_server_ring_generation": float(handle.ring.generation)}
+    out = {"stek_server_ring_generation": float(handle.ring.generation),
+           "stek_server_revoked_keys": float(len(handle.ring.revoked))}
     last = getattr(handle, "last_refresh", None)
     if last is not None:
         out["stek_server_snapshot_age_seconds"] = max(0.0, now - float(last))
@@ -105,6 +107,8 @@ _GAUGE_HELP = {
     "stek_server_ring_generation": "Generation of the ring the callback answers from.",
     "stek_server_snapshot_age_seconds": "Seconds since the store was last read successfully.",
     "stek_server_store_ok": "1 if the last store read succeeded, else 0.",
+    "stek_server_revoked_keys": "Keys the ring in service says were revoked ('stek revoke'), "
+                                "until each would have expired.",
 }
 
 
@@ -147,6 +151,8 @@ _GAUGE_MODES = {
     "stek_server_ring_generation": "livemin",
     "stek_server_snapshot_age_seconds": "livemax",
     "stek_server_store_ok": "livemin",
+    # A worker that has not yet seen a revocation shows fewer.
+    "stek_server_revoked_keys": "livemin",
 }
 
 

@@ -33,8 +33,10 @@ sealed values that are genuine but out of place:
 * A replayed older value of the same ring is refused by any reader that has
   seen a newer generation (:meth:`SharedStore.read` and ``update`` keep the
   highest generation seen and count refusals in ``rollbacks_refused``):
-  a running server keeps serving its newer snapshot.  A process that starts
-  after the replay has no memory to compare against; see docs/fleet.md.
+  a running server keeps serving its newer snapshot, and a rotator writes
+  its newer ring back over the replay (:meth:`SharedStore.update`, which
+  also re-seeds a store found empty).  A process that starts after the
+  replay has no memory to compare against; see docs/fleet.md.
 
 Version 1 values (no ring id, no generation) are refused by readers, and
 by ``stek rekey`` too: a version-1 value put back by a writer without the
@@ -81,12 +83,13 @@ from .._atomic import ensure_dir, unsafe_reason, write_file
 from ..errors import (
     ConfigError,
     NotInitialized,
+    RolledBack,
     SealingError,
     StekError,
     StoreCorrupt,
     StoreUnavailable,
 )
-from ..keyring import MAX_RING_BYTES, Keyring
+from ..keyring import MAX_RING_BYTES, Keyring, next_generation
 from .base import Mutator
 
 log = logging.getLogger("stek.stores")
@@ -467,6 +470,15 @@ class SharedStore(abc.ABC, Generic[T]):
         self.seen_generation = -1
         self.rollbacks_refused = 0
         self._logged_rollback: tuple[int, int] | None = None
+        #: The newest ring this object read or wrote: what a write re-seeds
+        #: the store from when it finds it empty or rolled back.
+        self.last_ring: Keyring | None = None
+        #: Keys revoked in any ring seen (name -> when it would have expired):
+        #: dropped from every ring read, whoever wrote it.
+        self.revoked: dict[bytes, int] = {}
+        #: How many times this object re-seeded the store, and the last time why.
+        self.reseeds = 0
+        self.last_reseed: str | None = None
 
     @property
     def ring_id(self) -> str:
@@ -490,6 +502,10 @@ class SharedStore(abc.ABC, Generic[T]):
     # -- KeyStore --------------------------------------------------------------------
     def _decode(self, blob: bytes, floor: int, now: float | None = None) -> Keyring:
         """Open ``blob``, loaded after this store had seen generation ``floor``."""
+        return self._remember(self._open(blob, floor, now))
+
+    def _open(self, blob: bytes, floor: int, now: float | None = None) -> Keyring:
+        """The ring in ``blob`` as written (rollbacks refused, revoked keys left in)."""
         plain, generation = self.sealer.open(blob, self.url, self.ring_id)
         ring = Keyring.from_bytes(plain, self.url, now)
         if generation is not None and generation != ring.generation:
@@ -498,9 +514,40 @@ class SharedStore(abc.ABC, Generic[T]):
         self._admit(ring.generation, floor)
         return ring
 
+    def _remember(self, ring: Keyring) -> Keyring:
+        """``ring`` without the keys revoked in any ring seen; kept as the last if newest."""
+        now = time.time()
+        with self._ops_lock:
+            for name, t in ring.revoked:
+                self.revoked[name] = max(t, self.revoked.get(name, t))
+            self.revoked = {n: t for n, t in self.revoked.items() if t > now}
+            ring = ring.without(self.revoked, now)
+            if self.last_ring is None or ring.generation >= self.last_ring.generation:
+                self.last_ring = ring
+        return ring
+
     def _note(self, generation: int) -> None:
         with self._ops_lock:
             self.seen_generation = max(self.seen_generation, generation)
+
+    def _reseeded(self) -> Keyring | None:
+        """The last ring seen, numbered above every generation seen; None if none was seen."""
+        with self._ops_lock:
+            last = self.last_ring
+            if last is None:
+                return None
+            top = max(self.seen_generation, last.generation)
+        return last.at_generation(next_generation(top, time.time()))
+
+    def _reseed_done(self, why: str, old: int, new: Keyring) -> None:
+        """Say once, at WARNING, that this process wrote its snapshot back."""
+        self.reseeds += 1
+        self.last_reseed = (f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}: the store "
+                            f"{why}; re-seeded from generation {old} as generation "
+                            f"{new.generation}")
+        log.warning("%s: the store %s; re-seeded it from this process's last snapshot "
+                    "(generation %d) as generation %d, same keys and policy", self.url, why,
+                    old, new.generation)
 
     def _admit(self, generation: int, floor: int) -> None:
         """Refuse a generation older than one seen before the value was loaded.
@@ -522,7 +569,7 @@ class SharedStore(abc.ABC, Generic[T]):
             log.warning("%s: refusing keyring generation %d, older than generation %d "
                         "already seen (a replayed or rolled-back value)", self.url,
                         generation, seen)
-        raise SealingError(
+        raise RolledBack(
             f"{self.url}: holds keyring generation {generation}, older than generation "
             f"{seen} already seen: refusing a rolled-back (replayed) ring"
         )
@@ -545,17 +592,50 @@ class SharedStore(abc.ABC, Generic[T]):
             self._count("read")
             floor = self.seen_generation
             blob, token = self._load()
-            # Unreadable content (wrong KEK, corrupt, rolled back) raises here,
-            # before any write.
-            current = self._decode(blob, floor) if blob is not None else None
+            # Unreadable content (wrong KEK, corrupt) raises here, before any
+            # write.  A process that saw a ring never initialises an empty
+            # store, nor gives in to an older ring: it writes its last
+            # snapshot back, numbered above every generation seen, keys and
+            # policy unchanged (docs/fleet.md, "When the store comes back empty").
+            current, why, raw = None, "was empty", None
+            if blob is not None:
+                try:
+                    raw = self._open(blob, floor)
+                except RolledBack:
+                    if self.last_ring is None:
+                        raise
+                    why = "held an older generation"
+                else:
+                    current = self._remember(raw)
+            forced, old = False, -1
+            if current is None:
+                current = self._reseeded()
+                forced = current is not None
+                old = self.last_ring.generation if self.last_ring is not None else -1
+            elif raw is not None and current.keys != raw.keys:
+                # The stored ring still holds a key revoked in a ring seen (an
+                # older snapshot written back): write it without, the
+                # revocation remembered.  (A ring that only lacks a revocation
+                # is not rewritten for that alone: clocks that disagree on
+                # when it lapses would take turns putting it back.)
+                current = current.at_generation(next_generation(current.generation, time.time()))
+                forced, why = True, "held a revoked key"
             new = mutate(current)
             if new is None or new is current:
                 if current is None:
                     raise NotInitialized(f"{self.url}: no keyring yet (run 'stek init')")
-                return current
+                if not forced:
+                    return current
+                new = current
             self._count("cas")
             if self._swap(token, self.sealer.seal(new.to_bytes(), self.ring_id, new.generation)):
                 self._note(new.generation)
+                self._remember(new)
+                if forced and raw is None:
+                    self._reseed_done(why, old, new)
+                elif forced:
+                    log.warning("%s: the store %s; wrote generation %d without it", self.url,
+                                why, new.generation)
                 return new
             # Another writer got there first: re-read and re-plan.  Jitter keeps
             # a crowd of racers from colliding in lock step.
@@ -589,7 +669,9 @@ class SharedStore(abc.ABC, Generic[T]):
             ring = Keyring.from_bytes(plain, self.url)
             if is_format_1(blob):
                 check_format_1(ring, self.url, time.time() if now is None else now)
-                ring = Keyring(ring.policy, ring.keys, max(ring.generation, floor) + 1)
+                when = time.time() if now is None else now
+                ring = Keyring(ring.policy, ring.keys,
+                               next_generation(max(ring.generation, floor), when))
                 plain = ring.to_bytes()
             else:
                 self._admit(ring.generation, floor)
