@@ -180,7 +180,7 @@ def test_store_back_empty_does_not_split_the_fleet(
         b, srv_b = f.server()
         assert wait_for(lambda: b.ring.generation == after.generation)
         assert wait_for(lambda: a.ring.generation == after.generation)
-        assert f.agent.store_error is None
+        assert wait_for(lambda: f.agent.store_error is None), f.agent.store_error
 
         # Tickets resume across the server that ran through it and the one after.
         assert resumes(srv_b, b, ticket_a, cctx)
@@ -207,7 +207,7 @@ def test_store_back_empty_does_not_split_the_fleet(
         # and both servers follow.
         rotations = f.agent.rotations
         assert wait_for(lambda: f.agent.rotations > rotations, 2 * POLICY.rotate_every)
-        assert f.agent.store_error is None
+        assert wait_for(lambda: f.agent.store_error is None), f.agent.store_error
         latest = f.stored()
         assert latest is not None and latest.generation > after.generation
         assert wait_for(lambda: a.ring.generation == b.ring.generation == latest.generation)
@@ -282,7 +282,7 @@ def test_revoked_key_never_comes_back_from_an_old_snapshot(
         assert wait_for(lambda: (r := f.stored()) is not None
                         and r.generation > back.generation
                         and leaked.name not in {k.name for k in r.keys})
-        assert f.agent.store_error is None
+        assert wait_for(lambda: f.agent.store_error is None), f.agent.store_error
         # The stale process learns it too, and never writes the key again.
         assert leaked.name not in {k.name for k in rotate(stale).ring.keys}
         assert f.agent.revocations == 1
