@@ -207,7 +207,7 @@ class Keyring:
         """Parse a serialized ring; anything else raises :class:`StoreCorrupt`.
 
         Whatever the bytes, this returns a valid ring or raises StoreCorrupt,
-        never any other error (tests/test_keyring_fuzz.py).  Every key's
+        never any other error (tests/integration/test_keyring_fuzz.py).  Every key's
         windows are checked against the ring's policy, and with ``now``, how
         far ahead it activates too (:func:`~stek.schedule.check_windows`).
         Messages name the problem and never quote the content (it may be keys).
