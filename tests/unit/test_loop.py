@@ -66,3 +66,19 @@ def test_thread_starts_with_no_garbage_collection(monkeypatch: pytest.MonkeyPatc
     finally:
         gc.enable()
     assert seen == [False, False]
+
+
+def test_timers_follow_the_injected_clock() -> None:
+    """A timer is due by the reactor's clock, not the wall's: an hour passes when the
+    test says so, and the next pass of the loop runs what fell due."""
+    now = [1000.0]
+    reactor = Reactor(clock=lambda: now[0])
+    fired = threading.Event()
+    reactor.call_later(3600, fired.set)
+    passed = threading.Event()
+    reactor.call_soon(passed.set)  # one pass of the loop at the old time
+    assert passed.wait(5)
+    assert not fired.is_set()
+    now[0] += 3600
+    reactor.call_soon(lambda: None)  # wake the loop: it reads the clock again
+    assert fired.wait(5)
