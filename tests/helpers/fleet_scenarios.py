@@ -27,6 +27,7 @@ import pytest
 from helpers.certs import Certs, client_context, server_context
 from helpers.processes import APPS
 from helpers.store_servers import child_env
+from helpers.waiting import wait_until
 from stek import Policy, SealingError, StekError, init_ring, install, open_store, rotate
 from stek.agent import Agent
 from stek.cli import main as cli_main
@@ -117,15 +118,6 @@ def server_procs(n: int, certs: Certs, url: str, kek_file: Path,
         for p in procs:
             p.stop()
 
-
-def wait_until(pred: Any, timeout: float, step: float = 0.02) -> float:
-    """Seconds until pred() held; fails after timeout."""
-    t0 = time.monotonic()
-    while not pred():
-        if time.monotonic() - t0 > timeout:
-            raise AssertionError(f"condition not met within {timeout}s")
-        time.sleep(step)
-    return time.monotonic() - t0
 
 
 def encodings(secret: bytes) -> list[bytes]:
@@ -247,10 +239,12 @@ def outage_keeps_serving(server: Any, certs: Certs, version: ssl.TLSVersion, kek
         t = threading.Thread(target=clients)
         t.start()
         try:
-            time.sleep(1.0)
+            wait_until(lambda: stats["up"][0] >= 5, timeout=30)
             phase[0] = "down"
             server.kill()
-            time.sleep(3.0)  # several refresh attempts fail meanwhile
+            # Both servers saw the store fail (and keep serving) before it returns.
+            wait_until(lambda: stats["down"][0] >= 5 and all(
+                "serving the last snapshot" in p.log.read_text() for p in procs), timeout=30)
             phase[0] = "back"
             server.start()
             # Convergence: a change written after the restart reaches both servers.
@@ -287,7 +281,9 @@ def agent_backs_off_while_store_down(server: Any, kek_file: Path,
     server.kill()
     t.start()
     try:
-        time.sleep(3.2)
+        # Three failed passes logged (each with its delay), the third after 0.5 + 1.0 s.
+        wait_until(lambda: sum("retrying in" in r.getMessage()
+                               for r in list(caplog.records)) >= 3, timeout=30)
         failures = agent.store_failures
         server.start()
         wait_until(lambda: agent.ring is not None, timeout=10)

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import stek
+import stek._refresh
 from helpers.certs import Certs, client_context, server_context
 from helpers.store_servers import RedisServer
 from helpers.tls_peers import connect, reconnects, serving
@@ -42,13 +43,18 @@ def stek_warnings(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:
 
 def test_dead_redis_serves_full_handshakes_then_picks_up_the_ring(
         certs: Certs, tmp_path: Path, kek_file: Path, no_kek_env: None,
-        caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
     """Nothing listening: full handshakes, no tickets; redis-server starts: tickets resume."""
     caplog.set_level(logging.INFO)
+    monkeypatch.setattr(stek._refresh, "RETRY_INTERVAL", 0.05)  # retries come fast
     redis = RedisServer(tmp_path / "redis")  # a free port, nothing listening yet
     url = redis.url
     ctx = server_context(certs)
-    inst = stek.install(ctx, stek.open_store(url, kek_file=str(kek_file)))
+    store = stek.open_store(url, kek_file=str(kek_file))
+    reads = []
+    read = store.read
+    store.read = lambda: (reads.append(1), read())[1]  # type: ignore[method-assign]
+    inst = stek.install(ctx, store)
     assert not inst.store_ok and inst.last_refresh is None
     cctx = client_context(certs, TLS12)
     try:
@@ -56,7 +62,8 @@ def test_dead_redis_serves_full_handshakes_then_picks_up_the_ring(
             for _ in range(3):
                 r = connect(srv.port, cctx)
                 assert not r.reused
-            time.sleep(2.5)  # several retries against the dead port: still one warning
+            # Several retries against the dead port: still one warning.
+            assert wait_for(lambda: len(reads) >= 4)
             assert srv.errors == []
             assert inst.counters.no_active_key >= 3 and inst.counters.issued == 0
             assert r.session is not None and not r.session.has_ticket

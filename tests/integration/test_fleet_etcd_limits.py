@@ -20,9 +20,10 @@ from pathlib import Path
 import pytest
 from etcd3gw import exceptions as etcd_exc
 
-from helpers.fleet_scenarios import shared, wait_until
+from helpers.fleet_scenarios import shared
 from helpers.pki import make_pki
 from helpers.store_servers import EtcdCluster
+from helpers.waiting import wait_until
 from stek import Policy, init_ring, rotate
 from stek.stores.etcd import MAX_WATCH_LINE, EtcdStore
 

@@ -15,9 +15,10 @@ from pathlib import Path
 import pytest
 
 from helpers.certs import Certs, server_context
-from helpers.fleet_scenarios import shared, wait_until
+from helpers.fleet_scenarios import shared
 from helpers.pki import Pki, make_pki, password_file
 from helpers.store_servers import ROOT, RedisNode
+from helpers.waiting import wait_until
 from stek import Policy, StoreUnavailable, init_ring, install, rotate
 from stek.stores.base import health_of
 

@@ -31,10 +31,11 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 import stek
 from helpers.certs import Certs, client_context, server_context
-from helpers.fleet_scenarios import ServerProc, ask, shared, wait_until
+from helpers.fleet_scenarios import ServerProc, ask, shared
 from helpers.ports import free_port
 from helpers.processes import APPS, GET, Proc, https_get, read_body, running, wait_https
 from helpers.store_servers import EtcdServer, RedisServer, child_env
+from helpers.waiting import wait_until
 from stek import Policy, init_ring, rotate
 from stek.agent import Agent
 from stek.errors import ConfigError

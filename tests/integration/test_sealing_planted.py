@@ -18,9 +18,10 @@ from pathlib import Path
 import pytest
 
 from helpers.certs import Certs, client_context
-from helpers.fleet_scenarios import ask, server_procs, shared, wait_until
+from helpers.fleet_scenarios import ask, server_procs, shared
 from helpers.processes import stek_cli
 from helpers.store_servers import RedisServer, child_env, started
+from helpers.waiting import wait_until
 from stek import Keyring, Policy, init_ring
 from stek.hazmat.libssl import libssl
 from stek.keys import TicketKey, generate_key

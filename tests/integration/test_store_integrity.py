@@ -21,8 +21,9 @@ from typing import Any
 import pytest
 
 from helpers.certs import Certs, client_context
-from helpers.fleet_scenarios import ask, server_procs, shared, wait_until, with_prefix
+from helpers.fleet_scenarios import ask, server_procs, shared, with_prefix
 from helpers.store_servers import EtcdServer, RedisServer, child_env
+from helpers.waiting import wait_until
 from stek import Keyring, Policy, SealingError, init_ring
 from stek.agent import Agent, AgentCollector
 from stek.keys import generate_key
