@@ -22,7 +22,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -654,7 +654,8 @@ def test_agent_mirror_serves_workers_without_the_kek(kind: str, certs: Certs, ke
                 if kind == "redis":  # one client per host: RESP3, one connection
                     assert _connections(agent.pid, server.port) == 1
 
-                _outage_without_failed_handshakes(host, server, mirror, certs)
+                _outage_without_failed_handshakes(host, server, mirror, certs,
+                                                  lambda: agent.output().count("retrying in"))
                 # Once the store is back, the agent follows it again (liveness only).
                 _rotate_and_wait(host, shared(server.url, kek_file), cctx, 2, 20.0)
                 if kind == "redis":  # reconnected: still one
@@ -666,8 +667,8 @@ def test_agent_mirror_serves_workers_without_the_kek(kind: str, certs: Certs, ke
         server.stop()
 
 
-def _outage_without_failed_handshakes(host: Host, server: Any, mirror: Path,
-                                      certs: Certs) -> None:
+def _outage_without_failed_handshakes(host: Host, server: Any, mirror: Path, certs: Certs,
+                                      agent_retries: Callable[[], int]) -> None:
     stop = threading.Event()
     errors: list[str] = []
     counts = {"down": [0, 0], "other": [0, 0]}
@@ -700,9 +701,12 @@ def _outage_without_failed_handshakes(host: Host, server: Any, mirror: Path,
     try:
         time.sleep(0.5)
         before = mirror.stat()
+        retries = agent_retries()
         server.stop()
         phase[0] = "down"
-        time.sleep(3.0)
+        # Handshakes go on while the agent fails against the store and retries.
+        wait_until(lambda: counts["down"][0] >= 6 and agent_retries() > retries, timeout=30,
+                   step=0.1)
         after = mirror.stat()
         phase[0] = "other"
         server.start()

@@ -25,6 +25,7 @@ from helpers.certs import TLS_VERSIONS, Certs, client_context, server_context
 from helpers.ports import free_port
 from helpers.processes import APPS, env_with, https_get, line_request, running, stek_cli
 from helpers.tls_peers import connect, s_client, s_client_reused, serving
+from helpers.waiting import wait_until
 from stek.stores import FileStore
 
 # -- (a) two server processes, one store ----------------------------------------------------
@@ -228,8 +229,13 @@ def test_server_under_load_while_another_process_rotates(
             for t in threads:
                 t.start()
             with running(["/bin/sh", "-c", loop], tmp_path / "rotate.log", env=env_with()):
-                time.sleep(9)
-            time.sleep(1.2)  # let the server catch the last write
+                # Rotations (at least 3 after the first seen) under a running load.
+                wait_until(lambda: len(file_seen) >= 4 and stats["handshakes"] > 60,
+                           timeout=60, step=0.1)
+            last = store.read().generation
+            # The server and the file watch caught the last write.
+            wait_until(lambda: max(file_seen) >= last and max(server_seen) >= last,
+                       timeout=10)
             stop.set()
             for t in threads:
                 t.join(15)
