@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import ssl
 import subprocess
@@ -111,9 +112,19 @@ def test_cli_agent_with_real_nginx_metrics_and_clean_stop(tmp_path: Path, certs:
              "--export", f"haproxy:{tmp_path / 'hap.keys'}", "--reload", "exit 3",
              "--metrics-addr", f"127.0.0.1:{port}", "--interval", "1s"],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        ngx_labels = (("format", "nginx"), ("target", f"nginx:{out}"))
+        hap_labels = (("format", "haproxy"), ("target", f"haproxy:{tmp_path / 'hap.keys'}"))
         try:
-            time.sleep(7)  # at least two rotations
-            m = scrape(port)
+            deadline = time.monotonic() + 60
+            while True:  # at least two rotations: two reloads of each target
+                with contextlib.suppress(OSError):
+                    m = scrape(port)
+                    if (m.get(("stek_rotations_total", ()), 0) >= 1
+                            and m.get(("stek_target_reloads_total", ngx_labels), 0) >= 2
+                            and m.get(("stek_target_reload_failures_total", hap_labels), 0) >= 2):
+                        break
+                assert time.monotonic() < deadline, "the agent never rotated twice"
+                time.sleep(0.2)
             code, health = healthz(port)
             enc = store.read().encrypting_key(time.time())
             assert enc is not None
@@ -128,8 +139,6 @@ def test_cli_agent_with_real_nginx_metrics_and_clean_stop(tmp_path: Path, certs:
             output, _ = agent.communicate(timeout=20)
     assert agent.returncode == 0, output
     assert "stek agent stopped" in output
-    ngx_labels = (("format", "nginx"), ("target", f"nginx:{out}"))
-    hap_labels = (("format", "haproxy"), ("target", f"haproxy:{tmp_path / 'hap.keys'}"))
     assert m[("stek_rotations_total", ())] >= 1
     assert m[("stek_target_reloads_total", ngx_labels)] >= 2
     assert m[("stek_target_reload_failures_total", ngx_labels)] == 0
