@@ -291,6 +291,9 @@ def hostile(behaviour: str) -> Iterator[int]:
         yield int(srv.getsockname()[1])
     finally:
         stop.set()
+        # close() alone does not wake a thread blocked in accept() (Linux): shutdown does.
+        with contextlib.suppress(OSError):
+            srv.shutdown(socket.SHUT_RDWR)
         srv.close()
         t.join(10)
 
