@@ -25,6 +25,18 @@ def stek(*args: str, env: dict[str, str] | None = None,
                           text=True, env=full_env, timeout=timeout)
 
 
+def stek_main(capsys: pytest.CaptureFixture[str], *args: str) -> subprocess.CompletedProcess[str]:
+    """``stek ARGS`` through stek.cli.main, what the console script runs: the exit status,
+    stdout and stderr of ``python -m stek.cli`` (compared for these cases), without
+    starting a Python each time."""
+    capsys.readouterr()
+    with pytest.MonkeyPatch.context() as env:
+        env.delenv("STEK_STORE", raising=False)  # as stek() does
+        returncode = main(list(args))
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(["stek", *args], returncode, out.out, out.err)
+
+
 @pytest.fixture
 def url(tmp_path: Path) -> str:
     return f"file:{tmp_path / 'ring.json'}"
@@ -152,14 +164,14 @@ def test_empty_stek_store_env_is_refused(tmp_path: Path) -> None:
     assert not (tmp_path / "stek").exists()
 
 
-def test_store_help_names_every_scheme() -> None:
+def test_store_help_names_every_scheme(capsys: pytest.CaptureFixture[str]) -> None:
     """One --store help text, naming every store URL scheme, on every command taking it."""
     for cmd in ("init", "rotate", "status", "agent", "export", "inspect", "rekey", "probe"):
-        text = " ".join(stek(cmd, "--help").stdout.split())
+        text = " ".join(stek_main(capsys, cmd, "--help").stdout.split())
         for scheme in ("file:PATH", "redis://", "rediss://", "redis+sentinel://",
                        "rediss+sentinel://", "unix://", "etcd://", "etcds://"):
             assert scheme in text, (cmd, scheme, text)
-    text = " ".join(stek("migrate", "--help").stdout.split())
+    text = " ".join(stek_main(capsys, "migrate", "--help").stdout.split())
     assert "rediss+sentinel://" in text and "unix://" in text, text
 
 
@@ -306,7 +318,8 @@ def test_every_usage_mistake_of_every_command_is_one_line_and_exits_2(
     assert not failures, "\n".join(map(repr, failures))
 
 
-def test_operational_errors_exit_1_in_one_line(tmp_path: Path) -> None:
+def test_operational_errors_exit_1_in_one_line(tmp_path: Path,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
     """An export under a path whose parent is a file says so; a store that is not a ring
     exits 1 (not 2: nothing was wrong with the command line)."""
     url = f"file:{tmp_path / 'ring.json'}"
@@ -315,7 +328,8 @@ def test_operational_errors_exit_1_in_one_line(tmp_path: Path) -> None:
     for fmt, out in (("haproxy", "file/keys"), ("nginx", "file"), ("nginx", "file/a/b"),
                      ("nginx", "file/sub"), ("envoy", "file/sub"), ("openssl", "file/a/b"),
                      ("haproxy", "file/sub/keys")):
-        r = stek("export", "--store", url, "--format", fmt, "--out", str(tmp_path / out))
+        r = stek_main(capsys, "export", "--store", url, "--format", fmt, "--out",
+                      str(tmp_path / out))
         assert r.returncode == 1, r.stderr
         assert r.stderr.count("\n") == 1
         assert f"{tmp_path / 'file'} is not a directory" in r.stderr, r.stderr
