@@ -54,7 +54,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "bench")]
 
 from stek import Policy, init_ring, open_store, rotate  # noqa: E402
 from stek.keyring import Keyring  # noqa: E402
@@ -332,7 +332,7 @@ def pct(values: list[float], p: float) -> float:
 
 
 def scenario(name: str, rotations: int, workdir: Path, kek: Path) -> dict[str, Any]:
-    from servers_fleet import EtcdServer, RedisServer
+    from _stores import EtcdServer, RedisServer
 
     kind, clients, readers = SCENARIOS[name]
 

@@ -26,8 +26,8 @@ refresher does (subscribe, re-read on notification, 5 s backstop).  Parts
   holding that key; the member is then restarted and the next kill waits for
   a whole store again.
 
-The servers come from the tests' own fixtures (tests/servers_fleet.py,
-tests/fleet_tls.py), so the benchmark runs what the tests run.
+The servers come from the tests' own fixtures (tests/helpers/store_servers.py,
+tests/helpers/pki.py), so the benchmark runs what the tests run.
 
 usage: python bench/bench_propagation.py [--part propagation|tls|revoke|failover ...]
        [--rotations 100] [--revocations 50] [--consumers 20] [--kills 5]
@@ -51,8 +51,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 
-from fleet_tls import make_pki  # noqa: E402
-from servers_fleet import (  # noqa: E402
+from helpers.pki import make_pki  # noqa: E402
+from helpers.store_servers import (  # noqa: E402
     EtcdCluster,
     EtcdServer,
     RedisSentinelSet,

@@ -25,7 +25,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "tests")]
+sys.path[:0] = [str(ROOT / "bench")]
 
 PROBE = r"""
 import json, os, ssl, sys, threading, time
@@ -87,8 +87,9 @@ def main() -> None:
     ap.add_argument("--store", nargs="+", default=["file", "redis"])
     args = ap.parse_args()
 
+    from _stores import RedisServer
+
     import stek
-    from servers_fleet import RedisServer
     from stek.stores.sealing import write_kek_file
 
     with tempfile.TemporaryDirectory() as tmp:

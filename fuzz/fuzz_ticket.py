@@ -76,7 +76,7 @@ def make_seeds(directory: str) -> None:
     """Write seed inputs: one per mode, built from a valid session and valid tickets."""
     import os
 
-    # The pinned TLS 1.3 SSL_SESSION of tests/test_ticket.py (STATE).
+    # The pinned TLS 1.3 SSL_SESSION of tests/helpers/ticket_vectors.py (STATE).
     state = (
         bytes.fromhex("3065" "020101" "0202" "0304" "04021302" "0400" "0430") + b"\x5a" * 48
         + bytes.fromhex("a106" "02046553f100" "a204" "02020e10" "a409" "0407" "507974686f6e00"

@@ -1,4 +1,4 @@
-"""Writing key files the way DESIGN.md's security rules ask: 0600, atomic, only on change.
+"""Writing key files as docs/design.md ("Key files") asks: 0600, atomic, only on change.
 
 A server may read a key file at any instant (nginx on reload, HAProxy on
 start), so it must see the old content or the new one, never half of one:

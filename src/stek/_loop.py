@@ -36,7 +36,7 @@ Callback = Callable[[], None]
 
 
 class Timer:
-    """A callback due at a ``time.monotonic()`` instant; ``cancel()`` before it runs."""
+    """A callback due at an instant of its reactor's clock; ``cancel()`` before it runs."""
 
     __slots__ = ("_reactor", "cancelled", "fn", "when")
 
@@ -53,9 +53,15 @@ class Timer:
 
 
 class Reactor:
-    """Timers, thread-safe wake-ups and readable descriptors, served by one daemon thread."""
+    """Timers, thread-safe wake-ups and readable descriptors, served by one daemon thread.
 
-    def __init__(self) -> None:
+    ``clock`` tells the time the timers are due at (``time.monotonic`` in
+    production); a test passes a clock it moves, then ``call_soon`` wakes the
+    loop to look at it again.
+    """
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
         self._reset()
 
     def _reset(self) -> None:
@@ -95,8 +101,12 @@ class Reactor:
         self._check_fork()
         return self._thread
 
+    def call_later(self, delay: float, fn: Callback) -> Timer:
+        """Run ``fn`` in the loop thread ``delay`` seconds from now (by ``self.clock``)."""
+        return self.call_at(self.clock() + delay, fn)
+
     def call_at(self, when: float, fn: Callback) -> Timer:
-        """Run ``fn`` in the loop thread at ``time.monotonic()`` instant ``when``."""
+        """Run ``fn`` in the loop thread at instant ``when`` of ``self.clock``."""
         self._check_fork()
         timer = Timer(self, when, fn)
         with self._lock:
@@ -200,7 +210,7 @@ class Reactor:
             run, self._soon = self._soon, []
             while self._finalized:
                 run.append(self._finalized.popleft())
-            now = time.monotonic()
+            now = self.clock()
             while self._timers and self._timers[0][0] <= now:
                 timer = heapq.heappop(self._timers)[2]
                 if not timer.cancelled:

@@ -179,7 +179,7 @@ class _Group:
                 return
             if self.timer is not None:
                 self.timer.cancel()
-            self.timer = REACTOR.call_at(time.monotonic() + delay, self.run)
+            self.timer = REACTOR.call_later(delay, self.run)
 
 
 #: Marks a subscription being opened (outside the lock: it may connect).

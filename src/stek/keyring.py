@@ -3,7 +3,7 @@
 A :class:`Keyring` is what every adapter passes around: stores read and write
 it, the callback reads the latest one from memory (no I/O on the handshake
 path), exporters lay it out for other servers.  It validates the invariants
-of DESIGN.md on construction, so an invalid ring can never be installed.
+of docs/design.md on construction, so an invalid ring can never be installed.
 
 The serialized form (``to_bytes`` / ``from_bytes``) is a small JSON document;
 stores wrap it (the file store as is, with 0600 permissions; shared stores
@@ -265,7 +265,7 @@ class Keyring:
         """Parse a serialized ring; anything else raises :class:`StoreCorrupt`.
 
         Whatever the bytes, this returns a valid ring or raises StoreCorrupt,
-        never any other error (tests/test_keyring_fuzz.py).  Every key's
+        never any other error (tests/integration/test_keyring_fuzz.py).  Every key's
         windows are checked against the ring's policy, and with ``now``, how
         far ahead it activates too (:func:`~stek.schedule.check_windows`).
         Messages name the problem and never quote the content (it may be keys).
@@ -330,7 +330,7 @@ class Keyring:
 
 
 def validate_keys(keys: Iterable[TicketKey], key_size: int) -> None:
-    """Ring invariants (DESIGN.md): one size, unique names, no reused material, bounded."""
+    """Ring invariants (docs/design.md): one size, unique names, no reused material, bounded."""
     names: set[bytes] = set()
     material: set[bytes] = set()
     count = 0

@@ -106,8 +106,8 @@ def generate_key(
 ) -> TicketKey:
     """Make a key from the CSPRNG: name, AES and HMAC keys drawn independently.
 
-    The name is random, never derived from the secret material (DESIGN.md,
-    key model), so publishing it in tickets reveals nothing.
+    The name is random, never derived from the secret material (docs/design.md,
+    "Key model"), so publishing it in tickets reveals nothing.
     """
     if size not in SIZES:
         raise KeyringError(f"key size must be 80 or 48 bytes, not {size}")

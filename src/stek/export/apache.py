@@ -19,7 +19,7 @@ Consequences, documented in docs/exporters.md:
   ticket): Apache cannot hold a pre-published or a decrypt-only key;
 * Debian's mod_ssl 2.4.71 built against OpenSSL 3 does not use the file's
   HMAC bytes (it passes OpenSSL a pointer into a stack buffer; see
-  docs/exporters.md and tests/test_export_apache.py): the layout is right,
+  docs/exporters.md and tests/integration/test_export_apache.py): the layout is right,
   the server is not.
 """
 

@@ -188,7 +188,7 @@ static int ticket_cb(slot_t *sl, void *s, unsigned char *name, unsigned char *iv
 
     pthread_mutex_lock(&sl->lock);
     if (enc) {
-        /* The newest active key encrypts (DESIGN.md decision table). */
+        /* The newest active key encrypts (docs/design.md, "The decision table"). */
         int best = -1;
         for (i = 0; i < sl->nkeys; i++) {
             ckey *c = &sl->keys[i];

@@ -25,7 +25,6 @@ import errno
 import logging
 import os
 import struct
-import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -226,7 +225,7 @@ class _Hub:
     # -- the stat loop ------------------------------------------------------------------
     def _poll_soon(self) -> None:
         if self._timer is None:
-            self._timer = REACTOR.call_at(time.monotonic() + POLL_INTERVAL, self._poll)
+            self._timer = REACTOR.call_later(POLL_INTERVAL, self._poll)
 
     def _poll(self) -> None:
         fire = []

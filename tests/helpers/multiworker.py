@@ -1,0 +1,59 @@
+"""Shared checks for multi-worker Python servers (uvicorn, hypercorn, tornado): with
+stek, reconnects resume across workers; without it, a reconnect that changes
+worker never does (the baseline, measured against the same server)."""
+
+from __future__ import annotations
+
+import ssl
+
+from helpers.processes import ReconnectRun, reconnect_run
+
+RECONNECTS = 40
+WORKERS = 4
+
+
+def moved(run: ReconnectRun) -> list[bool]:
+    return [r.reused for r, m in zip(run.replies, run.moves) if m]
+
+
+def resumers(counters: dict[int, dict[str, int]]) -> list[int]:
+    """The workers (pids) whose stek counters show a resumed ticket."""
+    return [pid for pid, c in counters.items() if c["resumed"] > 0]
+
+
+def spread_run(port: int, cctx: ssl.SSLContext) -> ReconnectRun:
+    """``RECONNECTS`` reconnects, each to another worker than the one before it."""
+    return reconnect_run(port, cctx, RECONNECTS, steer=True)
+
+
+def assert_resumes_across_workers(run: ReconnectRun, label: str) -> None:
+    cross = moved(run)
+    print(f"{label}+stek: {run.resumed}/{RECONNECTS} resumed, {len(cross)} cross-worker, "
+          f"workers {sorted(set(run.pids))}")
+    assert run.resumed >= RECONNECTS - 1, run.pids
+    assert len(cross) >= 2 and sum(cross) >= len(cross) - 1
+    # The callback ran in several workers: they resumed tickets themselves.
+    assert all(r.body["counters"] is not None for r in run.replies)
+    assert len(resumers(run.counters)) >= 2, run.counters
+    assert all(c["errors"] == 0 for c in run.counters.values())
+    assert len({r.body["generation"] for r in run.replies}) == 1  # one shared ring
+
+
+def assert_baseline(run: ReconnectRun, label: str) -> None:
+    cross = moved(run)
+    print(f"{label} plain: {run.resumed}/{RECONNECTS} resumed, {len(cross)} cross-worker, "
+          f"workers {sorted(set(run.pids))}")
+    assert all(r.body["counters"] is None for r in run.replies)  # stek was not there
+    # The kernel decides which worker accepts; under load one may take them
+    # all, so the baseline asks only that no reconnect resumed across workers.
+    assert not any(cross)
+    assert run.resumed < RECONNECTS - 1
+
+
+def assert_stek_against_baseline(plain: ReconnectRun, with_stek: ReconnectRun, label: str) -> None:
+    """The same server measured in the same test without stek, then with it."""
+    assert_baseline(plain, label)
+    assert_resumes_across_workers(with_stek, label)
+    print(f"{label}: {with_stek.resumed}/{RECONNECTS} resumed with stek, "
+          f"{plain.resumed}/{RECONNECTS} without")
+    assert with_stek.resumed > plain.resumed
