@@ -67,7 +67,7 @@ def test_init_warns_for_48_byte_keys(url: str) -> None:
     ("args", "message"),
     [
         (["init", "--rotate-every", "5x"], "invalid duration"),
-        (["init", "--rotate-every", "0"], "rotate_every must be a positive"),
+        (["init", "--rotate-every", "0s"], "rotate_every must be a positive"),
         (["init", "--rotate-every", "7d", "--accept-for", "1d"], "7d"),
         (["status", "--store", "ftp://host/x"], "unknown store URL"),
         (["frobnicate"], "No such command"),

@@ -106,7 +106,7 @@ def open_cli_store(url: str | None, **options: Any) -> KeyStore:
 
 
 class Duration(click.ParamType):  # type: ignore[type-arg]
-    """30s, 10m, 1h, 2d (or plain seconds)."""
+    """30s, 10m, 1h, 2d: a unit is required (a bare number is refused)."""
 
     name = "duration"
 
