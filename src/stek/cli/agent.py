@@ -26,7 +26,7 @@ from ..errors import ConfigError
 from ..mirror import DEFAULT_URL as DEFAULT_MIRROR
 from ..mirror import MirrorCollector, open_mirror, refuse_rotation
 from ..stores import default_url
-from ._common import DURATION, open_cli_store, setup_logging, store_option
+from ._common import DURATION, open_cli_store, sealing_options, setup_logging, store_option
 
 log = logging.getLogger("stek.agent")
 
@@ -147,7 +147,8 @@ def agent(store_url: str | None, exports: tuple[str, ...], reloads: tuple[str, .
         raise click.UsageError("--mirror-group needs --mirror")
     setup_logging(verbose)
     url = default_url() if store_url is None else store_url
-    env = reload_environment(os.environ, [url])
+    kek_file = sealing_options().get("kek_file")
+    env = reload_environment(os.environ, [url], kek_files=[str(kek_file)] if kek_file else [])
     targets = build_targets(specs, reload_timeout=float(reload_timeout), env=env)
     store = open_cli_store(url)
     refuse_rotation(store)  # a mirror is kept by the agent that mirrors into it
