@@ -22,7 +22,7 @@ from ..agent import (
     parse_addr,
     reload_environment,
 )
-from ..errors import ConfigError
+from ..errors import ConfigError, StekError
 from ..mirror import DEFAULT_URL as DEFAULT_MIRROR
 from ..mirror import MirrorCollector, open_mirror, refuse_rotation
 from ..stores import default_url
@@ -154,7 +154,7 @@ def agent(store_url: str | None, exports: tuple[str, ...], reloads: tuple[str, .
     refuse_rotation(store)  # a mirror is kept by the agent that mirrors into it
     mirror = open_mirror(mirror_url, mirror_group, store) if mirror_url else None
     a = Agent(store, targets=targets, interval=float(interval))
-    server = _metrics(a, addr, metrics_public, ctx)
+    server = _metrics(a, addr, metrics_public)
     if mirror is not None:
         mirror.attach(a)
         if server is not None:
@@ -167,24 +167,20 @@ def agent(store_url: str | None, exports: tuple[str, ...], reloads: tuple[str, .
             server.close()
 
 
-def _metrics(a: Agent, addr: tuple[str, int] | None, public: bool,
-             ctx: click.Context) -> MetricsServer | None:
+def _metrics(a: Agent, addr: tuple[str, int] | None, public: bool) -> MetricsServer | None:
     if addr is None:
         return None
     host, port = addr
-    explicit = ctx.get_parameter_source("metrics_addr") is not \
-        click.core.ParameterSource.DEFAULT
     if public and not is_loopback(host):
         log.warning("serving /metrics on %s:%d (--metrics-public): anyone who can reach it "
                     "sees key names and target health", host, port)
     try:
         return MetricsServer(a, host, port, public=public).start()
     except ConfigError as exc:
-        if explicit:
-            raise
-        # The default port being taken must not stop key rotation.
-        log.warning("%s; running without /metrics (use --metrics-addr)", exc)
-        return None
+        # Even the default port: whoever holds it would answer /healthz for this
+        # agent (a monitor would see 200 from a squatter), so refuse to run.
+        raise StekError(f"{exc} (give another --metrics-addr, or --no-metrics)") \
+            from exc.__cause__
 
 
 def register(group: click.Group) -> None:
