@@ -66,7 +66,7 @@ from prometheus_client.registry import Collector
 from . import _httpd
 from ._command import RELOAD_TIMEOUT, CommandResult, reload_environment, run_command
 from .errors import ConfigError, SealingError, StekError, StoreCorrupt
-from .export import FORMATS, ExportError, Rendered, render, write
+from .export import FORMATS, ExportError, Rendered, is_directory_format, render, write
 from .export import haproxy as haproxy_export
 from .keyring import Keyring
 from .rotation import rotate
@@ -299,6 +299,12 @@ def build_targets(specs: Iterable[TargetSpec], **options: Any) -> list[Target]:
         if t.spec.path in seen:
             raise ConfigError(f"two --export targets write {t.spec.path}")
         seen.add(t.spec.path)
+        # The export creates at most its last directory: a missing parent is a
+        # mistyped path, said now rather than at every pass.
+        directory = t.spec.path if is_directory_format(t.spec.format) else t.spec.path.parent
+        if not directory.is_dir() and not directory.parent.is_dir():
+            raise ConfigError(f"--export {t.name}: {directory.parent} does not exist (stek "
+                              f"creates only the last directory: check the path)")
     return targets
 
 
