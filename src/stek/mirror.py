@@ -27,8 +27,9 @@ need neither.  The fleet store sees one client per host.
 * The file is a normal stek keyring plus one top-level field, ``MARKER``,
   naming the store it mirrors.  :func:`refuse_rotation` looks for it: a
   worker must not rotate a mirror (its write would be overwritten by the next
-  pass, and its keys would exist on one host only), so ``install(rotate=True)``,
-  ``stek rotate`` and ``stek agent --store file:MIRROR`` refuse it.
+  pass, and its keys would exist on one host only), so ``stek rotate`` and
+  ``stek agent --store file:MIRROR`` refuse it, and ``install(rotate=True)``
+  warns once and serves it read-only.
 * Through a store outage the agent's passes fail before they reach the
   mirror, so the file keeps the last ring and workers keep serving it, as a
   server does from its last snapshot.
