@@ -40,8 +40,9 @@ def test_init_creates_a_ring_with_policy(url: str) -> None:
 
 
 def test_init_twice_is_a_one_line_error(url: str) -> None:
+    """With another policy; with the same one it is a no-op (test_first_run.py)."""
     assert stek("init", "--store", url).returncode == 0
-    r = stek("init", "--store", url)
+    r = stek("init", "--store", url, "--accept-for", "5h")
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0
     assert "already exists" in r.stderr and "Traceback" not in r.stderr

@@ -172,12 +172,24 @@ def agent(store_url: str | None, exports: tuple[str, ...], scopes: tuple[str, ..
         mirror.attach(a)
         if server is not None:
             server.registry.register(MirrorCollector(mirror))
+    if not targets:
+        _next_steps(store.url, mirror_url)
     a.install_signal_handlers()
     try:
         a.run()
     finally:
         if server is not None:
             server.close()
+
+
+def _next_steps(url: str, mirror_url: str | None) -> None:
+    """The first screen of an agent with no --export: what to do with the ring."""
+    served = mirror_url or url
+    log.info("next: point servers at %s: STEK_STORE=%s, then stek.install(ctx) in Python "
+             "servers (README.md, docs/integrations.md)", served, served)
+    log.info("next: keep nginx, HAProxy or Apache current: --export FORMAT:PATH --reload CMD "
+             "(docs/exporters.md); as a service: deploy/systemd/stek-agent.service "
+             "(docs/deploy.md)")
 
 
 def _metrics(a: Agent, addr: tuple[str, int] | None, public: bool) -> MetricsServer | None:
