@@ -56,7 +56,7 @@ from ._atomic import ensure_dir, unsafe_dir_reason, write_file
 from .errors import ConfigError, StoreError
 from .keyring import Keyring, parse_document
 from .stores import KeyStore, open_store
-from .stores.file import FileStore
+from .stores.file import MIRROR_PATH, FileStore
 from .stores.url import scrub
 
 if TYPE_CHECKING:
@@ -67,7 +67,7 @@ log = logging.getLogger("stek.mirror")
 #: The top-level JSON field that marks a keyring file as a mirror.
 MARKER = "stek_mirror"
 #: tmpfs, so keys never reach a disk and a reboot forgets them.
-DEFAULT_PATH = Path("/run/stek/mirror.json")
+DEFAULT_PATH = MIRROR_PATH
 DEFAULT_URL = f"file:{DEFAULT_PATH}"
 FILE_MODE = 0o600
 GROUP_FILE_MODE = 0o640
