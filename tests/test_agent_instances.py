@@ -174,3 +174,30 @@ def test_a_mistyped_export_path_is_refused_and_nothing_is_created(tmp_path: Path
     assert r.returncode == 0, r.stderr
     assert f"created directory {tmp_path}/nginx" in r.stderr
     assert (tmp_path / "nginx" / "tickets.conf").exists()
+
+
+@TLS_VERSIONS
+def test_a_scope_per_export_reaches_haproxy_through_the_runtime_api(
+        tmp_path: Path, certs: Certs, tls_version: ssl.TLSVersion) -> None:
+    store, _, now = rings(tmp_path)
+    ring = store.read()
+    keys_a, keys_b = tmp_path / "a.keys", tmp_path / "b.keys"
+    for k in (keys_a, keys_b):
+        export("haproxy", ring, now, k)  # unscoped until the agent runs
+    cctx = client_context(certs, tls_version)
+    log = tmp_path / "agent.log"
+    with haproxy(tmp_path, certs, keys_a, "a") as a, haproxy(tmp_path, certs, keys_b, "b") as b:
+        assert a.sock is not None and b.sock is not None
+        cmd = agent_cmd(store, "--export", f"haproxy:{keys_a}", "--scope", "a",
+                        "--haproxy-socket", str(a.sock),
+                        "--export", f"haproxy:{keys_b}", "--scope", "b",
+                        "--haproxy-socket", str(b.sock))
+        with agent(cmd, log) as proc:
+            on_a = serving(a, cctx, encrypting(scoped(ring, "a"), now), log)
+            on_b = serving(b, cctx, encrypting(scoped(ring, "b"), now), log)
+            assert get(a.port, cctx, on_a.session).reused
+            assert get(b.port, cctx, on_b.session).reused
+            assert not get(b.port, cctx, on_a.session).reused
+            assert not get(a.port, cctx, on_b.session).reused
+            stop(proc)
+    assert "runtime API" in log.read_text()
