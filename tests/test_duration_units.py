@@ -43,7 +43,7 @@ def test_init_with_units_still_works(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("args", [
     ["agent", "--interval", "30"], ["agent", "--reload-timeout", "60"],
-    ["probe", "--watch", "60", "127.0.0.1:1"],
+    ["probe", "--watch", "60", "127.0.0.1:1"], ["probe", "--timeout", "5", "127.0.0.1:1"],
 ])
 def test_other_commands_refuse_a_bare_number(tmp_path: Path, args: list[str]) -> None:
     r = stek(*args[:1], "--store", f"file:{tmp_path / 'ring.json'}", *args[1:])

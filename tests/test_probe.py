@@ -40,7 +40,7 @@ BOTH = ("1.2", "1.3")
 
 
 def probe(*args: str) -> tuple[int, dict, str]:
-    proc = stek_cli("probe", *args, "--json", "--timeout", "5")
+    proc = stek_cli("probe", *args, "--json", "--timeout", "5s")
     doc = json.loads(proc.stdout) if proc.stdout.strip() else {}
     return proc.returncode, doc, proc.stderr
 
@@ -302,7 +302,7 @@ def hostile(behaviour: str) -> Iterator[int]:
 def test_hostile_server_is_one_line_and_exit_2(behaviour: str, tmp_path: Path) -> None:
     textfile = tmp_path / "p.prom"
     with hostile(behaviour) as port:
-        proc = stek_cli("probe", addr(port), "--timeout", "1", "--textfile", str(textfile))
+        proc = stek_cli("probe", addr(port), "--timeout", "1s", "--textfile", str(textfile))
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"stek: error: {addr(port)} TLS 1.2"), lines

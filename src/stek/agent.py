@@ -271,6 +271,7 @@ class Target:
     def _push(self, rendered: Rendered, now: float) -> None:
         errors: list[str] = []
         n = len(self.runtimes)
+        changed = False  # an HAProxy already holding the file's keys is not an apply
         for i, runtime in enumerate(self.runtimes):
             try:
                 pushed = runtime.sync(self.spec.path, haproxy_export.lines_of(rendered))
@@ -278,6 +279,7 @@ class Target:
                 errors.append(self._failed(now, self._label("runtime API", i, n), str(exc)))
                 continue
             if pushed:
+                changed = True
                 log.info("target %s: runtime API %s: %d key(s) set, 'show tls-keys' verified; "
                          "encrypting key %s", self.name, runtime.socket_path, pushed,
                          rendered.encrypting.hex())
@@ -286,7 +288,8 @@ class Target:
             self.apply_owed = True
             self.apply_error = "; ".join(errors)
             return
-        self.applies += 1
+        if changed:
+            self.applies += 1
         self.apply_owed = False
         self.apply_error = None
         self.last_apply_ok = now

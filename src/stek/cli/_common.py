@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
-from .._duration import parse_duration
+from .._duration import parse_duration, parse_seconds
 from ..errors import ConfigError
 from ..stores import ENV_VAR, KeyStore, default_url, open_store
 from ..stores.file import default_path
@@ -121,6 +121,24 @@ class Duration(click.ParamType):  # type: ignore[type-arg]
 
 
 DURATION = Duration()
+
+
+class Seconds(click.ParamType):  # type: ignore[type-arg]
+    """500ms, 1.5s, 2m: fractional seconds, a unit required."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            return value
+        try:
+            return parse_seconds(str(value))
+        except ConfigError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+SECONDS = Seconds()
 
 
 def setup_logging(verbose: int = 0) -> None:

@@ -146,7 +146,9 @@ def agent(store_url: str | None, exports: tuple[str, ...], scopes: tuple[str, ..
     retry or the reload itself breaks that rule.  See docs/exporters.md.
 
     Reload commands run without the agent's secrets in their environment
-    (STEK_KEK, STEK_KEK_FILE, the store URL's credentials).
+    (STEK_KEK, STEK_KEK_FILE, and any variable holding the store's password
+    or the KEK, whatever its name).  A metrics port held by another program
+    is an error (exit 1): give another --metrics-addr, or --no-metrics.
     """
     ctx = click.get_current_context()
     specs: list[TargetSpec] = ctx.meta.get(_META_TARGETS, [])
