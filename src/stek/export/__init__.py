@@ -24,6 +24,7 @@ public 16-byte name, in hex.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import re
@@ -173,9 +174,13 @@ def _make_last(directory: Path, fmt: str, path: Path) -> Path | None:
     """
     if directory.is_dir():
         return None
+    blocked = _not_a_directory(directory)
+    if blocked is not None:  # a file where a directory must be: the filesystem's error
+        raise ExportError(f"cannot write {fmt} keys under {path}: {blocked}") \
+            from NotADirectoryError(errno.ENOTDIR, blocked)
     parent = directory.parent
     if not parent.is_dir():
-        why = _not_a_directory(parent) or f"{parent} does not exist"
+        why = f"{parent} does not exist"
         raise ExportError(f"cannot write {fmt} keys under {path}: {why} (stek creates only "
                           f"the last directory, {directory.name}: check the path, or create "
                           f"its parent first)")
