@@ -11,13 +11,21 @@ cannot be reused (``waitid(2)`` with ``WNOWAIT`` watches it meanwhile).
 
 The command's environment is the agent's minus its secrets: the
 key-encryption key (``STEK_KEK``, ``STEK_KEK_FILE``), every other ``STEK_*``
-variable whose name says it holds a secret, and every variable a store URL's
-credentials came from (the store URL itself when it carries a password, and
-any variable holding that password).
+variable whose name says it holds a secret, and every variable whose value
+holds a secret stek holds, whatever its name: the store URL when it carries
+a password, the store's passwords (written in the URL, read from a
+``password_file=`` or the environment: a ``$REDISCLI_AUTH`` copy goes too),
+and the key-encryption keys (as base64, as in a KEK file, and as hex).
+
+Its output goes to an unlinked file, of which only the last ``TAIL`` bytes
+are read back, in bounded chunks: a reload that prints 400 MB costs the
+agent no memory.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
 import os
 import re
@@ -28,9 +36,12 @@ import threading
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import IO
 from urllib.parse import parse_qsl, unquote
 
-from .stores.url import split
+from .errors import StekError
+from .stores.sealing import KEK_ENV, KEK_FILE_ENV, read_kek_file
+from .stores.url import parse, split
 
 #: A reload command that runs longer than this is killed and counted as failed.
 RELOAD_TIMEOUT = 60.0
@@ -80,12 +91,18 @@ def run_command(command: str, timeout: float = RELOAD_TIMEOUT, *,
         if why is not None:
             _kill_group(proc)
             why = why if why != "timeout" else f"timed out after {timeout:g}s"
-        out.seek(0)
-        tail = out.read()[-TAIL:].decode(errors="replace").strip()
+        tail = _tail(out).decode(errors="replace").strip()
     seconds = time.monotonic() - start
     if why is not None:
         return CommandResult(None, seconds, why)
     return CommandResult(proc.returncode, seconds, tail)
+
+
+def _tail(out: IO[bytes]) -> bytes:
+    """The last ``TAIL`` bytes of ``out``: seek to them, never read the whole file."""
+    size = out.seek(0, os.SEEK_END)
+    out.seek(max(0, size - TAIL))
+    return out.read(TAIL)
 
 
 def _wait(proc: subprocess.Popen[bytes], deadline: float,
@@ -146,16 +163,44 @@ def url_secrets(url: str) -> tuple[set[str], set[str]]:
     return values, names
 
 
+def held_secrets(url: str, environ: Mapping[str, str],
+                 kek_files: Iterable[str] = ()) -> set[str]:
+    """Every secret stek holds for the store at ``url``, as text that may show up
+    in a variable: its passwords (wherever they were read from) and its KEKs."""
+    values: set[str] = set()
+    options: dict[str, str] = {}
+    with contextlib.suppress(StekError):  # a URL stek cannot parse holds nothing it uses
+        parsed = parse(url, environ)
+        values |= set(parsed.all_secrets())
+        options = parsed.options
+    keks: list[bytes] = []
+    for path in (*kek_files, options.get("kek_file"), environ.get(KEK_FILE_ENV)):
+        if path:
+            with contextlib.suppress(StekError):
+                keks += read_kek_file(path)
+    text = environ.get(KEK_ENV, "").strip()
+    if text:
+        values.add(text)
+        with contextlib.suppress(binascii.Error, ValueError):
+            keks.append(base64.b64decode(text, validate=True))
+    for kek in keks:
+        values |= {base64.b64encode(kek).decode(), base64.urlsafe_b64encode(kek).decode(),
+                   kek.hex(), kek.hex().upper()}
+    return values
+
+
 def reload_environment(environ: Mapping[str, str], store_urls: Iterable[str] = (),
-                       extra_names: Iterable[str] = ()) -> dict[str, str]:
+                       extra_names: Iterable[str] = (),
+                       kek_files: Iterable[str] = ()) -> dict[str, str]:
     """``environ`` without the agent's secrets, for reload commands (see the module doc)."""
     values: set[str] = set()
     names = set(extra_names)
+    kek_files = tuple(kek_files)
     for url in store_urls:
         v, n = url_secrets(url)
         if v or n:
             values.add(url)  # $STEK_STORE, or wherever the URL itself came from
-        values |= v
+        values |= v | held_secrets(url, environ, kek_files)
         names |= n
     values = {v for v in values if len(v) >= 4}  # a tiny value would match by accident
     return {k: v for k, v in environ.items()

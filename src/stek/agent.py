@@ -67,11 +67,12 @@ from . import _httpd
 from ._command import RELOAD_TIMEOUT, CommandResult, reload_environment, run_command
 from ._storeprobe import StoreProbe
 from .errors import ConfigError, SealingError, StekError, StoreCorrupt
-from .export import FORMATS, ExportError, Rendered, render, write
+from .export import FORMATS, ExportError, Rendered, is_directory_format, render, write
 from .export import haproxy as haproxy_export
 from .keyring import Keyring
 from .rotation import rotate
 from .schedule import Policy, State, next_change, state_of
+from .scope import check_scope, scoped
 from .stores import KeyStore, Subscription
 
 log = logging.getLogger("stek.agent")
@@ -104,16 +105,19 @@ Clock = Callable[[], float]
 
 @dataclass(frozen=True)
 class TargetSpec:
-    """What ``--export FORMAT:PATH [--reload CMD] [--haproxy-socket PATH]`` asked for."""
+    """What ``--export FORMAT:PATH [--scope NAME] [--reload CMD]... [--haproxy-socket PATH]...``
+    asked for: one export, the scope whose keys it holds (None: the ring's own), and
+    every server instance that reads it (each reload command, each runtime API socket)."""
 
     format: str
     path: Path
-    reload: str | None = None
-    haproxy_socket: Path | None = None
+    reloads: tuple[str, ...] = ()
+    haproxy_sockets: tuple[Path, ...] = ()
+    scope: str | None = None
 
     @classmethod
-    def parse(cls, text: str, reload: str | None = None,
-              haproxy_socket: str | None = None) -> TargetSpec:
+    def parse(cls, text: str, reloads: Sequence[str] = (),
+              haproxy_sockets: Sequence[str] = (), scope: str | None = None) -> TargetSpec:
         fmt, sep, path = text.partition(":")
         if not sep or not path:
             raise ConfigError(f"--export {text!r}: use FORMAT:PATH, FORMAT one of "
@@ -121,16 +125,24 @@ class TargetSpec:
         if fmt not in FORMATS:
             raise ConfigError(f"--export {text!r}: unknown format {fmt!r} (use one of "
                               f"{', '.join(FORMATS)})")
-        if haproxy_socket is not None and fmt != "haproxy":
+        if haproxy_sockets and fmt != "haproxy":
             raise ConfigError(f"--haproxy-socket follows --export {text!r}: it only applies to "
                               f"an haproxy export")
-        if haproxy_socket is not None and reload is not None:
+        if haproxy_sockets and reloads:
             raise ConfigError(f"--export {text!r}: give either --reload or --haproxy-socket "
                               f"(the runtime API needs no reload)")
-        if reload is not None and not reload.strip():
+        if any(not r.strip() for r in reloads):
             raise ConfigError(f"--export {text!r}: empty --reload command")
-        return cls(fmt, Path(path).expanduser().absolute(), reload,
-                   Path(haproxy_socket).expanduser().absolute() if haproxy_socket else None)
+        if len(set(reloads)) != len(reloads):
+            raise ConfigError(f"--export {text!r}: the same --reload twice")
+        sockets = tuple(Path(h).expanduser().absolute() for h in haproxy_sockets)
+        if len(set(sockets)) != len(sockets):
+            raise ConfigError(f"--export {text!r}: the same --haproxy-socket twice")
+        try:
+            check_scope(scope)
+        except ConfigError as exc:
+            raise ConfigError(f"--export {text!r} --scope {scope!r}: {exc}") from None
+        return cls(fmt, Path(path).expanduser().absolute(), tuple(reloads), sockets, scope)
 
     @property
     def name(self) -> str:
@@ -148,8 +160,7 @@ class Target:
         self.retry_max = retry_max
         self.env = env  # the reload command's environment (None: the agent's own)
         self.cancel: threading.Event | None = None  # set when the agent stops
-        self.runtime = (haproxy_export.Runtime(spec.haproxy_socket)
-                        if spec.haproxy_socket is not None else None)
+        self.runtimes = [haproxy_export.Runtime(sock) for sock in spec.haproxy_sockets]
         # Health, read by /metrics and /healthz (plain values: read without locks).
         self.last_export_ok: float | None = None
         self.export_failures = 0
@@ -164,13 +175,14 @@ class Target:
         self.encrypting: bytes = b""
         self._retry_at: float | None = None
         self._delay = RETRY_MIN
+        self._owed_reloads: list[str] = []  # the reload commands a change still waits for
 
     def __repr__(self) -> str:
         return f"Target({self.name!r})"
 
     @property
     def applies_changes(self) -> bool:
-        return self.spec.reload is not None or self.runtime is not None
+        return bool(self.spec.reloads or self.runtimes)
 
     @property
     def retry_at(self) -> float | None:
@@ -198,7 +210,8 @@ class Target:
         """
         retry_due = self._retry_at is None or now >= self._retry_at
         try:
-            rendered = render(self.spec.format, ring, now, self.spec.path)
+            rendered = render(self.spec.format, scoped(ring, self.spec.scope), now,
+                              self.spec.path)
             result = write(rendered, self.spec.path)
         except ExportError as exc:
             self.export_failures += 1
@@ -207,6 +220,8 @@ class Target:
         self.last_export_ok = now
         self.export_error = None
         self.encrypting = rendered.encrypting
+        if result.created is not None:
+            log.info("target %s: created directory %s (mode 0700)", self.name, result.created)
         if result.changed:
             self.changes += 1
             log.info("target %s: wrote %d file(s), removed %d; encrypting key %s",
@@ -214,48 +229,71 @@ class Target:
                      rendered.encrypting.hex())
             if self.applies_changes:
                 self.apply_owed = True
-        if self.runtime is not None and (result.changed or retry_due):
+                self._owed_reloads = list(self.spec.reloads)  # every instance reloads again
+        if self.runtimes and (result.changed or retry_due):
             # Checked on every pass, not only after a change: a restarted or
             # hand-edited HAProxy is brought back to the file's keys.
             self._push(rendered, now)
-        elif self.spec.reload is not None and self.apply_owed and \
-                (result.changed or retry_due):
-            self._reload(self.spec.reload, now)
+        elif self._owed_reloads and (result.changed or retry_due):
+            self._reload(now)
         if self.export_error is None and self.apply_error is None:
             self._retry_at = None
             self._delay = RETRY_MIN
 
-    def _reload(self, command: str, now: float) -> None:
-        result = run_command(command, self.reload_timeout, env=self.env, cancel=self.cancel)
-        self.last_reload_seconds = result.seconds
-        if result.returncode == 0:
-            self.applies += 1
-            self.apply_owed = False
-            self.apply_error = None
-            self.last_apply_ok = now
-            log.info("target %s: reload exited 0 in %.2fs", self.name, result.seconds)
+    def _label(self, what: str, i: int, n: int) -> str:
+        return what if n == 1 else f"{what} {i + 1} of {n}"
+
+    def _reload(self, now: float) -> None:
+        """Run each reload command still owed; those that fail stay owed (retried)."""
+        failed: list[str] = []
+        errors: list[str] = []
+        n = len(self.spec.reloads)
+        for command in self._owed_reloads:
+            label = self._label("reload", self.spec.reloads.index(command), n)
+            result = run_command(command, self.reload_timeout, env=self.env, cancel=self.cancel)
+            self.last_reload_seconds = result.seconds
+            if result.returncode == 0:
+                log.info("target %s: %s exited 0 in %.2fs", self.name, label, result.seconds)
+                continue
+            failed.append(command)
+            # /healthz shows the status only: the command's output is for the log.
+            if result.returncode is None:
+                errors.append(self._failed(now, label, f"did not finish: {result.detail}"))
+            else:
+                errors.append(self._failed(now, label, f"exited {result.returncode}",
+                                           result.detail))
+        self._owed_reloads = failed
+        if failed:
+            self.apply_failures += 1
+            self.apply_error = "; ".join(errors)
             return
-        self.apply_failures += 1
-        # /healthz shows the status only: the command's output is for the log.
-        if result.returncode is None:
-            self.apply_error = self._failed(now, "reload", f"did not finish: {result.detail}")
-        else:
-            self.apply_error = self._failed(now, "reload", f"exited {result.returncode}",
-                                            result.detail)
+        self.applies += 1
+        self.apply_owed = False
+        self.apply_error = None
+        self.last_apply_ok = now
 
     def _push(self, rendered: Rendered, now: float) -> None:
-        assert self.runtime is not None
-        try:
-            pushed = self.runtime.sync(self.spec.path, haproxy_export.lines_of(rendered))
-        except ExportError as exc:
+        errors: list[str] = []
+        n = len(self.runtimes)
+        changed = False  # an HAProxy already holding the file's keys is not an apply
+        for i, runtime in enumerate(self.runtimes):
+            try:
+                pushed = runtime.sync(self.spec.path, haproxy_export.lines_of(rendered))
+            except ExportError as exc:
+                errors.append(self._failed(now, self._label("runtime API", i, n), str(exc)))
+                continue
+            if pushed:
+                changed = True
+                log.info("target %s: runtime API %s: %d key(s) set, 'show tls-keys' verified; "
+                         "encrypting key %s", self.name, runtime.socket_path, pushed,
+                         rendered.encrypting.hex())
+        if errors:
             self.apply_failures += 1
             self.apply_owed = True
-            self.apply_error = self._failed(now, "runtime API", str(exc))
+            self.apply_error = "; ".join(errors)
             return
-        if pushed:
+        if changed:
             self.applies += 1
-            log.info("target %s: runtime API: %d key(s) set, 'show tls-keys' verified; "
-                     "encrypting key %s", self.name, pushed, rendered.encrypting.hex())
         self.apply_owed = False
         self.apply_error = None
         self.last_apply_ok = now
@@ -268,6 +306,12 @@ def build_targets(specs: Iterable[TargetSpec], **options: Any) -> list[Target]:
         if t.spec.path in seen:
             raise ConfigError(f"two --export targets write {t.spec.path}")
         seen.add(t.spec.path)
+        # The export creates at most its last directory: a missing parent is a
+        # mistyped path, said now rather than at every pass.
+        directory = t.spec.path if is_directory_format(t.spec.format) else t.spec.path.parent
+        if not directory.is_dir() and not directory.parent.is_dir():
+            raise ConfigError(f"--export {t.name}: {directory.parent} does not exist (stek "
+                              f"creates only the last directory: check the path)")
     return targets
 
 
@@ -283,12 +327,12 @@ def publish_ahead_warnings(policy: Policy, interval: float,
             f"(lower --interval below publish_ahead, or raise publish_ahead)"
         )
     for t in targets:
-        if t.spec.reload is not None and t.retry_max >= ahead:
+        if t.spec.reloads and t.retry_max >= ahead:
             notes.append(
                 f"target {t.name}: a failed reload is retried after up to {t.retry_max:g}s, "
                 f"not less than publish_ahead ({ahead}s)"
             )
-        if t.spec.reload is not None and t.reload_timeout >= ahead:
+        if t.spec.reloads and t.reload_timeout >= ahead:
             notes.append(
                 f"target {t.name}: the reload may take up to {t.reload_timeout:g}s "
                 f"(--reload-timeout), not less than publish_ahead ({ahead}s)"

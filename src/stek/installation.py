@@ -48,7 +48,7 @@ from .hazmat.libssl import (
     libssl,
 )
 from .keyring import Keyring
-from .mirror import MirroredRing, refuse_rotation
+from .mirror import MirroredRing, mirror_source
 from .rotation import rotate as rotate_store
 from .schedule import (
     DECRYPTED_TICKET,
@@ -725,7 +725,14 @@ def install(
     now = clock()
     error: StoreError | None = None
     if rotate:
-        refuse_rotation(st)  # a mirror is the agent's to write
+        source = mirror_source(st)
+        if source is not None:
+            # A mirror is the agent's to write: serve it read-only rather than
+            # take the server down over a flag (the README's snippet sets it).
+            log.warning("%s is a mirror of %s kept by 'stek agent --mirror': serving it "
+                        "read-only (rotate=True ignored; the agent rotates the fleet store)",
+                        st.url, source)
+            rotate = False
     try:
         ring = rotate_store(st, now=now, create=policy or Policy()).ring if rotate else st.read()
     except NotInitialized as exc:

@@ -25,13 +25,13 @@ need neither.  The fleet store sees one client per host.
   to this user or root and be writable by no one else, as for exports
   (:func:`stek._atomic.unsafe_dir_reason`).
 * A worker must not rotate a mirror (its write would be overwritten by the
-  next pass, and its keys would exist on one host only), so
-  ``install(rotate=True)``, ``stek rotate`` and ``stek agent --store
-  file:MIRROR`` refuse it (:func:`refuse_rotation`).  That a file is a
-  mirror is configuration first: workers read it as ``file:PATH?mirror=1``
+  next pass, and its keys would exist on one host only), so ``stek rotate``
+  and ``stek agent --store file:MIRROR`` refuse it (:func:`refuse_rotation`).
+  That a file is a mirror is configuration first: workers read it as ``file:PATH?mirror=1``
   (the agent's default path, :data:`DEFAULT_PATH`, needs no option), so a
   worker that starts before the agent has written the file (the fleet store
-  unreachable at boot) never creates a ring there.  The file also says it:
+  unreachable at boot) never creates a ring there, and ``install(rotate=True)``
+  on a mirror warns once and serves it read-only.  The file also says it:
   it is a normal stek keyring plus one top-level field, ``MARKER``, naming
   the store it mirrors; a file store refuses to write over it, checked again
   under the file's lock, which the agent holds while it writes

@@ -143,7 +143,7 @@ http {{
         ssl_session_tickets on;
         # No session cache: a resumption here can only come from a ticket.
         ssl_session_cache none;
-        ssl_session_timeout 1h;
+        # ssl_session_timeout comes from stek's tickets.conf (the ring's accept_for).
 {client_ca}        include {include};
         location / {{ return 200 "{label}\\n"; }}
     }}

@@ -52,7 +52,7 @@ def test_metrics_reflect_a_rotation_and_a_failed_reload(tmp_path: Path) -> None:
                       now=T0).ring
     clock = [float(T0)]
     flag = tmp_path / "reload-ok"
-    target = Target(TargetSpec("nginx", tmp_path / "nginx", reload=f"test -e {flag}"))
+    target = Target(TargetSpec("nginx", tmp_path / "nginx", reloads=(f"test -e {flag}",)))
     agent = Agent(store, clock=lambda: clock[0], targets=[target])
     server = MetricsServer(agent, "127.0.0.1", 0).start()
     labels = (("format", "nginx"), ("target", target.name))

@@ -41,7 +41,7 @@ def setup(tmp_path: Path, reload: str) -> tuple[FileStore, Clock, Target, Agent]
     store = FileStore(tmp_path / "ring.json")
     init_ring(store, POLICY, now=T0)
     clock = Clock(T0)
-    target = Target(TargetSpec("nginx", tmp_path / "nginx", reload=reload))
+    target = Target(TargetSpec("nginx", tmp_path / "nginx", reloads=(reload,)))
     return store, clock, target, Agent(store, clock=clock, targets=[target])
 
 
@@ -115,7 +115,7 @@ def test_health_lists_failing_targets(tmp_path: Path) -> None:
 def test_export_failure_is_reported_and_retried(tmp_path: Path) -> None:
     store = FileStore(tmp_path / "ring.json")
     init_ring(store, Policy(rotate_every=SLOT, accept_for=5 * SLOT, publish_ahead=60), now=T0)
-    target = Target(TargetSpec("apache", tmp_path / "apache.key", reload="true"))
+    target = Target(TargetSpec("apache", tmp_path / "apache.key", reloads=("true",)))
     agent = Agent(store, clock=Clock(T0), targets=[target])
     agent.step()  # an 80-byte ring cannot be exported for Apache
     assert target.export_failures == 1 and "48-byte" in (target.last_error or "")
@@ -144,9 +144,9 @@ def test_run_command_reports_status_and_timeout() -> None:
 
 def test_publish_ahead_rule_warnings(tmp_path: Path) -> None:
     policy = Policy(rotate_every=60, accept_for=600, publish_ahead=20)
-    nginx = Target(TargetSpec("nginx", tmp_path / "n", reload="true"))
+    nginx = Target(TargetSpec("nginx", tmp_path / "n", reloads=("true",)))
     assert not publish_ahead_warnings(
-        Policy(), 30, [Target(TargetSpec("nginx", tmp_path / "n", reload="true"))])
+        Policy(), 30, [Target(TargetSpec("nginx", tmp_path / "n", reloads=("true",)))])
     notes = publish_ahead_warnings(policy, 30, [nginx])
     assert any("re-reads the store every 30s" in n for n in notes)
     assert any("retried after up to 30s" in n for n in notes)
@@ -164,10 +164,10 @@ def test_cli_pairs_reload_with_the_export_before_it() -> None:
         "--export=haproxy:/b", "--haproxy-socket=/s", "--export", "apache:/c",
         "--reload", "apachectl graceful",
     ])
-    assert [(s.format, str(s.path), s.reload, s.haproxy_socket) for s in specs] == [
-        ("nginx", "/a", "nginx -s reload", None),
-        ("haproxy", "/b", None, Path("/s")),
-        ("apache", "/c", "apachectl graceful", None),
+    assert [(s.format, str(s.path), s.reloads, s.haproxy_sockets) for s in specs] == [
+        ("nginx", "/a", ("nginx -s reload",), ()),
+        ("haproxy", "/b", (), (Path("/s"),)),
+        ("apache", "/c", ("apachectl graceful",), ()),
     ]
     with pytest.raises(click.UsageError, match="must follow"):
         _ordered_targets(["--reload", "x", "--export", "nginx:/a"])
@@ -175,7 +175,7 @@ def test_cli_pairs_reload_with_the_export_before_it() -> None:
         _ordered_targets(["--export", "nginx:/a", "--haproxy-socket", "/s"])
     with pytest.raises(click.UsageError, match="unknown format"):
         _ordered_targets(["--export", "lighttpd:/a"])
-    with pytest.raises(click.UsageError, match="two --reload"):
-        _ordered_targets(["--export", "nginx:/a", "--reload", "x", "--reload", "y"])
+    with pytest.raises(click.UsageError, match="the same --reload twice"):
+        _ordered_targets(["--export", "nginx:/a", "--reload", "x", "--reload", "x"])
     with pytest.raises(ConfigError, match="two --export targets"):
         build_targets([TargetSpec("nginx", Path("/a")), TargetSpec("envoy", Path("/a"))])

@@ -53,8 +53,9 @@ def test_init_creates_a_ring_with_policy(url: str) -> None:
 
 
 def test_init_twice_is_a_one_line_error(url: str) -> None:
+    """With another policy; with the same one it is a no-op (test_first_run.py)."""
     assert stek("init", "--store", url).returncode == 0
-    r = stek("init", "--store", url)
+    r = stek("init", "--store", url, "--accept-for", "5h")
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0
     assert "already exists" in r.stderr and "Traceback" not in r.stderr
@@ -80,7 +81,7 @@ def test_init_warns_for_48_byte_keys(url: str) -> None:
     ("args", "message"),
     [
         (["init", "--rotate-every", "5x"], "invalid duration"),
-        (["init", "--rotate-every", "0"], "rotate_every must be a positive"),
+        (["init", "--rotate-every", "0s"], "rotate_every must be a positive"),
         (["init", "--rotate-every", "7d", "--accept-for", "1d"], "7d"),
         (["status", "--store", "ftp://host/x"], "unknown store URL"),
         (["frobnicate"], "No such command"),
@@ -284,7 +285,10 @@ def bad_invocations() -> list[list[str]]:
         ["agent", "--export", "lighttpd:/x"],
         ["agent", "--reload", "true", "--export", "nginx:/x"],
         ["agent", "--export", "nginx:/x", "--haproxy-socket", "/s"],
-        ["agent", "--export", "nginx:/x", "--reload", "a", "--reload", "b"],
+        ["agent", "--export", "nginx:/x", "--reload", "a", "--reload", "a"],
+        ["agent", "--scope", "a", "--export", "nginx:/x"],
+        ["agent", "--export", "nginx:/x", "--scope", "a", "--scope", "b"],
+        ["agent", "--export", "nginx:/x", "--scope", "no/slash"],
         ["agent", "--metrics-addr", "nowhere", "--store", "ftp://x"],
         ["agent", "--metrics-addr", "0.0.0.0:1", "--store", "ftp://x"],
         ["init", "--rotate-every", "0"],

@@ -145,7 +145,8 @@ def test_metrics_table_lists_every_metric(tmp_path: Path) -> None:
     """docs/exporters.md's table names exactly the agent's metrics (counters as _total)."""
     store = FileStore(tmp_path / "ring.json")
     init_ring(store, Policy())
-    agent = Agent(store, targets=[Target(TargetSpec("openssl", tmp_path / "k", reload="true"))])
+    agent = Agent(store, targets=[
+        Target(TargetSpec("openssl", tmp_path / "k", reloads=("true",)))])
     agent.step()
     served = {f.name + ("_total" if f.type == "counter" else "")
               for f in AgentCollector(agent).collect()}

@@ -90,7 +90,7 @@ def test_runtime_api_rotation_without_reload(
     cctx = client_context(certs, tls_version)
     with haproxy(tmp_path, certs, keys) as hap:
         assert hap.sock is not None
-        target = Target(TargetSpec("haproxy", keys, haproxy_socket=hap.sock))
+        target = Target(TargetSpec("haproxy", keys, haproxy_sockets=(hap.sock,)))
         agent = Agent(store, clock=lambda: clock[0], targets=[target])
         agent.step()
         assert target.applies == 0 and target.last_error is None  # already current

@@ -166,7 +166,7 @@ def test_rotation_with_reload_during_a_stream_of_reconnects(
     cctx = client_context(certs, tls_version)
     with nginx(tmp_path, certs, include, "a") as a, nginx(tmp_path, certs, include, "b") as b:
         reload = f"kill -HUP {a.pid} {b.pid}"
-        target = Target(TargetSpec("nginx", out, reload=reload))
+        target = Target(TargetSpec("nginx", out, reloads=(reload,)))
         agent = Agent(store, clock=lambda: clock[0], targets=[target])
         agent.step()  # the files nginx already has: nothing changes, nothing reloads
         assert target.applies == 0 and target.changes == 0

@@ -74,7 +74,7 @@ def test_rotating_user_creates_rotates_and_waits(redis_acl: AclRedis, kek_file: 
     assert health_of(store).endpoints[0].reachable
     # WAIT is allowed too: with no replica to answer, the write is refused for that
     # reason, not for a missing permission.
-    waiting = shared(redis_acl.url("stek", "stekwait", "&min_replicas=1&wait_timeout=0.2"),
+    waiting = shared(redis_acl.url("stek", "stekwait", "&min_replicas=1&wait_timeout=200ms"),
                      kek_file)
     with pytest.raises(StoreUnavailable, match="0 of 1 replica"):
         init_ring(waiting, Policy())

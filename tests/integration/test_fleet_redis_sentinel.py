@@ -111,7 +111,7 @@ def test_failover_that_loses_an_unreplicated_rotation(redis_set: RedisSentinelSe
     """
     from stek import Policy, SealingError, StoreUnavailable, rotate
 
-    rotator = open_store(redis_set.url + "&wait_timeout=0.5", kek_file=str(kek_file))
+    rotator = open_store(redis_set.url + "&wait_timeout=500ms", kek_file=str(kek_file))
     server = open_store(redis_set.url, kek_file=str(kek_file))  # as install()'s refresher reads
     # Short slots, so that the next slot's key is one readers accept now
     # (activating within publish_ahead, plus their 5 minutes of clock skew).

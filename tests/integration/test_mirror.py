@@ -196,19 +196,31 @@ def test_mirror_never_overwrites_a_hosts_own_keyring(tmp_path: Path) -> None:
 # -- nobody but the agent rotates a mirror -----------------------------------------------
 
 
-def test_install_rotate_refuses_a_mirror(tmp_path: Path, certs: Certs) -> None:
-    """install(rotate=True) on a mirror raises MirroredRing; without rotate it serves."""
+def test_install_rotate_on_a_mirror_serves_it_read_only(
+        tmp_path: Path, certs: Certs, caplog: pytest.LogCaptureFixture) -> None:
+    """install(rotate=True) on a mirror: one warning, then served read-only (it raised
+    MirroredRing, taking the server down); handshakes resume through stek's callback."""
+    from support import TLSServer, connect
+
     path, ring = _mirror_file(tmp_path)
     before = path.read_bytes()
     ctx = server_context(certs)
-    with pytest.raises(MirroredRing, match="is a mirror of redis:"):
-        stek.install(ctx, f"file:{path}", rotate=True)
-    assert path.read_bytes() == before
-    inst = stek.install(ctx, f"file:{path}")
+    with caplog.at_level("WARNING", logger="stek.installation"):
+        inst = stek.install(ctx, f"file:{path}", rotate=True)
     try:
-        assert inst.ring == ring
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert len(warnings) == 1 and "is a mirror of redis:" in warnings[0], warnings
+        assert "read-only" in warnings[0]
+        assert inst.rotate is False and inst.ring == ring
+        cctx = client_context(certs, ssl.TLSVersion.TLSv1_3)
+        with TLSServer(ctx) as srv:
+            first = connect(srv.port, cctx)
+            assert connect(srv.port, cctx, first.session).reused
+        assert inst.counters.resumed >= 1
+        inst.refresh()  # a re-read never rotates it either
     finally:
         inst.uninstall()
+    assert path.read_bytes() == before
 
 
 def test_stek_rotate_refuses_a_mirror(tmp_path: Path, capsys: pytest.CaptureFixture[str]

@@ -42,7 +42,7 @@ BOTH = ("1.2", "1.3")
 
 
 def probe(*args: str) -> tuple[int, dict, str]:
-    proc = stek_cli("probe", *args, "--json", "--timeout", "5")
+    proc = stek_cli("probe", *args, "--json", "--timeout", "5s")
     doc = json.loads(proc.stdout) if proc.stdout.strip() else {}
     return proc.returncode, doc, proc.stderr
 
@@ -187,7 +187,12 @@ def test_lifetime_hint_longer_than_the_ring_accepts(tmp_path: Path, certs: Certs
     init_ring(store, Policy(rotate_every=600, accept_for=600, publish_ahead=60), now=now)
     out = tmp_path / "nginx-keys"
     export("nginx", store.read(), now, out)
-    with nginx(tmp_path, certs, out / "tickets.conf") as ngx:
+    # stek's tickets.conf sets the ring's accept_for: this nginx was given its own 1h.
+    own = tmp_path / "own-timeout.conf"
+    own.write_text("".join(line for line in (out / "tickets.conf").read_text().splitlines(True)
+                           if not line.startswith("ssl_session_timeout")) +
+                   "ssl_session_timeout 1h;\n")
+    with nginx(tmp_path, certs, own) as ngx:
         code, doc, _ = probe(addr(ngx.port), "--store", f"file:{store.path}")
     assert code == 0  # it resumes; the hint is a warning
     hints = [d for d in doc["diagnoses"] if d["kind"] == "lifetime-hint"]
@@ -304,7 +309,7 @@ def test_hostile_server_is_an_error_row(behaviour: str, tmp_path: Path) -> None:
     """Garbage or silence: no TLS server answered, an error row per version, exit 1."""
     textfile = tmp_path / "p.prom"
     with hostile(behaviour) as port:
-        proc = stek_cli("probe", addr(port), "--timeout", "1", "--textfile", str(textfile),
+        proc = stek_cli("probe", addr(port), "--timeout", "1s", "--textfile", str(textfile),
                         "--json")
     assert proc.returncode == 1 and proc.stderr == "", proc.stderr
     doc = json.loads(proc.stdout)

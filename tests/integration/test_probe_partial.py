@@ -60,7 +60,7 @@ def test_one_dead_one_silent_one_live(tmp_path: Path, certs: Certs) -> None:
     try:
         with TLSServer(ctx) as srv, never_speaks_tls() as plain_port:
             live, plain = addr(srv.port), addr(plain_port)
-            proc = stek_cli("probe", live, dead, plain, "--json", "--timeout", "3",
+            proc = stek_cli("probe", live, dead, plain, "--json", "--timeout", "3s",
                             "--textfile", str(textfile), "--store", f"file:{store.path}")
     finally:
         handle.uninstall()
@@ -95,7 +95,7 @@ def test_one_dead_one_silent_one_live(tmp_path: Path, certs: Certs) -> None:
     assert resumed[(live, live, "1.2")] == resumed[(live, live, "1.3")] == 1
 
     # The text output: an error row per version and the diagnosis.
-    out = stek_cli("probe", dead, "--timeout", "1")
+    out = stek_cli("probe", dead, "--timeout", "1s")
     assert out.returncode == 1 and out.stderr == "", out.stderr
     assert f"{dead}  1.2  error: {dead} TLS 1.2: connection refused" in out.stdout, out.stdout
     assert f"- {dead} TLS 1.3: connection refused: nothing listens there" in out.stdout

@@ -41,7 +41,7 @@ VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
 
 def probe(*args: str) -> tuple[int, dict, str]:
-    proc = stek_cli("probe", *args, "--json", "--timeout", "5")
+    proc = stek_cli("probe", *args, "--json", "--timeout", "5s")
     doc = json.loads(proc.stdout) if proc.stdout.strip() else {}
     return proc.returncode, doc, proc.stderr
 

@@ -63,7 +63,7 @@ def test_write_that_reaches_no_replica_does_not_count(server: RedisServer,
     """min_replicas=1 on a primary without replicas: WAIT answers 0, the write is refused."""
     from stek import Policy, init_ring
 
-    store = open_store(server.url + "&min_replicas=1&wait_timeout=0.2", kek_file=str(kek_file))
+    store = open_store(server.url + "&min_replicas=1&wait_timeout=200ms", kek_file=str(kek_file))
     with pytest.raises(StoreUnavailable, match="0 of 1 replica"):
         init_ring(store, Policy())
     # Without replicas connected, the default (auto) counts the primary's word.
@@ -139,7 +139,7 @@ def test_wait_runs_on_the_connection_that_wrote(pair: tuple[RedisServer, RedisRe
     from stek import Policy, init_ring, rotate
 
     primary, replica = pair
-    store = open_store(primary.url + "&min_replicas=1&wait_timeout=0.5", kek_file=str(kek_file))
+    store = open_store(primary.url + "&min_replicas=1&wait_timeout=500ms", kek_file=str(kek_file))
     assert isinstance(store, RedisStore)
     policy = Policy()
     init_ring(store, policy)

@@ -8,7 +8,7 @@ from typing import Any, TypeVar
 
 import click
 
-from .._duration import parse_duration
+from .._duration import parse_duration, parse_seconds
 from ..errors import ConfigError
 from ..stores import ENV_VAR, KeyStore, default_url, open_store
 from ..stores.file import default_path
@@ -126,7 +126,7 @@ def open_cli_store(url: str | None, **options: Any) -> KeyStore:
 
 
 class Duration(click.ParamType):  # type: ignore[type-arg]
-    """30s, 10m, 1h, 2d (or plain seconds)."""
+    """30s, 10m, 1h, 2d: a unit is required (a bare number is refused)."""
 
     name = "duration"
 
@@ -141,6 +141,24 @@ class Duration(click.ParamType):  # type: ignore[type-arg]
 
 
 DURATION = Duration()
+
+
+class Seconds(click.ParamType):  # type: ignore[type-arg]
+    """500ms, 1.5s, 2m: fractional seconds, a unit required."""
+
+    name = "seconds"
+
+    def convert(self, value: Any, param: click.Parameter | None,
+                ctx: click.Context | None) -> float:
+        if isinstance(value, float):
+            return value
+        try:
+            return parse_seconds(str(value))
+        except ConfigError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+SECONDS = Seconds()
 
 
 def setup_logging(verbose: int = 0) -> None:

@@ -22,25 +22,27 @@ from ..agent import (
     parse_addr,
     reload_environment,
 )
-from ..errors import ConfigError
+from ..errors import ConfigError, StekError
 from ..mirror import DEFAULT_URL as DEFAULT_MIRROR
 from ..mirror import MirrorCollector, open_mirror, refuse_rotation
 from ..stores import default_url
-from ._common import DURATION, open_cli_store, setup_logging, store_option
+from ._common import DURATION, open_cli_store, sealing_options, setup_logging, store_option
 
 log = logging.getLogger("stek.agent")
 
 _META_TARGETS = "stek.agent.targets"
-_TARGET_OPTS = ("--export", "--reload", "--haproxy-socket")
+_TARGET_OPTS = ("--export", "--reload", "--haproxy-socket", "--scope")
 
 
 def _ordered_targets(args: list[str]) -> list[TargetSpec]:
-    """Pair each --reload / --haproxy-socket with the --export before it.
+    """Give each --scope, --reload and --haproxy-socket to the --export before it.
 
     click keeps each repeated option's values apart, losing how they were
     interleaved; that order is what says which reload belongs to which export.
+    An export takes one --scope and any number of --reload (or of
+    --haproxy-socket): one per server instance reading its files.
     """
-    groups: list[dict[str, str]] = []
+    groups: list[tuple[str, dict[str, list[str]]]] = []
     i = 0
     while i < len(args):
         arg = args[i]
@@ -54,18 +56,19 @@ def _ordered_targets(args: list[str]) -> list[TargetSpec]:
                 value = args[i + 1]
                 i += 1
             if name == "--export":
-                groups.append({"export": value})
+                groups.append((value, {}))
             elif not groups:
                 raise click.UsageError(f"{name} must follow the --export it applies to")
             else:
-                key = name[2:]
-                if key in groups[-1]:
-                    raise click.UsageError(f"--export {groups[-1]['export']} has two {name}")
-                groups[-1][key] = value
+                export, opts = groups[-1]
+                if name == "--scope" and opts.get("scope"):
+                    raise click.UsageError(f"--export {export} has two --scope")
+                opts.setdefault(name[2:], []).append(value)
         i += 1
     try:
-        return [TargetSpec.parse(g["export"], g.get("reload"), g.get("haproxy-socket"))
-                for g in groups]
+        return [TargetSpec.parse(export, opts.get("reload", ()), opts.get("haproxy-socket", ()),
+                                 next(iter(opts.get("scope", ())), None))
+                for export, opts in groups]
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -81,13 +84,18 @@ class _AgentCommand(click.Command):
 @click.option("--export", "exports", metavar="FORMAT:PATH", multiple=True,
               help="Keep PATH current in FORMAT (nginx:DIR, haproxy:FILE, apache:FILE, "
                    "envoy:DIR, openssl:FILE).  Repeatable.")
+@click.option("--scope", "scopes", metavar="NAME", multiple=True,
+              help="After an --export: export this key scope's keys (derived from the "
+                   "ring's, see docs/trust.md) instead of the ring's own.  One per --export.")
 @click.option("--reload", "reloads", metavar="CMD", multiple=True,
               help="Shell command run (by /bin/sh -c) once after each change of the "
-                   "--export it follows, e.g. 'nginx -s reload'.  A failure is retried "
-                   "with backoff and reported until it succeeds.")
+                   "--export it follows, e.g. 'nginx -s reload'.  Repeat it for each server "
+                   "instance reading that export.  A failure is retried with backoff and "
+                   "reported until it succeeds.")
 @click.option("--haproxy-socket", "sockets", metavar="PATH", multiple=True,
               help="After an --export haproxy:FILE: push new keys into the running HAProxy "
-                   "through this runtime API socket (set ssl tls-key), no reload.")
+                   "through this runtime API socket (set ssl tls-key), no reload.  Repeat "
+                   "it for each HAProxy reading that file.")
 @click.option("--metrics-addr", default=DEFAULT_METRICS_ADDR, show_default=True,
               metavar="HOST:PORT",
               help=f"Serve /metrics and /healthz here, from one thread: at most "
@@ -113,10 +121,10 @@ class _AgentCommand(click.Command):
 @click.option("--mirror-group", metavar="NAME", default=None,
               help="Make the --mirror file readable by this group (mode 0640).")
 @click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
-def agent(store_url: str | None, exports: tuple[str, ...], reloads: tuple[str, ...],
-          sockets: tuple[str, ...], metrics_addr: str, metrics_public: bool, no_metrics: bool,
-          interval: int, reload_timeout: int, mirror_url: str | None, mirror_group: str | None,
-          verbose: int) -> None:
+def agent(store_url: str | None, exports: tuple[str, ...], scopes: tuple[str, ...],
+          reloads: tuple[str, ...], sockets: tuple[str, ...], metrics_addr: str,
+          metrics_public: bool, no_metrics: bool, interval: int, reload_timeout: int,
+          mirror_url: str | None, mirror_group: str | None, verbose: int) -> None:
     """Run the rotation daemon in the foreground.
 
     Creates the ring with the default policy if the store is empty, rotates
@@ -127,19 +135,26 @@ def agent(store_url: str | None, exports: tuple[str, ...], reloads: tuple[str, .
     With targets, it also keeps servers on the ring's keys:
       stek agent --export nginx:/run/stek/nginx --reload 'nginx -s reload' \\
                  --export haproxy:/run/stek/haproxy.keys \\
-                 --haproxy-socket /run/haproxy/admin.sock
+                 --haproxy-socket /run/haproxy/a.sock --haproxy-socket /run/haproxy/b.sock
+
+    Options after an --export apply to it: --scope NAME (its servers get
+    that scope's keys), and one --reload (or --haproxy-socket) per server
+    instance reading it.
 
     publish_ahead (see 'stek init') must exceed the time the slowest target
     takes to pick a new key up: the agent warns when --interval, the reload
     retry or the reload itself breaks that rule.  See docs/exporters.md.
 
     Reload commands run without the agent's secrets in their environment
-    (STEK_KEK, STEK_KEK_FILE, the store URL's credentials).
+    (STEK_KEK, STEK_KEK_FILE, and any variable holding the store's password
+    or the KEK, whatever its name).  A metrics port held by another program
+    is an error (exit 1): give another --metrics-addr, or --no-metrics.
     """
     ctx = click.get_current_context()
     specs: list[TargetSpec] = ctx.meta.get(_META_TARGETS, [])
     if len(specs) != len(exports):  # defensive: the ordered scan must agree with click
-        raise click.UsageError("could not pair --reload/--haproxy-socket with --export")
+        raise click.UsageError("could not pair --scope/--reload/--haproxy-socket with "
+                               "--export")
     addr = None if no_metrics else parse_addr(metrics_addr)
     if addr is not None:
         check_metrics_host(addr[0], metrics_public)  # before anything binds
@@ -147,17 +162,20 @@ def agent(store_url: str | None, exports: tuple[str, ...], reloads: tuple[str, .
         raise click.UsageError("--mirror-group needs --mirror")
     setup_logging(verbose)
     url = default_url() if store_url is None else store_url
-    env = reload_environment(os.environ, [url])
+    kek_file = sealing_options().get("kek_file")
+    env = reload_environment(os.environ, [url], kek_files=[str(kek_file)] if kek_file else [])
     targets = build_targets(specs, reload_timeout=float(reload_timeout), env=env)
     store = open_cli_store(url)
     refuse_rotation(store)  # a mirror is kept by the agent that mirrors into it
     mirror = open_mirror(mirror_url, mirror_group, store) if mirror_url else None
     a = Agent(store, targets=targets, interval=float(interval))
-    server = _metrics(a, addr, metrics_public, ctx)
+    server = _metrics(a, addr, metrics_public)
     if mirror is not None:
         mirror.attach(a)
         if server is not None:
             server.registry.register(MirrorCollector(mirror))
+    if not targets:
+        _next_steps(store.url, mirror_url)
     a.install_signal_handlers()
     try:
         a.run()
@@ -166,24 +184,30 @@ def agent(store_url: str | None, exports: tuple[str, ...], reloads: tuple[str, .
             server.close()
 
 
-def _metrics(a: Agent, addr: tuple[str, int] | None, public: bool,
-             ctx: click.Context) -> MetricsServer | None:
+def _next_steps(url: str, mirror_url: str | None) -> None:
+    """The first screen of an agent with no --export: what to do with the ring."""
+    served = mirror_url or url
+    log.info("next: point servers at %s: STEK_STORE=%s, then stek.install(ctx) in Python "
+             "servers (README.md, docs/integrations.md)", served, served)
+    log.info("next: keep nginx, HAProxy or Apache current: --export FORMAT:PATH --reload CMD "
+             "(docs/exporters.md); as a service: deploy/systemd/stek-agent.service "
+             "(docs/deploy.md)")
+
+
+def _metrics(a: Agent, addr: tuple[str, int] | None, public: bool) -> MetricsServer | None:
     if addr is None:
         return None
     host, port = addr
-    explicit = ctx.get_parameter_source("metrics_addr") is not \
-        click.core.ParameterSource.DEFAULT
     if public and not is_loopback(host):
         log.warning("serving /metrics on %s:%d (--metrics-public): anyone who can reach it "
                     "sees key names and target health", host, port)
     try:
         return MetricsServer(a, host, port, public=public).start()
     except ConfigError as exc:
-        if explicit:
-            raise
-        # The default port being taken must not stop key rotation.
-        log.warning("%s; running without /metrics (use --metrics-addr)", exc)
-        return None
+        # Even the default port: whoever holds it would answer /healthz for this
+        # agent (a monitor would see 200 from a squatter), so refuse to run.
+        raise StekError(f"{exc} (give another --metrics-addr, or --no-metrics)") \
+            from exc.__cause__
 
 
 def register(group: click.Group) -> None:

@@ -10,10 +10,12 @@ from typing import Any
 import click
 
 from .._duration import format_duration
+from ..errors import NotInitialized
 from ..keyring import Keyring
 from ..mirror import refuse_rotation
 from ..rotation import init_ring, rotate
 from ..schedule import Policy, State, StekWarning, next_change, state_of
+from ..stores import KeyStore
 from ..stores.base import StoreHealth, health_of
 from ._common import DURATION, open_cli_store, setup_logging, store_option
 
@@ -49,6 +51,14 @@ def init(store_url: str | None, rotate_every: int, accept_for: int, publish_ahea
         click.echo(f"stek: warning: {note}", err=True)
     store = open_cli_store(store_url)
     refuse_rotation(store, "run 'stek init' on the fleet store it mirrors")
+    if not force and _same_policy(store, policy):
+        # The ring someone (stek agent, a rotate=True server) already made with
+        # this very policy: nothing to do, as for 'stek rotate' run twice.
+        click.echo(f"keyring already exists in {store.url} with this policy: unchanged "
+                   f"(rotate every {format_duration(rotate_every)}, accept for "
+                   f"{format_duration(accept_for)}, publish {format_duration(publish_ahead)} "
+                   f"ahead)")
+        return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", StekWarning)
         result = init_ring(store, policy, force=force)
@@ -56,6 +66,13 @@ def init(store_url: str | None, rotate_every: int, accept_for: int, publish_ahea
     click.echo(f"{verb} keyring in {store.url}: {len(result.ring)} key(s), rotate every "
                f"{format_duration(rotate_every)}, accept for {format_duration(accept_for)}, "
                f"publish {format_duration(publish_ahead)} ahead")
+
+
+def _same_policy(store: KeyStore, policy: Policy) -> bool:
+    try:
+        return store.read().policy == policy
+    except NotInitialized:
+        return False
 
 
 @click.command("rotate")

@@ -52,6 +52,8 @@ def export_cmd(store_url: str | None, fmt: str, out: Path | None, scope: str | N
         sys.stdout.buffer.flush()
         return
     result = export(fmt, ring, now, out)
+    if result.created is not None:
+        click.echo(f"created directory {result.created} (mode 0700)", err=True)
     for p in result.written:
         click.echo(f"wrote {p}", err=True)
     for p in result.removed:

@@ -11,7 +11,7 @@ from .._probe_client import ProbeError, Target, TLSConnector
 from ..inspect import iso
 from ..keyring import Keyring
 from ..scope import scoped
-from ._common import DURATION, lookup_store_option, open_cli_store, scope_option
+from ._common import DURATION, SECONDS, lookup_store_option, open_cli_store, scope_option
 
 VERSIONS = {"1.2": ("1.2",), "1.3": ("1.3",), "both": ("1.2", "1.3")}
 
@@ -86,8 +86,8 @@ def _print_text(report: probing.Report) -> None:
 @click.option("--cafile", metavar="PATH", default=None,
               help="Verify certificates against these CAs (default: no verification; the "
                    "probe sends nothing secret).")
-@click.option("--timeout", type=float, default=5.0, show_default=True,
-              help="Seconds for each connection and handshake.")
+@click.option("--timeout", type=SECONDS, default="5s", show_default=True,
+              help="For each connection and handshake (500ms, 5s...).")
 @click.option("--watch", "watch_for", type=DURATION, default=None, metavar="DURATION",
               help="Probe repeatedly for this long and report whether key names change.")
 @click.option("--interval", type=DURATION, default="60s", show_default=True,

@@ -5,7 +5,10 @@
 
 Both read the store from ``$STEK_STORE`` (then the default file path) and
 install with ``rotate=True``, so the shared ring is created, and rotated when
-due, by the servers themselves: one host needs no agent.
+due, by the servers themselves: one host needs no agent.  Set
+``STEK_ROTATE=0`` when something else rotates the ring (``stek agent``
+exporting it to nginx or HAProxy on the same host): the workers then only
+read it.  On a mirror (``stek agent --mirror``) they never rotate.
 
 A store that cannot be read when a worker starts does not take TLS down: the
 worker serves full handshakes without tickets, logs one warning, and picks
@@ -34,20 +37,34 @@ import threading
 from collections.abc import Callable
 
 from .._refresh import shared_store
+from ..errors import ConfigError
 from ..installation import Installation, install
 from ..mirror import mirror_source
 from ..stores import default_url
 
-__all__ = ["SCOPE_ENV", "STRICT_ENV", "PerProcessContext", "strict_from_env"]
+__all__ = ["ROTATE_ENV", "SCOPE_ENV", "STRICT_ENV", "PerProcessContext", "rotate_from_env",
+           "strict_from_env"]
 
 #: ``STEK_STRICT=1``: a worker whose store cannot be read at start raises.
 STRICT_ENV = "STEK_STRICT"
+#: ``STEK_ROTATE=0``: workers read the ring and never rotate it (the agent does).
+ROTATE_ENV = "STEK_ROTATE"
 #: ``STEK_SCOPE=NAME``: the workers serve that key scope (stek.scope).
 SCOPE_ENV = "STEK_SCOPE"
+_YES, _NO = ("1", "true", "yes", "on"), ("0", "false", "no", "off")
 
 
 def strict_from_env() -> bool:
-    return os.environ.get(STRICT_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+    return os.environ.get(STRICT_ENV, "").strip().lower() in _YES
+
+
+def rotate_from_env() -> bool:
+    """Whether the hooks rotate: yes unless ``$STEK_ROTATE`` says no (ConfigError if it
+    says neither: a typo must not silently pick one)."""
+    value = os.environ.get(ROTATE_ENV, "").strip().lower()
+    if value and value not in _YES + _NO:
+        raise ConfigError(f"${ROTATE_ENV}={value!r}: use 1 or 0")
+    return value not in _NO
 
 
 class PerProcessContext:
@@ -89,12 +106,13 @@ class PerProcessContext:
             # check reads the very store that install() then reads.
             store = shared_store(default_url())
             # A host's mirror (stek agent --mirror) is rotated by its agent only.
-            inst = install(ctx, store, rotate=mirror_source(store) is None,
+            inst = install(ctx, store, rotate=rotate_from_env() and mirror_source(store) is None,
                            strict=strict_from_env(), scope=os.environ.get(SCOPE_ENV) or None)
             self._state = (pid, ctx, inst)
-        self._log.info("stek installed in pid %d: store %s, generation %d, %d key(s)%s",
+        self._log.info("stek installed in pid %d: store %s, generation %d, %d key(s)%s%s",
                        pid, inst.store.url, inst.ring.generation, len(inst.ring),
-                       "" if inst.store_ok else ", store not answering yet")
+                       "" if inst.store_ok else ", store not answering yet",
+                       "" if inst.rotate else ", read-only (not rotating)")
         return ctx
 
     def installation(self) -> Installation | None:

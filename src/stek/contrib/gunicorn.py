@@ -16,8 +16,9 @@ and gthread workers call it for every accepted connection
 this hook each call builds a new context with a new random ticket key, so
 even one sync worker never resumes a session.  Here the first call in a
 worker builds the context with gunicorn's own factory (certfile, keyfile,
-ca_certs, cert_reqs, ciphers, ALPN), installs stek with ``rotate=True``, and
-every later call in that worker returns that same context.
+ca_certs, cert_reqs, ciphers, ALPN), installs stek with ``rotate=True``
+(``STEK_ROTATE=0``: read-only, see :mod:`stek.contrib`), and every later
+call in that worker returns that same context.
 """
 
 from __future__ import annotations

@@ -16,7 +16,8 @@ default_factory)`` once in each worker process (uvicorn/config.py); with
 workers, so it must be importable, as a module-level function is.  The
 context is built by uvicorn's ``default_factory`` (so ``ssl_certfile``,
 ``ssl_keyfile``, ``ssl_ca_certs``, ``ssl_cert_reqs``, ``ssl_ciphers`` and ALPN
-apply), stek is installed with ``rotate=True``, and the same context is
+apply), stek is installed with ``rotate=True`` (``STEK_ROTATE=0``: read-only, see
+:mod:`stek.contrib`), and the same context is
 returned if uvicorn asks again in that process.
 """
 

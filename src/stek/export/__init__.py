@@ -24,6 +24,7 @@ public 16-byte name, in hex.
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import re
@@ -111,6 +112,8 @@ class WriteResult:
     written: tuple[Path, ...] = ()
     removed: tuple[Path, ...] = ()
     unchanged: tuple[Path, ...] = ()
+    #: The directory this write created (only ever the last component), if any.
+    created: Path | None = None
 
     @property
     def changed(self) -> bool:
@@ -131,10 +134,11 @@ def write(rendered: Rendered, out: str | os.PathLike[str]) -> WriteResult:
     written: list[Path] = []
     unchanged: list[Path] = []
     removed: list[Path] = []
-    _check_dir(path if rendered.directory else path.parent)
+    directory = path if rendered.directory else path.parent
+    _check_dir(directory)
+    created = _make_last(directory, rendered.format, path)
     try:
         if rendered.directory:
-            ensure_dir(path)
             for name, data in rendered.files:
                 target = path / name
                 (written if write_file(target, data) else unchanged).append(target)
@@ -150,7 +154,6 @@ def write(rendered: Rendered, out: str | os.PathLike[str]) -> WriteResult:
             if path.is_dir():
                 raise ExportError(f"{path} is a directory; the {rendered.format} format "
                                   f"writes one file")
-            ensure_dir(path.parent)
             if write_file(path, rendered.content):
                 written.append(path)
             else:
@@ -160,7 +163,33 @@ def write(rendered: Rendered, out: str | os.PathLike[str]) -> WriteResult:
             exc.strerror or str(exc)
         raise ExportError(f"cannot write {rendered.format} keys under {path}: "
                           f"{reason}") from exc
-    return WriteResult(path, tuple(written), tuple(removed), tuple(unchanged))
+    return WriteResult(path, tuple(written), tuple(removed), tuple(unchanged), created)
+
+
+def _make_last(directory: Path, fmt: str, path: Path) -> Path | None:
+    """Create ``directory`` (0700) if its parent exists; None if it already existed.
+
+    Only the last component: a mistyped path (``/nonexistent/stek/nginx``)
+    is an error, not a tree of new directories nobody looks at.
+    """
+    if directory.is_dir():
+        return None
+    blocked = _not_a_directory(directory)
+    if blocked is not None:  # a file where a directory must be: the filesystem's error
+        raise ExportError(f"cannot write {fmt} keys under {path}: {blocked}") \
+            from NotADirectoryError(errno.ENOTDIR, blocked)
+    parent = directory.parent
+    if not parent.is_dir():
+        why = f"{parent} does not exist"
+        raise ExportError(f"cannot write {fmt} keys under {path}: {why} (stek creates only "
+                          f"the last directory, {directory.name}: check the path, or create "
+                          f"its parent first)")
+    try:
+        ensure_dir(directory)
+    except OSError as exc:
+        raise ExportError(f"cannot create {directory} for {fmt} keys: "
+                          f"{exc.strerror or exc}") from exc
+    return directory
 
 
 def _not_a_directory(directory: Path) -> str | None:

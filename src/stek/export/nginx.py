@@ -14,6 +14,15 @@ Checked against nginx 1.22 ``src/event/ngx_event_openssl.c``:
   file of the *first* directive, and decrypts with any key whose name
   matches; it answers 2 (renew) for any other key, and always under TLS 1.3.
 
+``tickets.conf`` also sets ``ssl_session_timeout`` to the ring's
+``accept_for``: nginx passes it to ``SSL_CTX_set_timeout()``
+(``ngx_ssl_session_cache()``, even with ``ssl_session_cache none``), which
+is the lifetime hint of every ticket it issues (RFC 5077 section 3.3, RFC
+8446 section 4.6.1), as stek's own callback does for Python servers.  Its
+default, 300 s, would end resumption after five minutes whatever the ring
+accepts.  nginx refuses a second ``ssl_session_timeout`` in the same block
+("is duplicate"), so the block that includes this file must not set one.
+
 So the first line of ``tickets.conf`` is the encrypting key, then the
 pending ones (so a ticket sealed by a host that already switched resumes
 here), then the decrypt-only ones.  nginx reads the files only when its
@@ -62,6 +71,11 @@ def render(ring: Keyring, now: float, out: Path) -> Rendered:
         "# (ngx_event_openssl.c, ngx_ssl_session_ticket_keys); reload nginx after a change.",
     ]
     lines += [f"ssl_session_ticket_key {_quote(out / name)};" for name, _ in files]
+    lines += [
+        "# The tickets' lifetime hint: the ring's accept_for (set no other",
+        "# ssl_session_timeout in the block that includes this file).",
+        f"ssl_session_timeout {ring.policy.accept_for}s;",
+    ]
     files.append((INDEX, ("\n".join(lines) + "\n").encode()))
     return Rendered("nginx", tuple(files), directory=True, stale=KEY_FILE_RE,
                     encrypting=order.encrypting.name)

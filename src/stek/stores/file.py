@@ -109,6 +109,9 @@ def marked_source(data: bytes, where: str) -> str | None:
 
 #: open(2) flags for the keyring and its lock: never follow a symbolic link
 #: (ELOOP), never block on a FIFO planted in its place.
+#: Where ``stek agent --mirror`` keeps the ring for this host's workers (tmpfs: keys
+#: never reach a disk); stek.mirror's default.
+MIRROR_PATH = Path("/run/stek/mirror.json")
 _NOFOLLOW = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
 
 
@@ -146,6 +149,15 @@ class FileStore:
         return f"FileStore({str(self.path)!r})"
 
     # -- reading ----------------------------------------------------------------
+    def _why(self, exc: OSError) -> str:
+        """``exc``'s reason, with the fix when another user's ring was denied to us."""
+        if exc.errno not in (errno.EACCES, errno.EPERM):
+            return exc.strerror or str(exc)
+        return (f"{exc.strerror} (another user's ring: for workers running as another "
+                f"user than the agent, run 'stek agent --mirror --mirror-group GROUP' and give "
+                f"them STEK_STORE=file:{MIRROR_PATH}; see README.md, 'Workers running as another "
+                f"user')")
+
     def _open_checked(self, path: Path, flags: int, what: str) -> int:
         """Open ``path`` without following a link; refuse what another user could plant."""
         fd = os.open(path, flags | _NOFOLLOW, 0o600)
@@ -176,7 +188,7 @@ class FileStore:
             if exc.errno == errno.ELOOP:
                 raise StoreUnavailable(
                     f"{self.path}: refusing this keyring: it is a symbolic link") from exc
-            raise StoreUnavailable(f"{self.path}: cannot read: {exc.strerror}") from exc
+            raise StoreUnavailable(f"{self.path}: cannot read: {self._why(exc)}") from exc
         try:
             with os.fdopen(fd, "rb") as f:
                 # One byte more than a ring may hold: Keyring.from_bytes refuses it.
@@ -218,7 +230,7 @@ class FileStore:
             ensure_dir(self.path.parent)
             fd = self._open_checked(self._lock_path, os.O_RDWR | os.O_CREAT, "lock file")
         except OSError as exc:
-            why = "it is a symbolic link" if exc.errno == errno.ELOOP else exc.strerror
+            why = "it is a symbolic link" if exc.errno == errno.ELOOP else self._why(exc)
             raise StoreUnavailable(f"{self._lock_path}: cannot lock: {why}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)

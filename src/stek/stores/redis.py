@@ -63,6 +63,7 @@ from redis.connection import Connection
 from redis.retry import Retry
 from redis.sentinel import Sentinel
 
+from .._duration import parse_seconds
 from ..errors import ConfigError, SealingError, StoreUnavailable
 from ..keyring import Keyring
 from ._redis_channel import Channel
@@ -210,10 +211,11 @@ class _Parsed:
         if mr != "auto" and not mr.isdigit():
             raise ConfigError(f"{shown}: min_replicas is a number or 'auto'")
         self.min_replicas: int | None = None if mr == "auto" else int(mr)
+        wt = u.options.get("wait_timeout")
         try:
-            self.wait_timeout = float(u.options.get("wait_timeout", WAIT_TIMEOUT))
-        except ValueError:
-            raise ConfigError(f"{shown}: wait_timeout is a number of seconds") from None
+            self.wait_timeout = WAIT_TIMEOUT if wt is None else parse_seconds(wt, "wait_timeout")
+        except ConfigError as exc:
+            raise ConfigError(f"{shown}: {exc}") from None
         self.identity = f"redis:{self.db}/{self.prefix}"
 
     def client(self, connect_timeout: float, socket_timeout: float) -> redis.Redis[bytes]:

@@ -16,7 +16,8 @@ written ``%40``.  Credentials never need to be on a command line:
   no file is named;
 * ``user:password@`` still works for programs that build the URL in memory.
 
-Secrets spelt in the query string (``?password=``, ``?ssl_password=``...) are
+Secrets spelt in the query string (any option whose decoded, lower-cased name
+looks secret: ``?Password=``, ``?pass%77ord=``, ``?auth_token=``...) are
 refused: a query string ends up in logs.  :attr:`StoreURL.display` (and
 :func:`scrub` for text that did not parse) is the only form ever printed: no
 password, no secret option, whatever the input looked like.
@@ -47,8 +48,28 @@ SECRET_FILES = {
 #: The largest credential file stek reads (a password, not a payload).
 MAX_SECRET = 4096
 
-_SECRET_QUERY = re.compile(
-    r"(?i)([?&](?:" + "|".join(sorted(SECRET_OPTIONS)) + r")=)[^&#]*")
+#: What a secret option's name looks like, once percent-decoded and lower-cased:
+#: ``Password``, ``PASSWD``, ``pass%77ord``, ``auth_token``, ``kek``...  Matched
+#: loosely on purpose: a false positive costs a clear error, a miss a leak.
+_SECRET_NAME = re.compile(r"pass|pwd|token|secret|auth|credential|kek|private")
+#: Options that look secret by name but hold a path (shown, not refused).
+_PATH_OPTIONS = frozenset({*SECRET_FILES, "kek_file"})
+
+
+def is_secret_option(name: str) -> bool:
+    """Whether query option ``name`` (as written) may hold a secret value."""
+    n = unquote(name).strip().lower()
+    return n in SECRET_OPTIONS or (n not in _PATH_OPTIONS and bool(_SECRET_NAME.search(n)))
+
+
+def _scrub_query(query: str) -> str:
+    """``query`` with the value of every secret-looking option replaced by ``***``."""
+    out = []
+    for item in query.split("&"):
+        name, eq, _ = item.partition("=")
+        name_only = unquote(name.replace("+", " "))
+        out.append(f"{name}=***" if eq and is_secret_option(name_only) else item)
+    return "&".join(out)
 
 
 _SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*:")
@@ -107,7 +128,7 @@ def scrub(text: str) -> str:
     """``text`` (a URL, parsed or not) with every password and secret option removed."""
     p = split(text)
     user = f"{p.user}@" if p.user else ""
-    query = "" if p.query is None else _SECRET_QUERY.sub(r"\1***", "?" + p.query)
+    query = "" if p.query is None else "?" + _scrub_query(p.query)
     return f"{p.head}{user}{p.hosts}{p.path}{query}"
 
 
@@ -159,17 +180,26 @@ class StoreURL:
     @property
     def display(self) -> str:
         """The URL as stek shows it: hosts, user name, path and options; no secret."""
+        return self._shown(self.options)
+
+    def _shown(self, options: Mapping[str, str]) -> str:
         hosts = ",".join(_show_host(h, p) for h, p in self.hosts)
         user = f"{quote(self.user, safe='')}@" if self.user else ""
-        query = f"?{urlencode(sorted(self.options.items()), safe='/:')}" if self.options else ""
+        query = f"?{urlencode(sorted(options.items()), safe='/:')}" if options else ""
         return f"{self.scheme}://{user}{hosts}{quote(self.path, safe='/')}{query}"
 
     def take(self, allowed: set[str]) -> None:
-        """Refuse options this store does not know (a typo must not be silently dropped)."""
-        unknown = sorted(set(self.options) - allowed - set(SECRET_FILES))
+        """Refuse options this store does not know (a typo must not be silently dropped).
+
+        Unknown options are named without their values: a mistyped option
+        name may well be a secret's.
+        """
+        known = allowed | set(SECRET_FILES)
+        unknown = sorted(set(self.options) - known)
         if unknown:
+            shown = self._shown({k: v for k, v in self.options.items() if k in known})
             raise ConfigError(
-                f"{self.display}: unknown option(s) {', '.join(unknown)} "
+                f"{shown}: unknown option(s) {', '.join(quote(k) for k in unknown)} "
                 f"(known: {', '.join(sorted(allowed))})")
 
 
@@ -208,10 +238,11 @@ def parse(url: str, env: Mapping[str, str] | None = None) -> StoreURL:
     hosts = tuple(_split_host(h.strip(), shown) for h in netloc.split(",")) if netloc else ()
     options: dict[str, str] = {}
     for k, v in parse_qsl(query, keep_blank_values=True):
-        if k in SECRET_OPTIONS:
+        if is_secret_option(k):
             raise ConfigError(
-                f"store URL {shown!r}: a secret in the query string ends up in logs; "
-                f"use {k}_file=PATH or ${PASSWORD_ENV if k == 'password' else k.upper()}")
+                f"store URL {shown!r}: a secret in the query string ({k}=) ends up in logs; "
+                f"use password_file=PATH (or ssl_password_file=, sentinel_password_file=) "
+                f"or ${PASSWORD_ENV}")
         options[k] = v
     if "user" in options:
         user = options.pop("user") or None
