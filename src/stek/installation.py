@@ -260,7 +260,7 @@ class Installation:
                 bytes(int(LIFECYCLE[st].answer_tls12) for st in order),
                 bytes(int(LIFECYCLE[st].answer_tls13) for st in order),
                 bytes(int(DECRYPTED_TICKET[st]) for st in TicketStatus),
-                sid, True,
+                sid, True, self._ctx_ptr,  # a slot this SSL_CTX holds is taken back
             )
             if self._slot is None and accel_required:
                 raise BindingError(

@@ -31,6 +31,11 @@
  * (CRYPTO_get_ex_new_index(3)) when OpenSSL frees it; the slot is wiped and
  * reused only when both are gone.
  */
+/* The limited API of CPython 3.10 (PEP 384, PEP 652): one cp310-abi3 build
+ * serves 3.10 and every later CPython (setup.py, scripts/build-wheel.sh). */
+#ifndef Py_LIMITED_API
+#define Py_LIMITED_API 0x030A0000
+#endif
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <pthread.h>
@@ -523,18 +528,54 @@ static PyObject *fc_init(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* A slot's tables, session id context and counters, fresh; under slots_lock
+ * (and the slot's own lock when the SSL_CTX may be calling it). */
+static void fill_slot(slot_t *sl, const char *a12, const char *a13, const char *dt,
+                      const char *sid, Py_ssize_t nsid, int set_sid) {
+    memset(sl->counters, 0, sizeof sl->counters);
+    memcpy(sl->ans12, a12, NSTATES);
+    memcpy(sl->ans13, a13, NSTATES);
+    memcpy(sl->dec_table, dt, NSTATUS);
+    memset(sl->sid, 0, sizeof sl->sid);
+    memcpy(sl->sid, sid, (size_t)nsid);
+    sl->sid_len = (unsigned int)nsid;
+    sl->set_sid = set_sid;
+    sl->max_age = 0;
+}
+
+/* acquire(ans12, ans13, dec_table, sid_ctx, set_sid, ssl_ctx=0) -> slot or None */
 static PyObject *fc_acquire(PyObject *self, PyObject *args) {
     const char *a12, *a13, *dt, *sid;
     Py_ssize_t n12, n13, ndt, nsid;
+    unsigned long long ctx = 0;
     int i, set_sid;
-    if (!PyArg_ParseTuple(args, "y#y#y#y#p", &a12, &n12, &a13, &n13, &dt, &ndt, &sid, &nsid,
-                          &set_sid))
+    if (!PyArg_ParseTuple(args, "y#y#y#y#p|K", &a12, &n12, &a13, &n13, &dt, &ndt, &sid, &nsid,
+                          &set_sid, &ctx))
         return NULL;
     if (!F.ready || n12 != NSTATES || n13 != NSTATES || ndt != NSTATUS || nsid > MAX_SID_CTX) {
         PyErr_SetString(PyExc_ValueError, "not initialized or bad lifecycle table");
         return NULL;
     }
     pthread_mutex_lock(&slots_lock);
+    /* A slot the SSL_CTX still holds from an earlier installation that let it
+     * go (refs == 1: only the SSL_CTX's reference) serves this one: its
+     * trampoline and its place on the SSL_CTX's chain stay, so re-installing
+     * on one context never uses up slots. */
+    if (ctx) {
+        slot_t *held = (slot_t *)F.ctx_get_ex_data((void *)(uintptr_t)ctx, F.ex_index);
+        for (; held != NULL; held = held->next_on_ctx) {
+            if (held->used && held->refs == 1) {
+                pthread_mutex_lock(&held->lock);
+                wipe(held->keys, sizeof held->keys);
+                held->nkeys = 0;
+                fill_slot(held, a12, a13, dt, sid, nsid, set_sid);
+                pthread_mutex_unlock(&held->lock);
+                held->refs = 2; /* the SSL_CTX's, and the new Installation's */
+                pthread_mutex_unlock(&slots_lock);
+                return PyLong_FromLong((long)(held - slots));
+            }
+        }
+    }
     for (i = 0; i < NSLOTS; i++) {
         if (!slots[i].used) {
             slot_t *sl = &slots[i];
@@ -543,15 +584,7 @@ static PyObject *fc_acquire(PyObject *self, PyObject *args) {
             sl->refs = 1; /* the Python Installation's */
             sl->next_on_ctx = NULL;
             sl->nkeys = 0;
-            memset(sl->counters, 0, sizeof sl->counters);
-            memcpy(sl->ans12, a12, NSTATES);
-            memcpy(sl->ans13, a13, NSTATES);
-            memcpy(sl->dec_table, dt, NSTATUS);
-            memset(sl->sid, 0, sizeof sl->sid);
-            memcpy(sl->sid, sid, (size_t)nsid);
-            sl->sid_len = (unsigned int)nsid;
-            sl->set_sid = set_sid;
-            sl->max_age = 0;
+            fill_slot(sl, a12, a13, dt, sid, nsid, set_sid);
             pthread_mutex_unlock(&slots_lock);
             return PyLong_FromLong(i);
         }
@@ -583,6 +616,16 @@ static PyObject *fc_attach(PyObject *self, PyObject *args) {
         return NULL;
     }
     pthread_mutex_lock(&slots_lock);
+    {
+        /* A slot acquire() took back from this SSL_CTX is on its chain already. */
+        slot_t *on = (slot_t *)F.ctx_get_ex_data((void *)(uintptr_t)ctx, F.ex_index);
+        for (; on != NULL; on = on->next_on_ctx) {
+            if (on == &slots[n]) {
+                pthread_mutex_unlock(&slots_lock);
+                Py_RETURN_NONE;
+            }
+        }
+    }
     slots[n].next_on_ctx = (slot_t *)F.ctx_get_ex_data((void *)(uintptr_t)ctx, F.ex_index);
     ok = F.ctx_set_ex_data((void *)(uintptr_t)ctx, F.ex_index, &slots[n]);
     if (ok == 1) slots[n].refs++;
@@ -667,9 +710,11 @@ static PyObject *fc_load(PyObject *self, PyObject *args) {
     int s;
     if (!PyArg_ParseTuple(args, "OO", &slotobj, &seq)) return NULL;
     if (slot_arg(slotobj, &s) < 0) return NULL;
-    fast = PySequence_Fast(seq, "keys must be a sequence");
+    /* A tuple copy of the sequence: its items stay alive while parsed (the
+     * limited API has no PySequence_Fast_GET_ITEM). */
+    fast = PySequence_Tuple(seq);
     if (fast == NULL) return NULL;
-    n = PySequence_Fast_GET_SIZE(fast);
+    n = PyTuple_Size(fast);
     if (n > MAXKEYS) {
         Py_DECREF(fast);
         PyErr_SetString(PyExc_ValueError, "too many keys");
@@ -680,8 +725,9 @@ static PyObject *fc_load(PyObject *self, PyObject *args) {
         Py_ssize_t lnm, laes, lhm;
         long long a, r, e;
         unsigned long long cipher;
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "y#y#y#LLLK", &nm, &lnm, &aes,
-                              &laes, &hm, &lhm, &a, &r, &e, &cipher)) {
+        PyObject *item = PyTuple_GetItem(fast, i); /* borrowed, held by fast */
+        if (item == NULL || !PyArg_ParseTuple(item, "y#y#y#LLLK", &nm, &lnm, &aes, &laes, &hm,
+                                              &lhm, &a, &r, &e, &cipher)) {
             wipe(tmp, sizeof tmp);
             Py_DECREF(fast);
             return NULL;
@@ -720,7 +766,12 @@ static PyObject *fc_counters(PyObject *self, PyObject *arg) {
     if (t == NULL) return NULL;
     for (i = 0; i < NCOUNTERS; i++) {
         uint64_t v = __atomic_load_n(&slots[s].counters[i], __ATOMIC_RELAXED);
-        PyTuple_SET_ITEM(t, i, PyLong_FromUnsignedLongLong(v));
+        PyObject *c = PyLong_FromUnsignedLongLong(v);
+        /* PyTuple_SetItem steals c (and drops it on failure). */
+        if (c == NULL || PyTuple_SetItem(t, i, c) < 0) {
+            Py_DECREF(t);
+            return NULL;
+        }
     }
     return t;
 }
@@ -787,7 +838,8 @@ static PyMethodDef methods[] = {
                                     "SSL_set_session_id_context, SSL_SESSION_get0_id_context, "
                                     "SSL_get_verify_mode, SSL_SESSION_get0_peer): addresses"},
     {"acquire", fc_acquire, METH_VARARGS,
-     "acquire(ans12, ans13, dec_table, sid_ctx, set_sid) -> slot or None"},
+     "acquire(ans12, ans13, dec_table, sid_ctx, set_sid, ssl_ctx=0) -> slot or None "
+     "(a slot ssl_ctx holds and no installation uses is taken back)"},
     {"release", fc_release, METH_O, "release(slot): the Installation's reference"},
     {"attach", fc_attach, METH_VARARGS, "attach(slot, ssl_ctx): held until OpenSSL frees it"},
     {"in_use", fc_in_use, METH_NOARGS, "in_use() -> number of slots in use"},
