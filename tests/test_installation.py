@@ -954,22 +954,3 @@ def test_first_context_collected_mid_handshake_after_sni_switch(
         assert out["in_use_during"] == out["in_use_after"] + 1
     else:
         assert out["pinned_during"] and not out["pinned_after"]
-
-
-# -- which Pythons the binding understands --------------------------------------------
-
-def test_unchecked_python_is_refused_with_a_clear_error(
-        certs: Certs, store: FileStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    from stek.hazmat import libssl as hz
-
-    assert hz.cpython_ssl((3, 13)).applied_to == "SSL"
-    assert hz.cpython_ssl((3, 12)).applied_to == "SSL_CTX"
-    with pytest.raises(BindingError, match=r"not checked against cpython 3\.14"):
-        hz.cpython_ssl((3, 14))
-    with pytest.raises(BindingError, match="pypy"):
-        hz.cpython_ssl((3, 11), "pypy")
-    monkeypatch.delitem(hz.CPYTHON_SSL, tuple(sys.version_info[:2]))
-    ctx = server_context(certs)
-    with pytest.raises(BindingError, match="not checked against"):
-        stek.install(ctx, store)
-    assert getattr(ctx, "_stek_installation", None) is None

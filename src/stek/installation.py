@@ -44,9 +44,9 @@ from .hazmat.libssl import (
     LibSSL,
     PreparedKey,
     TicketKeyCallback,
-    cpython_ssl,
     libssl,
 )
+from .hazmat.proof import binding
 from .keyring import Keyring
 from .mirror import refuse_rotation
 from .rotation import rotate as rotate_store
@@ -232,7 +232,6 @@ class Installation:
                  rotate: bool, clock: Callable[[], float], lib: LibSSL,
                  accel: Any = None, accel_required: bool = False,
                  session_id_context: bytes | None = None, scope: str | None = None) -> None:
-        cpython_ssl()  # BindingError on a Python whose _ssl was not checked
         given = _check_sid_ctx(session_id_context)
         #: The key scope this context serves (stek.scope); None: the ring's own keys.
         self.scope = check_scope(scope)
@@ -671,6 +670,7 @@ def install(
     if existing is not None and existing.installed:
         raise BindingError("stek is already installed on this context (uninstall() it first)")
     lib = libssl()
+    binding(lib)  # proven on this interpreter at the first install (stek.hazmat.proof)
     st = shared_store(store)
     now = clock()
     error: StoreError | None = None

@@ -1,0 +1,363 @@
+"""The binding proven on this interpreter, once per process, before it is used.
+
+HAZMAT.  stek reads the ``SSL_CTX *`` out of a private CPython object
+(``PySSLContext`` in ``Modules/_ssl.c``: ``PyObject_HEAD`` then ``SSL_CTX
+*ctx``), so before any pointer read that way reaches libssl, one in-memory
+handshake (``ssl.MemoryBIO``, an ephemeral certificate, no network) checks,
+on this very interpreter:
+
+1. **the pointer**: OpenSSL itself reports each ``SSL_CTX`` and ``SSL`` it
+   makes, through an ex_data ``new_func`` (CRYPTO_get_ex_new_index(3): it is
+   called with the new object as ``parent``).  The word read from the proof's
+   ``SSLContext`` is only *compared* with the ``SSL_CTX`` OpenSSL reported for
+   it, never dereferenced; a mismatch refuses.  Then ``SSL_get_SSL_CTX`` of
+   the ``SSL`` OpenSSL reported for a connection made from that context
+   (``wrap_bio``) must be that same ``SSL_CTX``, and ``SSL_CTX_get_options``
+   on it must answer what ``SSLContext.options`` does.  The same is done for
+   ``PySSLSession`` (``SSL_get_session`` of the client's ``SSL``).
+2. **the callbacks**: a ticket key callback installed on that ``SSL_CTX``
+   is invoked to seal a ticket (enc=1) and to open it (enc=0) on the
+   ``SSL`` OpenSSL reported, and the session resumes.
+3. **the session id context**: where ``_ssl`` applies its own (on the
+   ``SSL_CTX`` up to CPython 3.12, on each ``SSL`` since 3.13), and that the
+   context stek sets on the ``SSL_CTX`` plus per connection from a
+   ClientHello callback is the one a new session is made in, whichever it is.
+
+Later contexts are read at the offset proven here (the same C type); the
+``SSL_CTX_get_options`` check stays as a second guard.  Free-threaded builds
+are refused: neither this proof nor the compiled callback was shown safe
+without the GIL.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import datetime
+import os
+import ssl
+import sysconfig
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from ctypes import c_void_p
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import BindingError
+from .libssl import (
+    EVP_MAX_IV_LENGTH,
+    SSL_CLIENT_HELLO_SUCCESS,
+    TICKET_NAME_LEN,
+    ClientHelloCallback,
+    ExFreeCallback,
+    LibSSL,
+    PreparedKey,
+    TicketKeyCallback,
+)
+
+#: openssl/crypto.h: CRYPTO_EX_INDEX_SSL, CRYPTO_EX_INDEX_SSL_CTX.
+CRYPTO_EX_INDEX_SSL = 0
+CRYPTO_EX_INDEX_SSL_CTX = 1
+#: Where ``Modules/_ssl.c`` keeps the C pointer: the first field after the
+#: object header (``PySSLContext.ctx``, ``PySSLSession.session``).
+POINTER_OFFSET = object.__basicsize__
+#: The session id contexts the proof sets: one on the SSL_CTX, one per SSL.
+_PROOF_CTX_SID = b"stek-proof-ctx"
+_PROOF_SSL_SID = b"stek-proof-ssl"
+
+
+@dataclass(frozen=True)
+class Binding:
+    """What the proof saw on this interpreter."""
+
+    #: Offset of ``SSL_CTX *`` in an ``_ssl._SSLContext`` (and of
+    #: ``SSL_SESSION *`` in an ``_ssl.SSLSession``).
+    ctx_offset: int
+    session_offset: int | None  # None: not found (reading SSLSessions is refused)
+    #: The session id context ``_ssl`` gives server connections, and where:
+    #: "SSL_CTX" (set when the context is made) or "SSL" (per connection).
+    python_session_id_context: bytes
+    applied_to: str
+    #: Seconds the proof took.
+    seconds: float
+
+
+def free_threaded() -> bool:
+    """True on a free-threaded CPython build (3.13t, 3.14t)."""
+    return bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+
+
+def read_word(obj: object, offset: int) -> int:
+    """The pointer-sized word at ``offset`` inside ``obj``'s own memory (never beyond it)."""
+    if offset < 0 or offset + ctypes.sizeof(c_void_p) > type(obj).__basicsize__:
+        return 0
+    return int(c_void_p.from_address(id(obj) + offset).value or 0)
+
+
+class _Made:
+    """The SSL_CTXs and SSLs OpenSSL reports making, per thread, while armed."""
+
+    def __init__(self, lib: LibSSL) -> None:
+        self.armed = False
+        self.seen: list[tuple[int, int, int]] = []  # (class, thread, pointer)
+
+        def made(cls: int) -> Any:
+            def new(parent: Any, ptr: Any, ad: Any, idx: int, argl: int, argp: Any) -> None:
+                # Called by OpenSSL for every object of the class it makes.
+                # Nothing may raise into C.
+                try:
+                    if self.armed and parent:
+                        self.seen.append((cls, threading.get_ident(), int(parent)))
+                except BaseException:  # noqa: S110
+                    pass
+            return ExFreeCallback(new)
+
+        self._thunks = (made(CRYPTO_EX_INDEX_SSL_CTX), made(CRYPTO_EX_INDEX_SSL))
+        reg = lib.CRYPTO_get_ex_new_index
+        self.indexes = (
+            int(reg(CRYPTO_EX_INDEX_SSL_CTX, 0, None,
+                    ctypes.cast(self._thunks[0], c_void_p), None, None)),
+            int(reg(CRYPTO_EX_INDEX_SSL, 0, None,
+                    ctypes.cast(self._thunks[1], c_void_p), None, None)),
+        )
+        self._lib = lib
+        if min(self.indexes) < 0:
+            raise BindingError("the binding proof failed: CRYPTO_get_ex_new_index failed")
+
+    def close(self) -> None:
+        self.armed = False
+        # CRYPTO_free_ex_index(3): OpenSSL stops calling new_func (no Python
+        # per connection after the proof).  The thunks stay alive in case a
+        # thread is inside one right now.
+        free = self._lib.lib.CRYPTO_free_ex_index
+        free.restype, free.argtypes = ctypes.c_int, (ctypes.c_int, ctypes.c_int)
+        free(CRYPTO_EX_INDEX_SSL_CTX, self.indexes[0])
+        free(CRYPTO_EX_INDEX_SSL, self.indexes[1])
+        _KEEP.append(self._thunks)
+
+    def during(self, cls: int, action: Callable[[], Any]) -> tuple[Any, list[int]]:
+        """Run ``action``; return its result and what OpenSSL made of ``cls`` in this thread."""
+        start = len(self.seen)
+        result = action()
+        me = threading.get_ident()
+        return result, [p for c, t, p in self.seen[start:] if c == cls and t == me]
+
+
+_KEEP: list[Any] = []
+
+
+def _ephemeral_cert(directory: str) -> str:
+    """A throwaway Ed25519 certificate and its key, one PEM file in ``directory``."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from cryptography.x509.oid import NameOID
+
+    key = ed25519.Ed25519PrivateKey.generate()
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "stek binding proof")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .sign(key, None))
+    path = os.path.join(directory, "proof.pem")
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
+        f.write(key.private_bytes(serialization.Encoding.PEM,
+                                  serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption()))
+        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    return path
+
+
+def _handshake(client: ssl.SSLObject, server: ssl.SSLObject, cb: ssl.MemoryBIO,
+               sb: ssl.MemoryBIO, cin: ssl.MemoryBIO, sin: ssl.MemoryBIO) -> None:
+    """Pump records between two in-memory ends until both finished the handshake."""
+    done = [False, False]
+    for _ in range(20):
+        for i, (obj, out, peer_in) in enumerate(((client, cb, sin), (server, sb, cin))):
+            if not done[i]:
+                try:
+                    obj.do_handshake()
+                    done[i] = True
+                except ssl.SSLWantReadError:
+                    pass
+            data = out.read()
+            if data:
+                peer_in.write(data)
+        if all(done):
+            return
+    raise BindingError("the binding proof failed: the in-memory handshake did not finish")
+
+
+class _Proof:
+    def __init__(self, lib: LibSSL, pem: str) -> None:
+        self.lib = lib
+        self.pem = pem
+        self.client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        self.client_ctx.check_hostname = False
+        self.client_ctx.verify_mode = ssl.CERT_NONE
+        # TLS 1.2: the ticket arrives inside the handshake (RFC 5077 section 3.3).
+        self.client_ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        self.ticket_calls: list[tuple[int, int]] = []  # (SSL *, enc)
+        self.hello_calls: list[int] = []
+        secret = os.urandom(TICKET_NAME_LEN + 32)
+        self.key_ = PreparedKey(lib, secret[:TICKET_NAME_LEN], secret[16:32], secret[32:48],
+                                0, 0, 0)
+        self.ticket_thunk = TicketKeyCallback(self._ticket)
+        self.hello_thunk = ClientHelloCallback(self._hello)
+
+    def _mac_init(self, mctx: Any) -> int:
+        k = self.key_
+        if self.lib.openssl3:
+            return int(self.lib.EVP_MAC_CTX_set_params(mctx, k.mac_params))
+        return int(self.lib.HMAC_Init_ex(mctx, k.hmac, len(k.hmac), self.lib.sha256, None))
+
+    def _ticket(self, s: Any, name: Any, iv: Any, cctx: Any, mctx: Any, enc: int) -> int:
+        try:
+            lib, k = self.lib, self.key_
+            self.ticket_calls.append((int(s or 0), int(enc)))
+            if enc:
+                if lib.RAND_bytes(iv, EVP_MAX_IV_LENGTH) != 1:
+                    return 0
+                ctypes.memmove(name, k.name, TICKET_NAME_LEN)
+                ok = lib.EVP_EncryptInit_ex(cctx, k.cipher, None, k.aes, iv) == 1
+                return 1 if ok and self._mac_init(mctx) == 1 else 0
+            if ctypes.string_at(name, TICKET_NAME_LEN) != k.name:
+                return 0
+            ok = self._mac_init(mctx) == 1
+            return 1 if ok and lib.EVP_DecryptInit_ex(cctx, k.cipher, None, k.aes, iv) == 1 \
+                else 0
+        except BaseException:
+            return 0
+
+    def _hello(self, s: Any, al: Any, arg: Any) -> int:
+        try:
+            self.hello_calls.append(int(s or 0))
+            self.lib.SSL_set_session_id_context(s, _PROOF_SSL_SID, len(_PROOF_SSL_SID))
+        except BaseException:  # noqa: S110
+            pass
+        return SSL_CLIENT_HELLO_SUCCESS
+
+    def connect(self, made: _Made, server_ctx: ssl.SSLContext,
+                session: ssl.SSLSession | None = None) -> tuple[int, int, ssl.SSLObject, Any]:
+        """One in-memory handshake; the server's and client's SSL * as OpenSSL reported them."""
+        sin, sout, cin, cout = (ssl.MemoryBIO() for _ in range(4))
+        server, ssls = made.during(CRYPTO_EX_INDEX_SSL,
+                                   lambda: server_ctx.wrap_bio(sin, sout, server_side=True))
+        client, cssls = made.during(CRYPTO_EX_INDEX_SSL,
+                                    lambda: self.client_ctx.wrap_bio(cin, cout, session=session))
+        if len(ssls) != 1 or len(cssls) != 1:
+            raise BindingError(
+                f"the binding proof failed: OpenSSL reported {len(ssls)} SSL for one server "
+                f"connection and {len(cssls)} for one client connection, not 1 and 1")
+        _handshake(client, server, cout, sout, cin, sin)
+        # The objects are returned so their SSLs stay alive while inspected.
+        return ssls[0], cssls[0], client, server
+
+    def session_sid(self, ssl_ptr: int) -> bytes:
+        sess = self.lib.SSL_get_session(ssl_ptr)
+        if not sess:
+            raise BindingError("the binding proof failed: the proof connection has no session")
+        return self.lib.session_id_context(sess)
+
+
+def _prove(lib: LibSSL, ctx_offset: int, session_offset: int) -> Binding:
+    if free_threaded():
+        raise BindingError(
+            "this is a free-threaded CPython build (Py_GIL_DISABLED): stek's binding and "
+            "compiled callback were not shown safe without the GIL; use the default build")
+    start = time.perf_counter()
+    made = _Made(lib)
+    try:
+        with tempfile.TemporaryDirectory(prefix="stek-proof-") as tmp:
+            proof = _Proof(lib, _ephemeral_cert(tmp))
+            made.armed = True
+            server_ctx, ctxs = made.during(
+                CRYPTO_EX_INDEX_SSL_CTX, lambda: ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+            server_ctx.load_cert_chain(proof.pem)
+        # 1. The pointer: compared with what OpenSSL reported, before any use.
+        word = read_word(server_ctx, ctx_offset)
+        if len(ctxs) != 1 or word != ctxs[0]:
+            raise BindingError(
+                f"the binding proof failed: the SSL_CTX * read from ssl.SSLContext at offset "
+                f"{ctx_offset} is not the SSL_CTX OpenSSL made for it")
+        ctx_ptr = word
+        if int(lib.SSL_CTX_get_options(ctx_ptr)) != int(server_ctx.options):
+            raise BindingError("the binding proof failed: SSL_CTX_get_options does not answer "
+                               "SSLContext.options")
+        # 2. The ticket key callback, and 3. where _ssl sets its session id context.
+        lib.set_ticket_callback(ctx_ptr, proof.ticket_thunk)
+        s1, c1, *keep1 = proof.connect(made, server_ctx)
+        if lib.SSL_get_SSL_CTX(s1) != ctx_ptr:
+            raise BindingError(
+                "the binding proof failed: the SSL_CTX OpenSSL reports for a connection made "
+                "from the SSLContext (SSL_get_SSL_CTX) is not the one read from it")
+        python_sid = proof.session_sid(s1)
+        if not any(s == s1 and enc == 1 for s, enc in proof.ticket_calls):
+            raise BindingError("the binding proof failed: the ticket key callback was never "
+                               "invoked to seal a ticket")
+        # The client's SSLSession (read by stek.inspect, not by install()):
+        # where it is not found, only reading sessions is refused.
+        client_session = keep1[0].session
+        sess_ptr = lib.SSL_get_session(c1)
+        found_session: int | None = session_offset
+        if client_session is None or not sess_ptr or \
+                read_word(client_session, session_offset) != sess_ptr:
+            found_session = None
+        if lib.SSL_CTX_set_session_id_context(ctx_ptr, _PROOF_CTX_SID,
+                                              len(_PROOF_CTX_SID)) != 1:
+            raise BindingError("the binding proof failed: SSL_CTX_set_session_id_context")
+        s2, _, *keep2 = proof.connect(made, server_ctx)
+        seen = proof.session_sid(s2)
+        applied_to = "SSL_CTX" if seen == _PROOF_CTX_SID else "SSL"
+        # stek's way: the SSL_CTX's and a ClientHello callback's, per connection.
+        lib.set_client_hello_callback(ctx_ptr, proof.hello_thunk)
+        s3, _, *keep3 = proof.connect(made, server_ctx)
+        if s3 not in proof.hello_calls or proof.session_sid(s3) != _PROOF_SSL_SID:
+            raise BindingError(
+                "the binding proof failed: the session id context set from the ClientHello "
+                "callback is not the one the session was made in")
+        s4, _, client4, _ = proof.connect(made, server_ctx, session=keep3[0].session)
+        if not client4.session_reused or not any(s == s4 and enc == 0
+                                                 for s, enc in proof.ticket_calls):
+            raise BindingError("the binding proof failed: the ticket key callback was never "
+                               "invoked to open a ticket (no resumption)")
+        lib.set_client_hello_callback(ctx_ptr, None)
+        lib.set_ticket_callback(ctx_ptr, None)
+        del keep1, keep2, keep3, client4
+    finally:
+        made.close()
+        _KEEP.append((proof.ticket_thunk, proof.hello_thunk))
+    return Binding(ctx_offset, found_session, python_sid, applied_to,
+                   time.perf_counter() - start)
+
+
+_LOCK = threading.Lock()
+#: The proof's outcome per binding: a Binding, or the BindingError it ended in
+#: (raised again, without a second proof, at every later install).
+_PROVEN: dict[int, Binding | BindingError] = {}
+#: The offsets the proof checks; tests move them to inject a wrong pointer.
+OFFSETS = {"ctx": POINTER_OFFSET, "session": POINTER_OFFSET}
+
+
+def binding(lib: LibSSL) -> Binding:
+    """This process's proven :class:`Binding` (the proof runs at the first call).
+
+    Raises :class:`~stek.errors.BindingError` with one line naming what failed.
+    """
+    with _LOCK:
+        proven = _PROVEN.get(id(lib))
+        if proven is None:
+            try:
+                proven = _prove(lib, OFFSETS["ctx"], OFFSETS["session"])
+            except BindingError as exc:
+                proven = exc
+            _PROVEN[id(lib)] = proven
+    if isinstance(proven, BindingError):
+        raise BindingError(str(proven))
+    return proven
+
+
+__all__ = ["OFFSETS", "POINTER_OFFSET", "Binding", "binding", "free_threaded", "read_word"]
