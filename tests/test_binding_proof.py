@@ -247,3 +247,17 @@ def test_free_threaded_build_is_refused(unknown_python: None, certs: Certs,
     with pytest.raises(BindingError) as exc:
         stek.install(server_context(certs), store)
     assert "free-threaded CPython build" in _refusal(exc)
+
+
+def test_handshake_error_in_the_proof_is_one_line(unknown_python: None, certs: Certs,
+                                                  store: MemoryStore, tmp_path: Path,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    junk = tmp_path / "junk.pem"
+    junk.write_text("-----BEGIN CERTIFICATE-----\nnot base64\n-----END CERTIFICATE-----\n")
+    monkeypatch.setattr(proof, "_ephemeral_cert", lambda directory: str(junk))
+    ctx = server_context(certs)
+    with pytest.raises(BindingError) as exc:
+        stek.install(ctx, store)
+    assert _refusal(exc).startswith("the binding proof failed: its in-memory handshake "
+                                    "raised SSLError: ")
+    assert getattr(ctx, "_stek_installation", None) is None

@@ -148,20 +148,21 @@ _KEEP: list[Any] = []
 
 
 def _ephemeral_cert(directory: str) -> str:
-    """A throwaway Ed25519 certificate and its key, one PEM file in ``directory``."""
+    """A throwaway ECDSA P-256 certificate (allowed under every OpenSSL
+    security level and FIPS) and its key, one PEM file in ``directory``."""
     from cryptography import x509
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ed25519
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 
-    key = ed25519.Ed25519PrivateKey.generate()
+    key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "stek binding proof")])
     now = datetime.datetime.now(datetime.timezone.utc)
     cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
             .public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))
             .not_valid_after(now + datetime.timedelta(hours=1))
-            .sign(key, None))
+            .sign(key, hashes.SHA256()))
     path = os.path.join(directory, "proof.pem")
     with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
         f.write(key.private_bytes(serialization.Encoding.PEM,
@@ -271,65 +272,74 @@ def _prove(lib: LibSSL, ctx_offset: int, session_offset: int) -> Binding:
     start = time.perf_counter()
     made = _Made(lib)
     try:
-        with tempfile.TemporaryDirectory(prefix="stek-proof-") as tmp:
-            proof = _Proof(lib, _ephemeral_cert(tmp))
-            made.armed = True
-            server_ctx, ctxs = made.during(
-                CRYPTO_EX_INDEX_SSL_CTX, lambda: ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
-            server_ctx.load_cert_chain(proof.pem)
-        # 1. The pointer: compared with what OpenSSL reported, before any use.
-        word = read_word(server_ctx, ctx_offset)
-        if len(ctxs) != 1 or word != ctxs[0]:
-            raise BindingError(
-                f"the binding proof failed: the SSL_CTX * read from ssl.SSLContext at offset "
-                f"{ctx_offset} is not the SSL_CTX OpenSSL made for it")
-        ctx_ptr = word
-        if int(lib.SSL_CTX_get_options(ctx_ptr)) != int(server_ctx.options):
-            raise BindingError("the binding proof failed: SSL_CTX_get_options does not answer "
-                               "SSLContext.options")
-        # 2. The ticket key callback, and 3. where _ssl sets its session id context.
-        lib.set_ticket_callback(ctx_ptr, proof.ticket_thunk)
-        s1, c1, *keep1 = proof.connect(made, server_ctx)
-        if lib.SSL_get_SSL_CTX(s1) != ctx_ptr:
-            raise BindingError(
-                "the binding proof failed: the SSL_CTX OpenSSL reports for a connection made "
-                "from the SSLContext (SSL_get_SSL_CTX) is not the one read from it")
-        python_sid = proof.session_sid(s1)
-        if not any(s == s1 and enc == 1 for s, enc in proof.ticket_calls):
-            raise BindingError("the binding proof failed: the ticket key callback was never "
-                               "invoked to seal a ticket")
-        # The client's SSLSession (read by stek.inspect, not by install()):
-        # where it is not found, only reading sessions is refused.
-        client_session = keep1[0].session
-        sess_ptr = lib.SSL_get_session(c1)
-        found_session: int | None = session_offset
-        if client_session is None or not sess_ptr or \
-                read_word(client_session, session_offset) != sess_ptr:
-            found_session = None
-        if lib.SSL_CTX_set_session_id_context(ctx_ptr, _PROOF_CTX_SID,
-                                              len(_PROOF_CTX_SID)) != 1:
-            raise BindingError("the binding proof failed: SSL_CTX_set_session_id_context")
-        s2, _, *keep2 = proof.connect(made, server_ctx)
-        seen = proof.session_sid(s2)
-        applied_to = "SSL_CTX" if seen == _PROOF_CTX_SID else "SSL"
-        # stek's way: the SSL_CTX's and a ClientHello callback's, per connection.
-        lib.set_client_hello_callback(ctx_ptr, proof.hello_thunk)
-        s3, _, *keep3 = proof.connect(made, server_ctx)
-        if s3 not in proof.hello_calls or proof.session_sid(s3) != _PROOF_SSL_SID:
-            raise BindingError(
-                "the binding proof failed: the session id context set from the ClientHello "
-                "callback is not the one the session was made in")
-        s4, _, client4, _ = proof.connect(made, server_ctx, session=keep3[0].session)
-        if not client4.session_reused or not any(s == s4 and enc == 0
-                                                 for s, enc in proof.ticket_calls):
-            raise BindingError("the binding proof failed: the ticket key callback was never "
-                               "invoked to open a ticket (no resumption)")
-        lib.set_client_hello_callback(ctx_ptr, None)
-        lib.set_ticket_callback(ctx_ptr, None)
-        del keep1, keep2, keep3, client4
+        return _steps(lib, made, ctx_offset, session_offset, start)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise BindingError(f"the binding proof failed: its in-memory handshake raised "
+                           f"{type(exc).__name__}: {exc}".replace("\n", " ")) from None
     finally:
         made.close()
+
+
+def _steps(lib: LibSSL, made: _Made, ctx_offset: int, session_offset: int,
+           start: float) -> Binding:
+    with tempfile.TemporaryDirectory(prefix="stek-proof-") as tmp:
+        proof = _Proof(lib, _ephemeral_cert(tmp))
+        # The thunks outlive the proof: its SSL_CTX may call them until freed.
         _KEEP.append((proof.ticket_thunk, proof.hello_thunk))
+        made.armed = True
+        server_ctx, ctxs = made.during(
+            CRYPTO_EX_INDEX_SSL_CTX, lambda: ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+        server_ctx.load_cert_chain(proof.pem)
+    # 1. The pointer: compared with what OpenSSL reported, before any use.
+    word = read_word(server_ctx, ctx_offset)
+    if len(ctxs) != 1 or word != ctxs[0]:
+        raise BindingError(
+            f"the binding proof failed: the SSL_CTX * read from ssl.SSLContext at offset "
+            f"{ctx_offset} is not the SSL_CTX OpenSSL made for it")
+    ctx_ptr = word
+    if int(lib.SSL_CTX_get_options(ctx_ptr)) != int(server_ctx.options):
+        raise BindingError("the binding proof failed: SSL_CTX_get_options does not answer "
+                           "SSLContext.options")
+    # 2. The ticket key callback, and 3. where _ssl sets its session id context.
+    lib.set_ticket_callback(ctx_ptr, proof.ticket_thunk)
+    s1, c1, *keep1 = proof.connect(made, server_ctx)
+    if lib.SSL_get_SSL_CTX(s1) != ctx_ptr:
+        raise BindingError(
+            "the binding proof failed: the SSL_CTX OpenSSL reports for a connection made "
+            "from the SSLContext (SSL_get_SSL_CTX) is not the one read from it")
+    python_sid = proof.session_sid(s1)
+    if not any(s == s1 and enc == 1 for s, enc in proof.ticket_calls):
+        raise BindingError("the binding proof failed: the ticket key callback was never "
+                           "invoked to seal a ticket")
+    # The client's SSLSession (read by stek.inspect, not by install()):
+    # where it is not found, only reading sessions is refused.
+    client_session = keep1[0].session
+    sess_ptr = lib.SSL_get_session(c1)
+    found_session: int | None = session_offset
+    if client_session is None or not sess_ptr or \
+            read_word(client_session, session_offset) != sess_ptr:
+        found_session = None
+    if lib.SSL_CTX_set_session_id_context(ctx_ptr, _PROOF_CTX_SID,
+                                          len(_PROOF_CTX_SID)) != 1:
+        raise BindingError("the binding proof failed: SSL_CTX_set_session_id_context")
+    s2, _, *keep2 = proof.connect(made, server_ctx)
+    seen = proof.session_sid(s2)
+    applied_to = "SSL_CTX" if seen == _PROOF_CTX_SID else "SSL"
+    # stek's way: the SSL_CTX's and a ClientHello callback's, per connection.
+    lib.set_client_hello_callback(ctx_ptr, proof.hello_thunk)
+    s3, _, *keep3 = proof.connect(made, server_ctx)
+    if s3 not in proof.hello_calls or proof.session_sid(s3) != _PROOF_SSL_SID:
+        raise BindingError(
+            "the binding proof failed: the session id context set from the ClientHello "
+            "callback is not the one the session was made in")
+    s4, _, client4, _ = proof.connect(made, server_ctx, session=keep3[0].session)
+    if not client4.session_reused or not any(s == s4 and enc == 0
+                                             for s, enc in proof.ticket_calls):
+        raise BindingError("the binding proof failed: the ticket key callback was never "
+                           "invoked to open a ticket (no resumption)")
+    lib.set_client_hello_callback(ctx_ptr, None)
+    lib.set_ticket_callback(ctx_ptr, None)
+    del keep1, keep2, keep3, client4
     return Binding(ctx_offset, found_session, python_sid, applied_to,
                    time.perf_counter() - start)
 
