@@ -11,8 +11,21 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 start=$SECONDS
 
+root=$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")
+pythons=()
+for minor in 3.10 3.11 3.12 3.13; do
+    interp=$(ls -d "$root"/versions/"$minor".*/bin/python 2>/dev/null | sort -V | tail -n 1 || true)
+    if [ -z "$interp" ]; then
+        echo "check-wheel: Python $minor is not under $root/versions" >&2
+        exit 1
+    fi
+    pythons+=("$interp")
+done
+
+# Built with the newest CPython's headers, installed into the oldest too: an
+# abi3 build must not depend on what its headers' version means by a format.
 export STEK_WHEEL_TOOLS="$work/tools"
-wheel=$(scripts/build-wheel.sh "$work/dist" | tail -n 1)
+wheel=$(PYTHON=${pythons[-1]} scripts/build-wheel.sh "$work/dist" | tail -n 1)
 echo "=== wheel: $(basename "$wheel")"
 show=$("$STEK_WHEEL_TOOLS/bin/auditwheel" show "$wheel")
 echo "$show"
@@ -21,13 +34,8 @@ if ! echo "$show" | tr -d '\n' | grep -q 'is consistent with the following platf
     exit 1
 fi
 
-root=$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")
-for minor in 3.10 3.11 3.12 3.13; do
-    interp=$(ls -d "$root"/versions/"$minor".*/bin/python 2>/dev/null | sort -V | tail -n 1 || true)
-    if [ -z "$interp" ]; then
-        echo "check-wheel: Python $minor is not under $root/versions" >&2
-        exit 1
-    fi
+for interp in "${pythons[@]}"; do
+    minor=$("$interp" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
     venv="$work/venv-$minor"
     "$interp" -m venv "$venv"
     # The dependencies from the registry, as wheels only.

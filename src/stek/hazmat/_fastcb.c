@@ -486,6 +486,16 @@ static int slot_arg(PyObject *arg, int *out) {
     return 0;
 }
 
+/* A bytes argument's buffer and length.  Never a "y#" format: with the
+ * limited API, what "#" means depends on the headers a build used (CPython
+ * 3.13's drop PY_SSIZE_T_CLEAN), and an abi3 build runs on other versions. */
+static int bytes_arg(PyObject *obj, const char **buf, Py_ssize_t *len) {
+    char *b;
+    if (PyBytes_AsStringAndSize(obj, &b, len) < 0) return -1;
+    *buf = b;
+    return 0;
+}
+
 static PyObject *fc_init(PyObject *self, PyObject *args) {
     unsigned long long rb, ei, di, msp, hi, sha, sv, gs, ga, sa, st, eni, sed, ged, ssc, sgi,
         gvm, sgp;
@@ -549,8 +559,10 @@ static PyObject *fc_acquire(PyObject *self, PyObject *args) {
     Py_ssize_t n12, n13, ndt, nsid;
     unsigned long long ctx = 0;
     int i, set_sid;
-    if (!PyArg_ParseTuple(args, "y#y#y#y#p|K", &a12, &n12, &a13, &n13, &dt, &ndt, &sid, &nsid,
-                          &set_sid, &ctx))
+    PyObject *o12, *o13, *odt, *osid;
+    if (!PyArg_ParseTuple(args, "OOOOp|K", &o12, &o13, &odt, &osid, &set_sid, &ctx) ||
+        bytes_arg(o12, &a12, &n12) < 0 || bytes_arg(o13, &a13, &n13) < 0 ||
+        bytes_arg(odt, &dt, &ndt) < 0 || bytes_arg(osid, &sid, &nsid) < 0)
         return NULL;
     if (!F.ready || n12 != NSTATES || n13 != NSTATES || ndt != NSTATUS || nsid > MAX_SID_CTX) {
         PyErr_SetString(PyExc_ValueError, "not initialized or bad lifecycle table");
@@ -656,8 +668,9 @@ static PyObject *fc_decide(PyObject *self, PyObject *args) {
     PyObject *appdata;
     long long stime, now, max_age;
     uint64_t born;
-    if (!PyArg_ParseTuple(args, "y#iOLLL", &dt, &ndt, &status, &appdata, &stime, &now,
-                          &max_age))
+    PyObject *odt;
+    if (!PyArg_ParseTuple(args, "OiOLLL", &odt, &status, &appdata, &stime, &now, &max_age) ||
+        bytes_arg(odt, &dt, &ndt) < 0)
         return NULL;
     if (ndt != NSTATUS || max_age < 0) {
         PyErr_SetString(PyExc_ValueError, "bad table or max_age");
@@ -726,8 +739,11 @@ static PyObject *fc_load(PyObject *self, PyObject *args) {
         long long a, r, e;
         unsigned long long cipher;
         PyObject *item = PyTuple_GetItem(fast, i); /* borrowed, held by fast */
-        if (item == NULL || !PyArg_ParseTuple(item, "y#y#y#LLLK", &nm, &lnm, &aes, &laes, &hm,
-                                              &lhm, &a, &r, &e, &cipher)) {
+        PyObject *onm, *oaes, *ohm;
+        if (item == NULL ||
+            !PyArg_ParseTuple(item, "OOOLLLK", &onm, &oaes, &ohm, &a, &r, &e, &cipher) ||
+            bytes_arg(onm, &nm, &lnm) < 0 || bytes_arg(oaes, &aes, &laes) < 0 ||
+            bytes_arg(ohm, &hm, &lhm) < 0) {
             wipe(tmp, sizeof tmp);
             Py_DECREF(fast);
             return NULL;
