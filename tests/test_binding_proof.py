@@ -71,9 +71,14 @@ def test_proof_agrees_with_the_table_on_this_python() -> None:
 
 # -- an unknown CPython installs through the proof -----------------------------------
 
+@pytest.mark.parametrize("proof_version", [None, ssl.TLSVersion.TLSv1_2],
+                         ids=["proof-default", "proof-tls12"])
 @pytest.mark.parametrize("accelerate", [True, False], ids=["c-callback", "python-callback"])
 def test_unknown_python_installs_and_resumes(unknown_python: None, certs: Certs,
-                                             store: MemoryStore, accelerate: bool) -> None:
+                                             store: MemoryStore, accelerate: bool,
+                                             proof_version: ssl.TLSVersion | None,
+                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(proof, "MAXIMUM_VERSION", proof_version)
     assert (3, 10) not in hz.CPYTHON_SSL and not proof._PROVEN
     ctx = server_context(certs)
     try:

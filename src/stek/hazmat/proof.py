@@ -31,6 +31,7 @@ without the GIL.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import datetime
 import os
@@ -62,6 +63,8 @@ CRYPTO_EX_INDEX_SSL_CTX = 1
 #: Where ``Modules/_ssl.c`` keeps the C pointer: the first field after the
 #: object header (``PySSLContext.ctx``, ``PySSLSession.session``).
 POINTER_OFFSET = object.__basicsize__
+#: The highest TLS version the proof's client offers (None: the default).
+MAXIMUM_VERSION: ssl.TLSVersion | None = None
 #: The session id contexts the proof sets: one on the SSL_CTX, one per SSL.
 _PROOF_CTX_SID = b"stek-proof-ctx"
 _PROOF_SSL_SID = b"stek-proof-ssl"
@@ -188,6 +191,13 @@ def _handshake(client: ssl.SSLObject, server: ssl.SSLObject, cb: ssl.MemoryBIO,
             if data:
                 peer_in.write(data)
         if all(done):
+            # TLS 1.3 tickets follow the handshake (RFC 8446 section 4.6.1):
+            # the client takes them in on its first read.
+            data = sb.read()
+            if data:
+                cin.write(data)
+            with contextlib.suppress(ssl.SSLWantReadError):
+                client.read(1)
             return
     raise BindingError("the binding proof failed: the in-memory handshake did not finish")
 
@@ -199,8 +209,10 @@ class _Proof:
         self.client_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         self.client_ctx.check_hostname = False
         self.client_ctx.verify_mode = ssl.CERT_NONE
-        # TLS 1.2: the ticket arrives inside the handshake (RFC 5077 section 3.3).
-        self.client_ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+        # Whatever version this OpenSSL's configuration allows (TLS 1.3 by
+        # default); tests also prove TLS 1.2 through MAXIMUM_VERSION.
+        if MAXIMUM_VERSION is not None:
+            self.client_ctx.maximum_version = MAXIMUM_VERSION
         self.ticket_calls: list[tuple[int, int]] = []  # (SSL *, enc)
         self.hello_calls: list[int] = []
         secret = os.urandom(TICKET_NAME_LEN + 32)
