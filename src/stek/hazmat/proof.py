@@ -2,8 +2,8 @@
 
 HAZMAT.  stek reads the ``SSL_CTX *`` out of a private CPython object
 (``PySSLContext`` in ``Modules/_ssl.c``: ``PyObject_HEAD`` then ``SSL_CTX
-*ctx``), so before any pointer read that way reaches libssl, one in-memory
-handshake (``ssl.MemoryBIO``, an ephemeral certificate, no network) checks,
+*ctx``), so before any pointer read that way reaches libssl, four in-memory
+handshakes (``ssl.MemoryBIO``, an ephemeral certificate, no network) check,
 on this very interpreter:
 
 1. **the pointer**: OpenSSL itself reports each ``SSL_CTX`` and ``SSL`` it
@@ -13,8 +13,9 @@ on this very interpreter:
    it, never dereferenced; a mismatch refuses.  Then ``SSL_get_SSL_CTX`` of
    the ``SSL`` OpenSSL reported for a connection made from that context
    (``wrap_bio``) must be that same ``SSL_CTX``, and ``SSL_CTX_get_options``
-   on it must answer what ``SSLContext.options`` does.  The same is done for
-   ``PySSLSession`` (``SSL_get_session`` of the client's ``SSL``).
+   on it must answer what ``SSLContext.options`` does.  The same comparison
+   finds the ``SSL_SESSION *`` in ``PySSLSession`` (``SSL_get_session`` of
+   the client's ``SSL``); where it fails, only reading sessions is refused.
 2. **the callbacks**: a ticket key callback installed on that ``SSL_CTX``
    is invoked to seal a ticket (enc=1) and to open it (enc=0) on the
    ``SSL`` OpenSSL reported, and the session resumes.
@@ -47,6 +48,7 @@ from typing import Any
 
 from ..errors import BindingError
 from .libssl import (
+    CRYPTO_EX_INDEX_SSL_CTX,
     EVP_MAX_IV_LENGTH,
     SSL_CLIENT_HELLO_SUCCESS,
     TICKET_NAME_LEN,
@@ -57,9 +59,8 @@ from .libssl import (
     TicketKeyCallback,
 )
 
-#: openssl/crypto.h: CRYPTO_EX_INDEX_SSL, CRYPTO_EX_INDEX_SSL_CTX.
+#: openssl/crypto.h: CRYPTO_EX_INDEX_SSL.
 CRYPTO_EX_INDEX_SSL = 0
-CRYPTO_EX_INDEX_SSL_CTX = 1
 #: Where ``Modules/_ssl.c`` keeps the C pointer: the first field after the
 #: object header (``PySSLContext.ctx``, ``PySSLSession.session``).
 POINTER_OFFSET = object.__basicsize__
