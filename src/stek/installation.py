@@ -87,6 +87,13 @@ def _accelerator(lib: LibSSL) -> Any:
             from .hazmat import _fastcb  # type: ignore[attr-defined]
         except ImportError:
             return None
+        if getattr(_fastcb, "API", 1) != 2:
+            # A build of an older _fastcb.c left in a source tree (a
+            # version-specific .so is found before the abi3 one).
+            log.warning("stek.hazmat._fastcb at %s is a stale build: using the Python "
+                        "callback (rebuild: python setup.py build_ext --inplace)",
+                        _fastcb.__file__)
+            return None
         mac = lib.address("EVP_MAC_CTX_set_params") if lib.openssl3 else 0
         hmac = 0 if lib.openssl3 else lib.address("HMAC_Init_ex")
         _fastcb.init(lib.address("RAND_bytes"), lib.address("EVP_EncryptInit_ex"),

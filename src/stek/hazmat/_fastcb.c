@@ -877,6 +877,8 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__fastcb(void) {
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
+    /* 2: acquire() takes the SSL_CTX whose slot it may take back. */
+    PyModule_AddIntConstant(m, "API", 2);
     PyModule_AddIntConstant(m, "SLOTS", NSLOTS);
     PyModule_AddIntConstant(m, "MAX_KEYS", MAXKEYS);
     return m;
