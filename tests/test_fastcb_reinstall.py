@@ -60,3 +60,29 @@ def test_two_live_installations_never_share_a_slot(certs: Certs) -> None:
     assert hb2._slot != hb._slot
     hb.uninstall()
     hb2.uninstall()
+
+
+def test_stale_build_is_ignored_with_a_warning(monkeypatch: pytest.MonkeyPatch,
+                                               caplog: pytest.LogCaptureFixture,
+                                               certs: Certs) -> None:
+    """A _fastcb built from an older _fastcb.c (no API 2: acquire() without the
+    SSL_CTX) would fail every install: the Python callback serves instead."""
+    import sys
+    import types
+
+    import stek.hazmat
+    from stek import installation
+
+    stale = types.ModuleType("stek.hazmat._fastcb")
+    stale.__file__ = "/stale/_fastcb.cpython-311-x86_64-linux-gnu.so"
+    monkeypatch.setitem(sys.modules, "stek.hazmat._fastcb", stale)
+    monkeypatch.setattr(stek.hazmat, "_fastcb", stale, raising=False)
+    monkeypatch.setattr(installation, "_ACCEL", None)
+    monkeypatch.setattr(installation, "_ACCEL_TRIED", False)
+    store = MemoryStore()
+    stek.init_ring(store, Policy())
+    with caplog.at_level("WARNING", logger="stek.installation"):
+        handle = stek.install(server_context(certs), store)
+    assert not handle.accelerated
+    assert "stale build" in caplog.text
+    handle.uninstall()
