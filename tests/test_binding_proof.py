@@ -221,14 +221,14 @@ def test_callback_never_invoked_is_refused(unknown_python: None, certs: Certs,
     assert getattr(ctx, "_stek_installation", None) is None
 
 
-def test_session_id_context_not_applied_is_refused(unknown_python: None, certs: Certs,
+def test_client_hello_callback_never_invoked_is_refused(unknown_python: None, certs: Certs,
                                                    store: MemoryStore,
                                                    monkeypatch: pytest.MonkeyPatch) -> None:
     lib = hz.libssl()
     monkeypatch.setattr(lib, "set_client_hello_callback", lambda ctx_ptr, cb, arg=None: None)
     with pytest.raises(BindingError) as exc:
         stek.install(server_context(certs), store)
-    assert "ClientHello callback" in _refusal(exc)
+    assert "the ClientHello callback was invoked 0 times" in _refusal(exc)
 
 
 def test_session_pointer_not_found_refuses_only_reading_sessions(
@@ -266,3 +266,14 @@ def test_handshake_error_in_the_proof_is_one_line(unknown_python: None, certs: C
     assert _refusal(exc).startswith("the binding proof failed: its in-memory handshake "
                                     "raised SSLError: ")
     assert getattr(ctx, "_stek_installation", None) is None
+
+
+def test_session_id_context_never_taken_is_refused(unknown_python: None, certs: Certs,
+                                                   store: MemoryStore,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    lib = hz.libssl()
+    monkeypatch.setattr(lib, "SSL_set_session_id_context", lambda s, sid, n: 1)
+    with pytest.raises(BindingError) as exc:
+        stek.install(server_context(certs), store)
+    assert _refusal(exc) == ("the binding proof failed: the session id context set from the "
+                             "ClientHello callback is not the one the session was made in")

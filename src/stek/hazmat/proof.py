@@ -6,19 +6,20 @@ HAZMAT.  stek reads the ``SSL_CTX *`` out of a private CPython object
 handshakes (``ssl.MemoryBIO``, an ephemeral certificate, no network) check,
 on this very interpreter:
 
-1. **the pointer**: OpenSSL itself reports each ``SSL_CTX`` and ``SSL`` it
+1. **the pointer**: OpenSSL itself reports each ``SSL_CTX`` it
    makes, through an ex_data ``new_func`` (CRYPTO_get_ex_new_index(3): it is
    called with the new object as ``parent``).  The word read from the proof's
    ``SSLContext`` is only *compared* with the ``SSL_CTX`` OpenSSL reported for
    it, never dereferenced; a mismatch refuses.  Then ``SSL_get_SSL_CTX`` of
-   the ``SSL`` OpenSSL reported for a connection made from that context
-   (``wrap_bio``) must be that same ``SSL_CTX``, and ``SSL_CTX_get_options``
-   on it must answer what ``SSLContext.options`` does.  The same comparison
-   finds the ``SSL_SESSION *`` in ``PySSLSession`` (``SSL_get_session`` of
-   the client's ``SSL``); where it fails, only reading sessions is refused.
+   the ``SSL`` OpenSSL hands to a ClientHello callback, for a connection made
+   from that context (``wrap_bio``), must be that same ``SSL_CTX``, and
+   ``SSL_CTX_get_options`` on it must answer what ``SSLContext.options``
+   does.  The same comparison finds the ``SSL_SESSION *`` in
+   ``PySSLSession`` (``SSL_get_session`` of that ``SSL``); where it fails,
+   only reading sessions is refused.
 2. **the callbacks**: a ticket key callback installed on that ``SSL_CTX``
-   is invoked to seal a ticket (enc=1) and to open it (enc=0) on the
-   ``SSL`` OpenSSL reported, and the session resumes.
+   is invoked to seal a ticket (enc=1) and to open it (enc=0), and the
+   session resumes.
 3. **the session id context**: where ``_ssl`` applies its own (on the
    ``SSL_CTX`` up to CPython 3.12, on each ``SSL`` since 3.13), and that the
    context stek sets on the ``SSL_CTX`` plus per connection from a
@@ -59,8 +60,6 @@ from .libssl import (
     TicketKeyCallback,
 )
 
-#: openssl/crypto.h: CRYPTO_EX_INDEX_SSL.
-CRYPTO_EX_INDEX_SSL = 0
 #: Where ``Modules/_ssl.c`` keeps the C pointer: the first field after the
 #: object header (``PySSLContext.ctx``, ``PySSLSession.session``).
 POINTER_OFFSET = object.__basicsize__
@@ -100,52 +99,47 @@ def read_word(obj: object, offset: int) -> int:
 
 
 class _Made:
-    """The SSL_CTXs and SSLs OpenSSL reports making, per thread, while armed."""
+    """The SSL_CTXs OpenSSL reports making, per thread, while armed.
+
+    Only the SSL_CTX class: SSL_CTX ex_data already has stek's indexes, so
+    the freed one costs nothing per connection (an SSL class index would
+    make every SSL_new walk it, for the life of the process).
+    """
 
     def __init__(self, lib: LibSSL) -> None:
         self.armed = False
-        self.seen: list[tuple[int, int, int]] = []  # (class, thread, pointer)
+        self.seen: list[tuple[int, int]] = []  # (thread, SSL_CTX *)
 
-        def made(cls: int) -> Any:
-            def new(parent: Any, ptr: Any, ad: Any, idx: int, argl: int, argp: Any) -> None:
-                # Called by OpenSSL for every object of the class it makes.
-                # Nothing may raise into C.
-                try:
-                    if self.armed and parent:
-                        self.seen.append((cls, threading.get_ident(), int(parent)))
-                except BaseException:  # noqa: S110
-                    pass
-            return ExFreeCallback(new)
+        def new(parent: Any, ptr: Any, ad: Any, idx: int, argl: int, argp: Any) -> None:
+            # Called by OpenSSL for every SSL_CTX it makes.  Nothing may raise into C.
+            try:
+                if self.armed and parent:
+                    self.seen.append((threading.get_ident(), int(parent)))
+            except BaseException:  # noqa: S110
+                pass
 
-        self._thunks = (made(CRYPTO_EX_INDEX_SSL_CTX), made(CRYPTO_EX_INDEX_SSL))
-        reg = lib.CRYPTO_get_ex_new_index
-        self.indexes = (
-            int(reg(CRYPTO_EX_INDEX_SSL_CTX, 0, None,
-                    ctypes.cast(self._thunks[0], c_void_p), None, None)),
-            int(reg(CRYPTO_EX_INDEX_SSL, 0, None,
-                    ctypes.cast(self._thunks[1], c_void_p), None, None)),
-        )
+        self._thunk = ExFreeCallback(new)
+        self.index = int(lib.CRYPTO_get_ex_new_index(
+            CRYPTO_EX_INDEX_SSL_CTX, 0, None, ctypes.cast(self._thunk, c_void_p), None, None))
         self._lib = lib
-        if min(self.indexes) < 0:
+        if self.index < 0:
             raise BindingError("the binding proof failed: CRYPTO_get_ex_new_index failed")
 
     def close(self) -> None:
         self.armed = False
-        # CRYPTO_free_ex_index(3): OpenSSL stops calling new_func (no Python
-        # per connection after the proof).  The thunks stay alive in case a
-        # thread is inside one right now.
+        # CRYPTO_free_ex_index(3): OpenSSL stops calling new_func.  The thunk
+        # stays alive in case a thread is inside it right now.
         free = self._lib.lib.CRYPTO_free_ex_index
         free.restype, free.argtypes = ctypes.c_int, (ctypes.c_int, ctypes.c_int)
-        free(CRYPTO_EX_INDEX_SSL_CTX, self.indexes[0])
-        free(CRYPTO_EX_INDEX_SSL, self.indexes[1])
-        _KEEP.append(self._thunks)
+        free(CRYPTO_EX_INDEX_SSL_CTX, self.index)
+        _KEEP.append(self._thunk)
 
-    def during(self, cls: int, action: Callable[[], Any]) -> tuple[Any, list[int]]:
-        """Run ``action``; return its result and what OpenSSL made of ``cls`` in this thread."""
+    def during(self, action: Callable[[], Any]) -> tuple[Any, list[int]]:
+        """Run ``action``; return its result and the SSL_CTXs OpenSSL made in this thread."""
         start = len(self.seen)
         result = action()
         me = threading.get_ident()
-        return result, [p for c, t, p in self.seen[start:] if c == cls and t == me]
+        return result, [p for t, p in self.seen[start:] if t == me]
 
 
 _KEEP: list[Any] = []
@@ -215,7 +209,8 @@ class _Proof:
         if MAXIMUM_VERSION is not None:
             self.client_ctx.maximum_version = MAXIMUM_VERSION
         self.ticket_calls: list[tuple[int, int]] = []  # (SSL *, enc)
-        self.hello_calls: list[int] = []
+        self.hello_calls: list[int] = []  # SSL * as OpenSSL hands it to the callback
+        self.set_sid = False
         secret = os.urandom(TICKET_NAME_LEN + 32)
         self.key_ = PreparedKey(lib, secret[:TICKET_NAME_LEN], secret[16:32], secret[32:48],
                                 0, 0, 0)
@@ -249,26 +244,27 @@ class _Proof:
     def _hello(self, s: Any, al: Any, arg: Any) -> int:
         try:
             self.hello_calls.append(int(s or 0))
-            self.lib.SSL_set_session_id_context(s, _PROOF_SSL_SID, len(_PROOF_SSL_SID))
+            if self.set_sid:
+                self.lib.SSL_set_session_id_context(s, _PROOF_SSL_SID, len(_PROOF_SSL_SID))
         except BaseException:  # noqa: S110
             pass
         return SSL_CLIENT_HELLO_SUCCESS
 
-    def connect(self, made: _Made, server_ctx: ssl.SSLContext,
-                session: ssl.SSLSession | None = None) -> tuple[int, int, ssl.SSLObject, Any]:
-        """One in-memory handshake; the server's and client's SSL * as OpenSSL reported them."""
+    def connect(self, server_ctx: ssl.SSLContext, session: ssl.SSLSession | None = None
+                ) -> tuple[int, ssl.SSLObject, ssl.SSLObject]:
+        """One in-memory handshake; the server's SSL * as OpenSSL handed it to the
+        ClientHello callback, and both ends (alive while their SSLs are inspected)."""
         sin, sout, cin, cout = (ssl.MemoryBIO() for _ in range(4))
-        server, ssls = made.during(CRYPTO_EX_INDEX_SSL,
-                                   lambda: server_ctx.wrap_bio(sin, sout, server_side=True))
-        client, cssls = made.during(CRYPTO_EX_INDEX_SSL,
-                                    lambda: self.client_ctx.wrap_bio(cin, cout, session=session))
-        if len(ssls) != 1 or len(cssls) != 1:
-            raise BindingError(
-                f"the binding proof failed: OpenSSL reported {len(ssls)} SSL for one server "
-                f"connection and {len(cssls)} for one client connection, not 1 and 1")
+        server = server_ctx.wrap_bio(sin, sout, server_side=True)
+        client = self.client_ctx.wrap_bio(cin, cout, session=session)
+        start = len(self.hello_calls)
         _handshake(client, server, cout, sout, cin, sin)
-        # The objects are returned so their SSLs stay alive while inspected.
-        return ssls[0], cssls[0], client, server
+        seen = self.hello_calls[start:]
+        if len(seen) != 1 or not seen[0]:
+            raise BindingError(
+                f"the binding proof failed: the ClientHello callback was invoked {len(seen)} "
+                f"times for one connection, not once")
+        return seen[0], client, server
 
     def session_sid(self, ssl_ptr: int) -> bytes:
         sess = self.lib.SSL_get_session(ssl_ptr)
@@ -300,8 +296,7 @@ def _steps(lib: LibSSL, made: _Made, ctx_offset: int, session_offset: int,
         # The thunks outlive the proof: its SSL_CTX may call them until freed.
         _KEEP.append((proof.ticket_thunk, proof.hello_thunk))
         made.armed = True
-        server_ctx, ctxs = made.during(
-            CRYPTO_EX_INDEX_SSL_CTX, lambda: ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
+        server_ctx, ctxs = made.during(lambda: ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER))
         server_ctx.load_cert_chain(proof.pem)
     # 1. The pointer: compared with what OpenSSL reported, before any use.
     word = read_word(server_ctx, ctx_offset)
@@ -314,8 +309,11 @@ def _steps(lib: LibSSL, made: _Made, ctx_offset: int, session_offset: int,
         raise BindingError("the binding proof failed: SSL_CTX_get_options does not answer "
                            "SSLContext.options")
     # 2. The ticket key callback, and 3. where _ssl sets its session id context.
+    # The ClientHello callback reports each connection's SSL * (and sets no
+    # session id context yet).
     lib.set_ticket_callback(ctx_ptr, proof.ticket_thunk)
-    s1, c1, *keep1 = proof.connect(made, server_ctx)
+    lib.set_client_hello_callback(ctx_ptr, proof.hello_thunk)
+    s1, _, server1 = proof.connect(server_ctx)
     if lib.SSL_get_SSL_CTX(s1) != ctx_ptr:
         raise BindingError(
             "the binding proof failed: the SSL_CTX OpenSSL reports for a connection made "
@@ -324,35 +322,35 @@ def _steps(lib: LibSSL, made: _Made, ctx_offset: int, session_offset: int,
     if not any(s == s1 and enc == 1 for s, enc in proof.ticket_calls):
         raise BindingError("the binding proof failed: the ticket key callback was never "
                            "invoked to seal a ticket")
-    # The client's SSLSession (read by stek.inspect, not by install()):
-    # where it is not found, only reading sessions is refused.
-    client_session = keep1[0].session
-    sess_ptr = lib.SSL_get_session(c1)
+    # An SSLSession (read by stek.inspect, not by install()): where it is not
+    # found, only reading sessions is refused.
+    py_session = server1.session
+    sess_ptr = lib.SSL_get_session(s1)
     found_session: int | None = session_offset
-    if client_session is None or not sess_ptr or \
-            read_word(client_session, session_offset) != sess_ptr:
+    if py_session is None or not sess_ptr or \
+            read_word(py_session, session_offset) != sess_ptr:
         found_session = None
     if lib.SSL_CTX_set_session_id_context(ctx_ptr, _PROOF_CTX_SID,
                                           len(_PROOF_CTX_SID)) != 1:
         raise BindingError("the binding proof failed: SSL_CTX_set_session_id_context")
-    s2, _, *keep2 = proof.connect(made, server_ctx)
+    s2, *keep2 = proof.connect(server_ctx)
     seen = proof.session_sid(s2)
     applied_to = "SSL_CTX" if seen == _PROOF_CTX_SID else "SSL"
     # stek's way: the SSL_CTX's and a ClientHello callback's, per connection.
-    lib.set_client_hello_callback(ctx_ptr, proof.hello_thunk)
-    s3, _, *keep3 = proof.connect(made, server_ctx)
-    if s3 not in proof.hello_calls or proof.session_sid(s3) != _PROOF_SSL_SID:
+    proof.set_sid = True
+    s3, client3, *keep3 = proof.connect(server_ctx)
+    if proof.session_sid(s3) != _PROOF_SSL_SID:
         raise BindingError(
             "the binding proof failed: the session id context set from the ClientHello "
             "callback is not the one the session was made in")
-    s4, _, client4, _ = proof.connect(made, server_ctx, session=keep3[0].session)
+    s4, client4, *keep4 = proof.connect(server_ctx, session=client3.session)
     if not client4.session_reused or not any(s == s4 and enc == 0
                                              for s, enc in proof.ticket_calls):
         raise BindingError("the binding proof failed: the ticket key callback was never "
                            "invoked to open a ticket (no resumption)")
     lib.set_client_hello_callback(ctx_ptr, None)
     lib.set_ticket_callback(ctx_ptr, None)
-    del keep1, keep2, keep3, client4
+    del server1, keep2, client3, keep3, client4, keep4
     return Binding(ctx_offset, found_session, python_sid, applied_to,
                    time.perf_counter() - start)
 
