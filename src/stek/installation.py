@@ -44,9 +44,9 @@ from .hazmat.libssl import (
     LibSSL,
     PreparedKey,
     TicketKeyCallback,
-    cpython_ssl,
     libssl,
 )
+from .hazmat.proof import binding
 from .keyring import Keyring
 from .mirror import MirroredRing, mirror_source
 from .rotation import rotate as rotate_store
@@ -86,6 +86,13 @@ def _accelerator(lib: LibSSL) -> Any:
         try:
             from .hazmat import _fastcb  # type: ignore[attr-defined]
         except ImportError:
+            return None
+        if getattr(_fastcb, "API", 1) != 2:
+            # A build of an older _fastcb.c left in a source tree (a
+            # version-specific .so is found before the abi3 one).
+            log.warning("stek.hazmat._fastcb at %s is a stale build: using the Python "
+                        "callback (rebuild: python setup.py build_ext --inplace)",
+                        _fastcb.__file__)
             return None
         mac = lib.address("EVP_MAC_CTX_set_params") if lib.openssl3 else 0
         hmac = 0 if lib.openssl3 else lib.address("HMAC_Init_ex")
@@ -238,7 +245,6 @@ class Installation:
                  rotate: bool, clock: Callable[[], float], lib: LibSSL,
                  accel: Any = None, accel_required: bool = False,
                  session_id_context: bytes | None = None, scope: str | None = None) -> None:
-        cpython_ssl()  # BindingError on a Python whose _ssl was not checked
         given = _check_sid_ctx(session_id_context)
         #: The key scope this context serves (stek.scope); None: the ring's own keys.
         self.scope = check_scope(scope)
@@ -266,7 +272,7 @@ class Installation:
                 bytes(int(LIFECYCLE[st].answer_tls12) for st in order),
                 bytes(int(LIFECYCLE[st].answer_tls13) for st in order),
                 bytes(int(DECRYPTED_TICKET[st]) for st in TicketStatus),
-                sid, True,
+                sid, True, self._ctx_ptr,  # a slot this SSL_CTX holds is taken back
             )
             if self._slot is None and accel_required:
                 raise BindingError(
@@ -721,6 +727,7 @@ def install(
     if existing is not None and existing.installed:
         raise BindingError("stek is already installed on this context (uninstall() it first)")
     lib = libssl()
+    binding(lib)  # proven on this interpreter at the first install (stek.hazmat.proof)
     st = shared_store(store)
     now = clock()
     error: StoreError | None = None

@@ -13,7 +13,6 @@ import gc
 import logging
 import os
 import ssl
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -607,22 +606,3 @@ def test_openssl_failure_opening_a_ticket_gives_a_full_handshake(
     c = handle.counters
     assert c.errors == 1 and c.resumed == 0 and c.accepted_by_name == 0
     assert c.issued > issued  # the full handshake ended with a fresh ticket
-
-
-# -- which Pythons the binding understands --------------------------------------------
-
-def test_unchecked_python_is_refused_with_a_clear_error(
-        certs: Certs, store: FileStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    from stek.hazmat import libssl as hz
-
-    assert hz.cpython_ssl((3, 13)).applied_to == "SSL"
-    assert hz.cpython_ssl((3, 12)).applied_to == "SSL_CTX"
-    with pytest.raises(BindingError, match=r"not checked against cpython 3\.14"):
-        hz.cpython_ssl((3, 14))
-    with pytest.raises(BindingError, match="pypy"):
-        hz.cpython_ssl((3, 11), "pypy")
-    monkeypatch.delitem(hz.CPYTHON_SSL, tuple(sys.version_info[:2]))
-    ctx = server_context(certs)
-    with pytest.raises(BindingError, match="not checked against"):
-        stek.install(ctx, store)
-    assert getattr(ctx, "_stek_installation", None) is None

@@ -31,6 +31,11 @@
  * (CRYPTO_get_ex_new_index(3)) when OpenSSL frees it; the slot is wiped and
  * reused only when both are gone.
  */
+/* The limited API of CPython 3.10 (PEP 384, PEP 652): one cp310-abi3 build
+ * serves 3.10 and every later CPython (setup.py, scripts/build-wheel.sh). */
+#ifndef Py_LIMITED_API
+#define Py_LIMITED_API 0x030A0000
+#endif
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <pthread.h>
@@ -555,6 +560,16 @@ static int slot_arg(PyObject *arg, int *out) {
     return 0;
 }
 
+/* A bytes argument's buffer and length.  Never a "y#" format: with the
+ * limited API, what "#" means depends on the headers a build used (CPython
+ * 3.13's drop PY_SSIZE_T_CLEAN), and an abi3 build runs on other versions. */
+static int bytes_arg(PyObject *obj, const char **buf, Py_ssize_t *len) {
+    char *b;
+    if (PyBytes_AsStringAndSize(obj, &b, len) < 0) return -1;
+    *buf = b;
+    return 0;
+}
+
 static PyObject *fc_init(PyObject *self, PyObject *args) {
     unsigned long long rb, ei, di, msp, hi, sha, sv, gs, ga, sa, st, eni, sed, ged, ssc, sgi,
         gvm, sgp, hge, sgh, gsn, ssh;
@@ -602,18 +617,56 @@ static PyObject *fc_init(PyObject *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
+/* A slot's tables, session id context and counters, fresh; under slots_lock
+ * (and the slot's own lock when the SSL_CTX may be calling it). */
+static void fill_slot(slot_t *sl, const char *a12, const char *a13, const char *dt,
+                      const char *sid, Py_ssize_t nsid, int set_sid) {
+    memset(sl->counters, 0, sizeof sl->counters);
+    memcpy(sl->ans12, a12, NSTATES);
+    memcpy(sl->ans13, a13, NSTATES);
+    memcpy(sl->dec_table, dt, NSTATUS);
+    memset(sl->sid, 0, sizeof sl->sid);
+    memcpy(sl->sid, sid, (size_t)nsid);
+    sl->sid_len = (unsigned int)nsid;
+    sl->set_sid = set_sid;
+    sl->max_age = 0;
+}
+
+/* acquire(ans12, ans13, dec_table, sid_ctx, set_sid, ssl_ctx=0) -> slot or None */
 static PyObject *fc_acquire(PyObject *self, PyObject *args) {
     const char *a12, *a13, *dt, *sid;
     Py_ssize_t n12, n13, ndt, nsid;
+    unsigned long long ctx = 0;
     int i, set_sid;
-    if (!PyArg_ParseTuple(args, "y#y#y#y#p", &a12, &n12, &a13, &n13, &dt, &ndt, &sid, &nsid,
-                          &set_sid))
+    PyObject *o12, *o13, *odt, *osid;
+    if (!PyArg_ParseTuple(args, "OOOOp|K", &o12, &o13, &odt, &osid, &set_sid, &ctx) ||
+        bytes_arg(o12, &a12, &n12) < 0 || bytes_arg(o13, &a13, &n13) < 0 ||
+        bytes_arg(odt, &dt, &ndt) < 0 || bytes_arg(osid, &sid, &nsid) < 0)
         return NULL;
     if (!F.ready || n12 != NSTATES || n13 != NSTATES || ndt != NSTATUS || nsid > MAX_SID_CTX) {
         PyErr_SetString(PyExc_ValueError, "not initialized or bad lifecycle table");
         return NULL;
     }
     pthread_mutex_lock(&slots_lock);
+    /* A slot the SSL_CTX still holds from an earlier installation that let it
+     * go (refs == 1: only the SSL_CTX's reference) serves this one: its
+     * trampoline and its place on the SSL_CTX's chain stay, so re-installing
+     * on one context never uses up slots. */
+    if (ctx) {
+        slot_t *held = (slot_t *)F.ctx_get_ex_data((void *)(uintptr_t)ctx, F.ex_index);
+        for (; held != NULL; held = held->next_on_ctx) {
+            if (held->used && held->refs == 1) {
+                pthread_mutex_lock(&held->lock);
+                wipe(held->keys, sizeof held->keys);
+                held->nkeys = 0;
+                fill_slot(held, a12, a13, dt, sid, nsid, set_sid);
+                pthread_mutex_unlock(&held->lock);
+                held->refs = 2; /* the SSL_CTX's, and the new Installation's */
+                pthread_mutex_unlock(&slots_lock);
+                return PyLong_FromLong((long)(held - slots));
+            }
+        }
+    }
     for (i = 0; i < NSLOTS; i++) {
         if (!slots[i].used) {
             slot_t *sl = &slots[i];
@@ -622,15 +675,7 @@ static PyObject *fc_acquire(PyObject *self, PyObject *args) {
             sl->refs = 1; /* the Python Installation's */
             sl->next_on_ctx = NULL;
             sl->nkeys = 0;
-            memset(sl->counters, 0, sizeof sl->counters);
-            memcpy(sl->ans12, a12, NSTATES);
-            memcpy(sl->ans13, a13, NSTATES);
-            memcpy(sl->dec_table, dt, NSTATUS);
-            memset(sl->sid, 0, sizeof sl->sid);
-            memcpy(sl->sid, sid, (size_t)nsid);
-            sl->sid_len = (unsigned int)nsid;
-            sl->set_sid = set_sid;
-            sl->max_age = 0;
+            fill_slot(sl, a12, a13, dt, sid, nsid, set_sid);
             pthread_mutex_unlock(&slots_lock);
             return PyLong_FromLong(i);
         }
@@ -662,6 +707,16 @@ static PyObject *fc_attach(PyObject *self, PyObject *args) {
         return NULL;
     }
     pthread_mutex_lock(&slots_lock);
+    {
+        /* A slot acquire() took back from this SSL_CTX is on its chain already. */
+        slot_t *on = (slot_t *)F.ctx_get_ex_data((void *)(uintptr_t)ctx, F.ex_index);
+        for (; on != NULL; on = on->next_on_ctx) {
+            if (on == &slots[n]) {
+                pthread_mutex_unlock(&slots_lock);
+                Py_RETURN_NONE;
+            }
+        }
+    }
     slots[n].next_on_ctx = (slot_t *)F.ctx_get_ex_data((void *)(uintptr_t)ctx, F.ex_index);
     ok = F.ctx_set_ex_data((void *)(uintptr_t)ctx, F.ex_index, &slots[n]);
     if (ok == 1) slots[n].refs++;
@@ -692,8 +747,9 @@ static PyObject *fc_decide(PyObject *self, PyObject *args) {
     PyObject *appdata;
     long long stime, now, max_age;
     uint64_t born;
-    if (!PyArg_ParseTuple(args, "y#iOLLL", &dt, &ndt, &status, &appdata, &stime, &now,
-                          &max_age))
+    PyObject *odt;
+    if (!PyArg_ParseTuple(args, "OiOLLL", &odt, &status, &appdata, &stime, &now, &max_age) ||
+        bytes_arg(odt, &dt, &ndt) < 0)
         return NULL;
     if (ndt != NSTATUS || max_age < 0) {
         PyErr_SetString(PyExc_ValueError, "bad table or max_age");
@@ -746,9 +802,11 @@ static PyObject *fc_load(PyObject *self, PyObject *args) {
     int s;
     if (!PyArg_ParseTuple(args, "OO", &slotobj, &seq)) return NULL;
     if (slot_arg(slotobj, &s) < 0) return NULL;
-    fast = PySequence_Fast(seq, "keys must be a sequence");
+    /* A tuple copy of the sequence: its items stay alive while parsed (the
+     * limited API has no PySequence_Fast_GET_ITEM). */
+    fast = PySequence_Tuple(seq);
     if (fast == NULL) return NULL;
-    n = PySequence_Fast_GET_SIZE(fast);
+    n = PyTuple_Size(fast);
     if (n > MAXKEYS) {
         Py_DECREF(fast);
         PyErr_SetString(PyExc_ValueError, "too many keys");
@@ -759,8 +817,12 @@ static PyObject *fc_load(PyObject *self, PyObject *args) {
         Py_ssize_t lnm, laes, lhm;
         long long a, r, e;
         unsigned long long cipher;
-        if (!PyArg_ParseTuple(PySequence_Fast_GET_ITEM(fast, i), "y#y#y#LLLK", &nm, &lnm, &aes,
-                              &laes, &hm, &lhm, &a, &r, &e, &cipher)) {
+        PyObject *item = PyTuple_GetItem(fast, i); /* borrowed, held by fast */
+        PyObject *onm, *oaes, *ohm;
+        if (item == NULL ||
+            !PyArg_ParseTuple(item, "OOOLLLK", &onm, &oaes, &ohm, &a, &r, &e, &cipher) ||
+            bytes_arg(onm, &nm, &lnm) < 0 || bytes_arg(oaes, &aes, &laes) < 0 ||
+            bytes_arg(ohm, &hm, &lhm) < 0) {
             wipe(tmp, sizeof tmp);
             Py_DECREF(fast);
             return NULL;
@@ -799,7 +861,12 @@ static PyObject *fc_counters(PyObject *self, PyObject *arg) {
     if (t == NULL) return NULL;
     for (i = 0; i < NCOUNTERS; i++) {
         uint64_t v = __atomic_load_n(&slots[s].counters[i], __ATOMIC_RELAXED);
-        PyTuple_SET_ITEM(t, i, PyLong_FromUnsignedLongLong(v));
+        PyObject *c = PyLong_FromUnsignedLongLong(v);
+        /* PyTuple_SetItem steals c (and drops it on failure). */
+        if (c == NULL || PyTuple_SetItem(t, i, c) < 0) {
+            Py_DECREF(t);
+            return NULL;
+        }
     }
     return t;
 }
@@ -868,7 +935,8 @@ static PyMethodDef methods[] = {
                                     "SSL_SESSION_get0_hostname, SSL_get_servername, "
                                     "SSL_SESSION_set1_hostname): addresses"},
     {"acquire", fc_acquire, METH_VARARGS,
-     "acquire(ans12, ans13, dec_table, sid_ctx, set_sid) -> slot or None"},
+     "acquire(ans12, ans13, dec_table, sid_ctx, set_sid, ssl_ctx=0) -> slot or None "
+     "(a slot ssl_ctx holds and no installation uses is taken back)"},
     {"release", fc_release, METH_O, "release(slot): the Installation's reference"},
     {"attach", fc_attach, METH_VARARGS, "attach(slot, ssl_ctx): held until OpenSSL frees it"},
     {"in_use", fc_in_use, METH_NOARGS, "in_use() -> number of slots in use"},
@@ -890,6 +958,8 @@ static struct PyModuleDef module = {
 PyMODINIT_FUNC PyInit__fastcb(void) {
     PyObject *m = PyModule_Create(&module);
     if (m == NULL) return NULL;
+    /* 2: acquire() takes the SSL_CTX whose slot it may take back. */
+    PyModule_AddIntConstant(m, "API", 2);
     PyModule_AddIntConstant(m, "SLOTS", NSLOTS);
     PyModule_AddIntConstant(m, "MAX_KEYS", MAXKEYS);
     return m;

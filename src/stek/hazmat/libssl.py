@@ -11,19 +11,18 @@ that can be checked is checked before anything is written:
 * the ``SSL_CTX *`` read from the ``SSLContext`` object must answer
   ``SSL_CTX_get_options`` exactly as ``SSLContext.options`` does.
 
-Layouts relied on (CPython 3.10-3.13 ``Modules/_ssl.c``):
+Layouts relied on (CPython ``Modules/_ssl.c``):
 ``PySSLContext { PyObject_HEAD; SSL_CTX *ctx; ... }`` and
 ``PySSLSession { PyObject_HEAD; SSL_SESSION *session; ... }``: the C pointer
-is the first field after the object header.  How each version applies the
-session id context is in :data:`CPYTHON_SSL`; :func:`cpython_ssl` refuses a
-Python that is not in it.
+is the first field after the object header.  No pointer read that way reaches
+libssl before stek.hazmat.proof has checked, on this interpreter, that the
+word there is the very pointer OpenSSL made (once per process).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ssl
-import sys
 from ctypes import (
     CFUNCTYPE,
     POINTER,
@@ -101,7 +100,7 @@ SSL_CTRL_GET_CHAIN_CERTS = 82
 
 @dataclass(frozen=True)
 class CPythonSSL:
-    """What stek relies on in one CPython version's ``Modules/_ssl.c``."""
+    """How one CPython version's ``Modules/_ssl.c`` sets its session id context."""
 
     #: The session id context ``_ssl`` gives server connections: ``"Python"``
     #: with its NUL (``sizeof(SID_CTX)``), 7 bytes.
@@ -114,7 +113,8 @@ class CPythonSSL:
     applied_to: str
 
 
-#: The CPython versions whose ``_ssl`` stek's binding was checked against.
+#: What the binding proof (stek.hazmat.proof) finds on the CPython versions CI
+#: runs; a version missing here is proven the same way, not refused.
 CPYTHON_SSL: dict[tuple[int, int], CPythonSSL] = {
     (3, 10): CPythonSSL(b"Python\x00", "SSL_CTX"),
     (3, 11): CPythonSSL(b"Python\x00", "SSL_CTX"),
@@ -123,21 +123,12 @@ CPYTHON_SSL: dict[tuple[int, int], CPythonSSL] = {
 }
 
 
-def cpython_ssl(version: tuple[int, ...] | None = None,
-                implementation: str | None = None) -> CPythonSSL:
-    """This Python's :class:`CPythonSSL`, or :class:`~stek.errors.BindingError`."""
-    impl = implementation if implementation is not None else sys.implementation.name
-    ver = tuple(version if version is not None else sys.version_info[:2])[:2]
-    facts = CPYTHON_SSL.get((int(ver[0]), int(ver[1]))) if impl == "cpython" else None
-    if facts is None:
-        checked = ", ".join(f"{a}.{b}" for a, b in CPYTHON_SSL)
-        raise BindingError(
-            f"stek's binding was not checked against {impl} {'.'.join(map(str, ver))}'s ssl "
-            f"module (checked: CPython {checked}); it will not guess where that Python keeps "
-            f"its SSL_CTX or how it sets session id contexts"
-        )
-    return facts
+def cpython_ssl() -> CPythonSSL:
+    """This interpreter's :class:`CPythonSSL`, as the binding proof observed it."""
+    from .proof import binding
 
+    proven = binding(libssl())
+    return CPythonSSL(proven.python_session_id_context, proven.applied_to)
 
 
 def _load() -> ctypes.CDLL:
@@ -193,6 +184,7 @@ class LibSSL:
             "SSL_CTX_callback_ctrl", c_long, c_void_p, c_int, c_void_p
         )
         self.SSL_version = fn("SSL_version", c_int, c_void_p)
+        self.SSL_get_SSL_CTX = fn("SSL_get_SSL_CTX", c_void_p, c_void_p)
         self.RAND_bytes = fn("RAND_bytes", c_int, c_void_p, c_int)
         self.EVP_EncryptInit_ex = fn(
             "EVP_EncryptInit_ex", c_int, c_void_p, c_void_p, c_void_p, c_char_p, c_void_p
@@ -287,10 +279,14 @@ class LibSSL:
 
     # -- pointers out of CPython objects -------------------------------------------
     def ssl_ctx_pointer(self, context: ssl.SSLContext) -> int:
-        """The ``SSL_CTX *`` behind ``context``, verified against its options."""
+        """The ``SSL_CTX *`` behind ``context``, at the offset the binding proof
+        (stek.hazmat.proof) validated in this process, then checked against its
+        options."""
+        from .proof import binding, read_word
+
         if not isinstance(context, ssl.SSLContext):
             raise BindingError(f"expected an ssl.SSLContext, got {type(context).__name__}")
-        ptr = c_void_p.from_address(id(context) + object.__basicsize__).value
+        ptr = read_word(context, binding(self).ctx_offset)
         if not ptr or int(self.SSL_CTX_get_options(ptr)) != int(context.options):
             raise BindingError(
                 "cannot locate the SSL_CTX inside this SSLContext (unsupported Python build)"
@@ -299,9 +295,15 @@ class LibSSL:
 
     def ssl_session_pointer(self, session: ssl.SSLSession) -> int:
         """The ``SSL_SESSION *`` behind ``session``, verified against its time and timeout."""
+        from .proof import binding, read_word
+
         if not isinstance(session, ssl.SSLSession):
             raise BindingError(f"expected an ssl.SSLSession, got {type(session).__name__}")
-        ptr = c_void_p.from_address(id(session) + object.__basicsize__).value
+        offset = binding(self).session_offset
+        if offset is None:
+            raise BindingError("the binding proof did not find the SSL_SESSION inside "
+                               "ssl.SSLSession on this Python: sessions cannot be read")
+        ptr = read_word(session, offset)
         if (
             not ptr
             or int(self.SSL_SESSION_get_time(ptr)) != session.time
