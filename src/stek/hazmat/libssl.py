@@ -26,7 +26,6 @@ import ssl
 from ctypes import (
     CFUNCTYPE,
     POINTER,
-    Structure,
     c_char_p,
     c_int,
     c_long,
@@ -42,6 +41,13 @@ from typing import Any
 from ..errors import BindingError
 from ..session import BIRTH_LEN, decode_birth, encode_birth
 
+# PreparedKey (and the OSSL_PARAM it is built of) lives in stek.hazmat.prepared_key;
+# these names stay importable from here.
+from .prepared_key import OSSL_PARAM as OSSL_PARAM
+from .prepared_key import OSSL_PARAM_OCTET_STRING as OSSL_PARAM_OCTET_STRING
+from .prepared_key import OSSL_PARAM_UTF8_STRING as OSSL_PARAM_UTF8_STRING
+from .prepared_key import PreparedKey
+
 #: openssl/evp.h: EVP_MAX_IV_LENGTH; the ``iv`` buffer handed to the callback.
 EVP_MAX_IV_LENGTH = 16
 #: openssl/tls1.h: key_name is 16 bytes (RFC 5077 section 4).
@@ -51,23 +57,6 @@ TICKET_NAME_LEN = 16
 SSL_CTRL_SET_TLSEXT_TICKET_KEY_CB = 72
 #: openssl/prov_ssl.h: TLS1_3_VERSION.
 TLS1_3_VERSION = 0x0304
-#: openssl/core.h: OSSL_PARAM data types.
-OSSL_PARAM_UTF8_STRING = 4
-OSSL_PARAM_OCTET_STRING = 5
-
-
-class OSSL_PARAM(Structure):
-    """openssl/core.h ``struct ossl_param_st``."""
-
-    _fields_ = (
-        ("key", c_char_p),
-        ("data_type", c_uint),
-        ("data", c_void_p),
-        ("data_size", c_size_t),
-        ("return_size", c_size_t),
-    )
-
-
 #: int (*)(SSL *s, unsigned char key_name[16], unsigned char iv[EVP_MAX_IV_LENGTH],
 #:         EVP_CIPHER_CTX *ctx, EVP_MAC_CTX *hctx / HMAC_CTX *hctx, int enc)
 #: SSL_CTX_set_tlsext_ticket_key_evp_cb(3) (OpenSSL 3) and the 1.1.1 HMAC form.
@@ -456,39 +445,6 @@ class LibSSL:
             blob = encode_birth(born)
             self.SSL_SESSION_set1_ticket_appdata(session_ptr, blob, len(blob))
         return born
-
-
-class PreparedKey:
-    """A ring key laid out for C: buffers and OSSL_PARAMs built once, not per handshake."""
-
-    __slots__ = ("_hold", "activates_at", "aes", "cipher", "expires_at", "hmac",
-                 "mac_params", "name", "retires_at")
-
-    def __init__(self, lib: LibSSL, name: bytes, aes: bytes, hmac: bytes,
-                 activates_at: int, retires_at: int, expires_at: int) -> None:
-        self.name = name
-        self.aes = aes  # passed as c_char_p: ctypes hands C the bytes' own buffer
-        self.hmac = hmac
-        self.cipher = lib.aes_256_cbc if len(aes) == 32 else lib.aes_128_cbc
-        self.activates_at = activates_at
-        self.retires_at = retires_at
-        self.expires_at = expires_at
-        if lib.openssl3:
-            # EVP_MAC-HMAC(7): params "digest" (UTF8 string) and "key" (octet string).
-            params = (OSSL_PARAM * 3)()
-            # Keep the buffers the params point into alive as long as the params.
-            self._hold: tuple[bytes, ...] = (b"SHA256", hmac)
-            params[0] = OSSL_PARAM(b"digest", OSSL_PARAM_UTF8_STRING,
-                                   ctypes.cast(c_char_p(b"SHA256"), c_void_p), 6, 0)
-            params[1] = OSSL_PARAM(b"key", OSSL_PARAM_OCTET_STRING,
-                                   ctypes.cast(c_char_p(hmac), c_void_p), len(hmac), 0)
-            self.mac_params: Any = params
-        else:
-            self._hold = ()
-            self.mac_params = None
-
-    def __repr__(self) -> str:
-        return f"PreparedKey(name={self.name.hex()})"
 
 
 _LIB: LibSSL | None = None
