@@ -11,38 +11,38 @@ under keys inside their window still resume, the active key keeps
 encrypting until it retires, after which no ticket is issued at all (rather
 than stretching any key's life).  Full handshakes never fail, not even when
 the store cannot be read at start (see ``install(strict=...)``).
+
+This module holds the handle (:class:`Installation`), ``install()`` and the
+compiled callback's loading; the Python callbacks are in
+:mod:`stek._ctypes_callbacks`, the ring they answer from in
+:mod:`stek._snapshot`, their lifetime in :mod:`stek._pinning` and their
+counters in :mod:`stek._counters`.
 """
 
 from __future__ import annotations
 
-import bisect
-import contextlib
-import ctypes
 import logging
 import ssl
 import threading
 import time
 import weakref
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
+from ._counters import _FIELDS
+from ._counters import Counters as Counters  # kept importable from here
+from ._ctypes_callbacks import PythonCallbacks
+from ._pinning import _PINNED as _PINNED  # kept importable from here
+from ._pinning import _pin
 from ._refresh import _LIVE, _Background, _Slot, shared_store
+from ._snapshot import _Snapshot
 from .errors import BindingError, ConfigError, NotInitialized, RolledBack, StoreError
 from .hazmat.libssl import (
-    CRYPTO_EX_INDEX_SSL_CTX,
-    EVP_MAX_IV_LENGTH,
-    SSL_CLIENT_HELLO_SUCCESS,
     SSL_MAX_SID_CTX_LENGTH,
-    SSL_VERIFY_FAIL_IF_NO_PEER_CERT,
-    TICKET_NAME_LEN,
-    TLS1_3_VERSION,
     ClientHelloCallback,
     DecTicketCallback,
-    ExFreeCallback,
     GenTicketCallback,
     LibSSL,
-    PreparedKey,
     TicketKeyCallback,
     libssl,
 )
@@ -53,15 +53,10 @@ from .rotation import rotate as rotate_store
 from .schedule import (
     DECRYPTED_TICKET,
     LIFECYCLE,
-    Answer,
     Policy,
     State,
-    TicketReturn,
     TicketStatus,
-    decrypted_ticket_answer,
-    encrypting_key,
     next_change,
-    state_of,
 )
 from .scope import check_scope, scoped
 from .stores import KeyStore
@@ -118,83 +113,6 @@ def accelerated_available() -> bool:
     return _accelerator(libssl()) is not None
 
 
-@dataclass(frozen=True)
-class Counters:
-    """What the callback did since install (a consistent copy)."""
-
-    issued: int = 0  # enc=1 answered 1: a ticket was sealed under the active key
-    # A presented ticket resumed the session: OpenSSL checked its MAC and
-    # decrypted it (SSL_CTX_set_session_ticket_cb(3) dec_cb, SSL_TICKET_SUCCESS*),
-    # the session is younger than accept_for, and it was made in this
-    # connection's session id context (else OpenSSL refuses it right after).
-    resumed: int = 0
-    renewed: int = 0  # resumed, and a new ticket follows (TLS 1.3; decrypt-only keys)
-    rejected_unknown: int = 0  # enc=0: no key has that name
-    rejected_expired: int = 0  # enc=0: the key exists but expired
-    no_active_key: int = 0  # enc=1 answered 0: nothing active, no ticket issued
-    errors: int = 0  # a Python exception or an OpenSSL failure inside the callback
-    # A valid ticket refused because its session's full handshake is more than
-    # accept_for ago (renewals never extend a session: s2n #5147).
-    rejected_too_old: int = 0
-    # enc=0 answered 1 or 2: the ticket names a key inside its window.  The key
-    # callback runs before OpenSSL checks the MAC, so a forged ticket under a
-    # live key's name counts here (and not in ``resumed``).
-    accepted_by_name: int = 0
-    # A valid ticket whose session has no client certificate, presented to a
-    # connection that requires one (CERT_REQUIRED): a full handshake instead,
-    # which asks for the certificate (docs/trust.md).
-    rejected_no_peer_cert: int = 0
-    # A valid ticket whose session was made for another server name than the
-    # one the client asks for now (RFC 6066 section 3; docs/trust.md).
-    rejected_other_name: int = 0
-
-
-_FIELDS = tuple(Counters.__dataclass_fields__)
-
-
-# -- lifetime: OpenSSL's SSL_CTX, not the Python SSLContext ------------------------
-# OpenSSL keeps an SSL_CTX alive while an SSL made from it lives, and calls
-# that SSL_CTX's ticket callbacks (its session_ctx) for the whole handshake,
-# even after an SNI callback switched the connection to another context and
-# the first SSLContext was collected.  So the ctypes thunks (and, through their
-# closures, the Installation) are pinned here per SSL_CTX address and dropped
-# only by an SSL_CTX ex_data free callback (CRYPTO_get_ex_new_index(3)).  The
-# compiled callback does the same in C (its slots hold a reference per SSL_CTX).
-_PINNED: dict[int, list[Any]] = {}
-_PIN_LOCK = threading.Lock()
-_PIN_INDEX: list[int] = []
-
-
-def _pin_index(lib: LibSSL) -> int:
-    if _PIN_INDEX:
-        return _PIN_INDEX[0]
-    pinned = _PINNED
-
-    def free(parent: Any, ptr: Any, ad: Any, idx: int, argl: int, argp: Any) -> None:
-        # OpenSSL calls this for every SSL_CTX it frees (ptr None for the ones
-        # stek never touched).  Nothing may raise into C.
-        if ptr:
-            with contextlib.suppress(BaseException):
-                pinned.pop(ptr, None)
-
-    thunk = ExFreeCallback(free)
-    index = int(lib.CRYPTO_get_ex_new_index(CRYPTO_EX_INDEX_SSL_CTX, 0, None, None, None,
-                                            ctypes.cast(thunk, ctypes.c_void_p)))
-    if index < 0:
-        raise BindingError("CRYPTO_get_ex_new_index failed: cannot follow SSL_CTX lifetimes")
-    # OpenSSL keeps calling it until the process ends: it is never freed.
-    ctypes.pythonapi.Py_IncRef(ctypes.py_object(thunk))
-    _PIN_INDEX.append(index)
-    return index
-
-
-def _pin(lib: LibSSL, ctx_ptr: int, objects: tuple[Any, ...]) -> None:
-    """Keep ``objects`` alive until OpenSSL frees the SSL_CTX at ``ctx_ptr``."""
-    with _PIN_LOCK:
-        index = _pin_index(lib)
-        _PINNED.setdefault(ctx_ptr, []).append(objects)
-        if lib.SSL_CTX_set_ex_data(ctx_ptr, index, ctx_ptr) != 1:
-            raise BindingError("SSL_CTX_set_ex_data failed: cannot follow the SSL_CTX's lifetime")
 
 
 def _check_sid_ctx(value: bytes | None) -> bytes | None:
@@ -209,36 +127,7 @@ def _check_sid_ctx(value: bytes | None) -> bytes | None:
     return bytes(value)
 
 
-class _Snapshot:
-    """A keyring prepared for C, with the encrypting key cached between boundaries."""
-
-    __slots__ = ("_enc", "boundaries", "by_name", "keys", "ring")
-
-    def __init__(self, lib: LibSSL, ring: Keyring) -> None:
-        self.ring = ring
-        self.keys = [
-            PreparedKey(lib, k.name, k.aes_key, k.hmac_key, k.activates_at, k.retires_at,
-                        k.expires_at)
-            for k in ring.keys
-        ]
-        self.by_name = {k.name: k for k in self.keys}
-        self.boundaries = sorted({t for k in self.keys for t in (k.activates_at, k.retires_at)})
-        self._enc: tuple[float, float, PreparedKey | None] = (1.0, 0.0, None)
-
-    def encrypting(self, now: float) -> PreparedKey | None:
-        lo, hi, key = self._enc
-        if lo <= now < hi:
-            return key
-        # The answer is constant between two consecutive window boundaries.
-        i = bisect.bisect_right(self.boundaries, now)
-        lo = self.boundaries[i - 1] if i > 0 else float("-inf")
-        hi = self.boundaries[i] if i < len(self.boundaries) else float("inf")
-        key = encrypting_key(self.keys, now)
-        self._enc = (lo, hi, key)
-        return key
-
-
-class Installation:
+class Installation(PythonCallbacks):
     """The handle ``install()`` returns: counters, the current ring, ``uninstall()``."""
 
     def __init__(self, context: ssl.SSLContext, store: KeyStore, ring: Keyring, *,
@@ -469,194 +358,6 @@ class Installation:
     def _bump(self, name: str) -> None:
         with self._count_lock:
             self._counts[name] += 1
-
-    def _make_gen_callback(self) -> Callable[[Any, Any], int]:
-        lib = self._lib
-
-        def gen(ssl_ptr: Any, arg: Any) -> int:
-            # Before a ticket is sealed: stamp the session with its birth (a
-            # resumed one already carries it).  Answering 0 would abort the
-            # handshake, so every failure still answers 1.
-            try:
-                sess = lib.SSL_get_session(ssl_ptr)
-                if sess:
-                    lib.stamp_born_at(sess)
-                    lib.record_server_name(ssl_ptr, sess)
-            except BaseException:
-                with contextlib.suppress(BaseException):
-                    self._bump("errors")
-            return 1
-
-        return gen
-
-    def _make_dec_callback(self) -> Callable[[Any, Any, Any, int, int, Any], int]:
-        lib = self._lib
-        # Session instants are OpenSSL's (the real clock), not the key
-        # schedule's injectable clock.
-        clock = time.time
-        success = (TicketStatus.SUCCESS, TicketStatus.SUCCESS_RENEW)
-        use = (TicketReturn.USE, TicketReturn.USE_RENEW)
-        sid_ctx = self.session_id_context
-        verify_mode = lib.SSL_get_verify_mode
-        peer = lib.SSL_SESSION_get0_peer
-
-        def dec(ssl_ptr: Any, sess: Any, name: Any, name_len: int, status: int,
-                arg: Any) -> int:
-            # OpenSSL's verdict on a presented ticket (MAC checked, state
-            # decrypted): where a resumption is counted.
-            try:
-                now = int(clock())  # whole seconds, as the C callback's time(NULL)
-                born = now
-                ours = False
-                if status in success and sess:
-                    # Sealed by stek: it carries stek's appdata before it is stamped here.
-                    ours = lib._appdata_born_at(sess) is not None
-                    born = lib.stamp_born_at(sess)
-                answer = decrypted_ticket_answer(status, born, now, self._max_age)
-                if status in success and sess:
-                    if answer not in use:
-                        self._bump("rejected_too_old")
-                    else:
-                        # OpenSSL refuses a session from another session id
-                        # context right after this callback (ssl_get_prev_session).
-                        same = lib.session_id_context(sess) == sid_ctx
-                        # The last check (docs/trust.md): a session without a
-                        # client certificate never resumes where one is required.
-                        if verify_mode(ssl_ptr) & SSL_VERIFY_FAIL_IF_NO_PEER_CERT \
-                                and not peer(sess):
-                            if same:
-                                self._bump("rejected_no_peer_cert")
-                            answer = TicketReturn.IGNORE_RENEW
-                        elif not _same_server_name(lib, ssl_ptr, sess, ours):
-                            if same:
-                                self._bump("rejected_other_name")
-                            answer = TicketReturn.IGNORE_RENEW
-                        elif same:
-                            self._bump("resumed")
-                            if answer == TicketReturn.USE_RENEW:
-                                self._bump("renewed")
-                return int(answer)
-            except BaseException:
-                with contextlib.suppress(BaseException):
-                    self._bump("errors")
-                return int(TicketReturn.IGNORE_RENEW)
-
-        return dec
-
-    def _make_hello_callback(self, sid: bytes) -> Callable[[Any, Any, Any], int]:
-        set_sid = self._lib.SSL_set_session_id_context
-
-        def hello(ssl_ptr: Any, al: Any, arg: Any) -> int:
-            # SSL_CTX_set_client_hello_cb(3): before OpenSSL looks at any session.
-            with contextlib.suppress(BaseException):
-                set_sid(ssl_ptr, sid, len(sid))
-            return SSL_CLIENT_HELLO_SUCCESS
-
-        return hello
-
-    def _make_callback(self) -> Callable[[Any, Any, Any, Any, Any, int], int]:
-        lib = self._lib
-        clock = self._clock
-        bump = self._bump
-        rand_bytes = lib.RAND_bytes
-        enc_init = lib.EVP_EncryptInit_ex
-        dec_init = lib.EVP_DecryptInit_ex
-        ssl_version = lib.SSL_version
-        memmove = ctypes.memmove
-        string_at = ctypes.string_at
-        lifecycle = LIFECYCLE
-        expired = State.EXPIRED
-        if lib.openssl3:
-            set_mac = lib.EVP_MAC_CTX_set_params
-
-            def mac_init(mctx: Any, key: PreparedKey) -> int:
-                return int(set_mac(mctx, key.mac_params))
-        else:
-            hmac_init = lib.HMAC_Init_ex
-            sha256 = lib.sha256
-
-            def mac_init(mctx: Any, key: PreparedKey) -> int:
-                return int(hmac_init(mctx, key.hmac, len(key.hmac), sha256, None))
-
-        def callback(ssl_ptr: Any, name_ptr: Any, iv_ptr: Any, cctx: Any, mctx: Any,
-                     enc: int) -> int:
-            # SSL_CTX_set_tlsext_ticket_key_cb(3).  Nothing may raise out of
-            # here: ctypes would print it and answer an undefined value.
-            try:
-                snap = self._snap
-                now = clock()
-                if enc:
-                    key = snap.encrypting(now)
-                    if key is None:
-                        bump("no_active_key")
-                        return Answer.NO_TICKET  # no ticket; the handshake goes on
-                    # "The initialization vector iv should be a random value."
-                    # RAND_bytes returns 1 on success (the man page's example
-                    # tests it the wrong way round).  Any OpenSSL failure
-                    # answers 0, no ticket: -1 would abort the handshake.
-                    if rand_bytes(iv_ptr, EVP_MAX_IV_LENGTH) != 1:
-                        bump("errors")
-                        return Answer.NO_TICKET
-                    memmove(name_ptr, key.name, TICKET_NAME_LEN)
-                    if enc_init(cctx, key.cipher, None, key.aes, iv_ptr) != 1 or \
-                            mac_init(mctx, key) != 1:
-                        bump("errors")
-                        return Answer.NO_TICKET
-                    bump("issued")
-                    return Answer.OK
-                # enc=0: name and IV come from the ticket: attacker-controlled.
-                key = snap.by_name.get(string_at(name_ptr, TICKET_NAME_LEN))
-                if key is None:
-                    bump("rejected_unknown")
-                    return Answer.NO_TICKET
-                state = state_of(key, now)
-                if state is expired:
-                    bump("rejected_expired")
-                    return Answer.NO_TICKET
-                row = lifecycle[state]
-                answer = row.answer_tls12
-                if row.answer_tls13 != answer and ssl_version(ssl_ptr) == TLS1_3_VERSION:
-                    answer = row.answer_tls13
-                # A failed init answers 0, a full handshake, never -1 (an abort).
-                if mac_init(mctx, key) != 1 or \
-                        dec_init(cctx, key.cipher, None, key.aes, iv_ptr) != 1:
-                    bump("errors")
-                    return Answer.NO_TICKET
-                # Resumptions are counted in dec, once OpenSSL checked the MAC.
-                bump("accepted_by_name")
-                return int(answer)
-            except BaseException:
-                try:
-                    bump("errors")
-                    log.exception("stek ticket callback failed; answering 0")
-                except BaseException:  # noqa: S110
-                    pass
-                return Answer.NO_TICKET
-
-        return callback
-
-
-def _same_server_name(lib: LibSSL, ssl_ptr: int, sess: int, ours: bool) -> bool:
-    """Was the session made for the server name the ClientHello asks for?
-
-    RFC 6066 section 3: a server "MUST NOT accept the request to resume the
-    session if the server_name extension contains a different name"; stek
-    holds TLS 1.3 to the same rule, because an SNI callback may switch the
-    connection to another context after its PSK was accepted (docs/trust.md).
-    DNS names compare without regard to ASCII case (RFC 4343).  A session
-    without a name that stek sealed (``ours``) was made without SNI, since
-    stek records every name asked; one sealed elsewhere may come from a
-    server that records none (no servername callback), and is left to the
-    session id context.
-    """
-    try:
-        want = lib.hello_server_name(ssl_ptr)
-    except ValueError:
-        return False
-    had = lib.session_hostname(sess)
-    if had is None:
-        return want is None or not ours
-    return want is not None and had.lower() == want.lower()
 
 
 def _trust_context(lib: LibSSL, context: ssl.SSLContext, ctx_ptr: int) -> bytes:

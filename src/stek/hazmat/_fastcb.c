@@ -2,8 +2,8 @@
  * HAZMAT: stek's ticket-key callback in C, for the handshake hot path.
  *
  * Same contract, same decision table, same counters as the pure-Python
- * callback in stek/installation.py (which remains the fallback when this module
- * is not built).  It exists only because a Python callback costs several
+ * callbacks in stek/_ctypes_callbacks.py (which remain the fallback when this
+ * module is not built).  It exists only because a Python callback costs several
  * microseconds per handshake (ctypes thunk, GIL, argument conversion).
  *
  * It links no OpenSSL: every OpenSSL function it calls is a pointer handed
