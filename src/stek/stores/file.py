@@ -193,13 +193,6 @@ class FileStore:
         # stores) and before every rotation (stek.rotation).
         return Keyring.from_bytes(data, str(self.path))
 
-    def _signature(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_ino, st.st_size, st.st_mtime_ns)
-
     # -- writing ----------------------------------------------------------------
     def refuse_mirror(self, data: bytes | None = None) -> None:
         """Raise :class:`MirroredRing` if this file is a mirror, by configuration or by
