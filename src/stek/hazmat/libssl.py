@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import BindingError
-from ..session import BIRTH_LEN, decode_birth, encode_birth
+from ..ticket_appdata import BIRTH_LEN, decode_birth, encode_birth
 
 #: openssl/evp.h: EVP_MAX_IV_LENGTH; the ``iv`` buffer handed to the callback.
 EVP_MAX_IV_LENGTH = 16
