@@ -41,6 +41,10 @@ class NotInitialized(StoreError):
     """The store holds no keyring yet (run ``stek init``)."""
 
 
+class MirroredRing(ConfigError):
+    """A write was asked of a mirror: only the agent that keeps it may write it."""
+
+
 class SealingError(StoreError):
     """A sealed keyring could not be opened (wrong or missing key-encryption key)."""
 
@@ -51,6 +55,10 @@ class RolledBack(SealingError):
 
 class BindingError(StekError):
     """The ticket callback cannot be installed on this ``ssl.SSLContext``."""
+
+
+class ProbeError(StekError):
+    """``stek probe`` could not do what it was asked (exit status 2)."""
 
 
 class InvalidTicket(StekError):

@@ -56,10 +56,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ._atomic import ensure_dir, unsafe_dir_reason, write_file
-from .errors import ConfigError, StoreError
+from .errors import ConfigError, MirroredRing, StoreError
 from .keyring import Keyring
 from .stores import KeyStore, open_store
-from .stores.file import MIRROR_MARKER, MIRROR_PATH, FileStore, MirroredRing, mirrored
+from .stores.file import MIRROR_MARKER, MIRROR_PATH, FileStore, mirrored
 from .stores.file import marked_source as _marked_source
 from .stores.url import scrub
 

@@ -44,6 +44,7 @@ from urllib.parse import parse_qsl
 
 from .._atomic import ensure_dir, unsafe_reason, write_file
 from ..errors import ConfigError, NotInitialized, StoreError, StoreUnavailable
+from ..errors import MirroredRing as MirroredRing  # its home; re-exported for old imports
 from ..keyring import MAX_RING_BYTES, Keyring, parse_document
 from ._filewatch import watch
 from .base import Mutator, Subscription
@@ -79,10 +80,6 @@ MIRROR_MARKER = "stek_mirror"
 MIRROR_PATH = Path("/run/stek/mirror.json")
 #: ``?mirror=`` values that say yes.
 _YES = ("1", "yes", "true", "on")
-
-
-class MirroredRing(ConfigError):
-    """A write was asked of a mirror: only the agent that keeps it may write it."""
 
 
 def mirrored(url: str, source: str, advice: str | None = None) -> MirroredRing:

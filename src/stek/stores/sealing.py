@@ -334,7 +334,7 @@ def sealer_from(
 
     Precedence: ``kek`` (32 bytes, or base64 text), ``kek_file``, then
     ``$STEK_KEK_FILE``, ``$STEK_KEK``.  With no KEK at all, the store is
-    refused (:class:`~stek.errors.StekError`) unless ``insecure_plaintext``
+    refused (:class:`~stek.errors.ConfigError`) unless ``insecure_plaintext``
     (or ``$STEK_INSECURE_PLAINTEXT=1`` when the argument is None).
     """
     e = os.environ if env is None else env
@@ -358,7 +358,7 @@ def sealer_from(
             where, KEK_FILE_ENV,
         )
         return Plaintext()
-    raise StekError(
+    raise ConfigError(
         f"{where} is a shared store: it needs a key-encryption key to seal the ring "
         f"(create one with 'stek kek PATH', then pass --kek-file PATH or set ${KEK_FILE_ENV}); "
         f"--insecure-plaintext stores the keys readable"
