@@ -67,16 +67,8 @@ from ..errors import ConfigError, SealingError, StoreUnavailable
 from ..keyring import Keyring
 from ._redis_channel import Channel
 from .base import Endpoint, Mutator, StoreHealth
-from .sealing import (
-    MAX_VALUE_BYTES,
-    AnySealer,
-    SharedStore,
-    WatchThread,
-    options_only,
-    sealer_from,
-    too_large,
-    unavailable,
-)
+from .sealing import MAX_VALUE_BYTES, AnySealer, sealer_from
+from .shared import SharedStore, WatchThread, options_only, too_large, unavailable
 from .url import StoreURL, parse
 
 #: Seconds: connecting, and waiting for one reply.  Loopback or LAN answers
