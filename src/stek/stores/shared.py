@@ -17,6 +17,7 @@ import random
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from ..errors import (
@@ -121,6 +122,16 @@ class WatchThread:
             self._thread.join(2.0)
 
 
+@dataclass(frozen=True)
+class Pass:
+    """What one :meth:`SharedStore.update` did: its ring, the value it last loaded
+    (None: the store was empty), and whether it wrote."""
+
+    ring: Keyring
+    loaded: bytes | None
+    wrote: bool
+
+
 class SharedStore(abc.ABC, Generic[T]):
     """One sealed value with optimistic concurrency: the shape of every fleet store.
 
@@ -174,14 +185,19 @@ class SharedStore(abc.ABC, Generic[T]):
         """Open ``blob``, loaded after this store had seen generation ``floor``."""
         return self._remember(self._open(blob, floor, now))
 
-    def _open(self, blob: bytes, floor: int, now: float | None = None) -> Keyring:
-        """The ring in ``blob`` as written (rollbacks refused, revoked keys left in)."""
+    def _open(self, blob: bytes, floor: int, now: float | None = None, *,
+              in_update: bool = False) -> Keyring:
+        """The ring in ``blob`` as written (rollbacks refused, revoked keys left in).
+
+        ``in_update``: ``blob`` was loaded by :meth:`update`, which a backend's
+        :meth:`_admit` may answer differently (Redis: writes a failover lost).
+        """
         plain, generation = self.sealer.open(blob, self.url, self.ring_id)
         ring = Keyring.from_bytes(plain, self.url, now)
         if generation is not None and generation != ring.generation:
             raise SealingError(f"{self.url}: sealed generation {generation} does not match "
                                f"the ring's ({ring.generation})")
-        self._admit(ring.generation, floor)
+        self._admit(ring.generation, floor, blob if in_update else None)
         return ring
 
     def _remember(self, ring: Keyring) -> Keyring:
@@ -219,8 +235,10 @@ class SharedStore(abc.ABC, Generic[T]):
                     "(generation %d) as generation %d, same keys and policy", self.url, why,
                     old, new.generation)
 
-    def _admit(self, generation: int, floor: int) -> None:
+    def _admit(self, generation: int, floor: int, loaded: bytes | None = None) -> None:
         """Refuse a generation older than one seen before the value was loaded.
+
+        ``loaded`` is the value itself when :meth:`update` loaded it, else None.
 
         The refusal is an error, so whoever reads (the installation's
         refresher, the agent) keeps the newer snapshot it already holds.
@@ -258,6 +276,10 @@ class SharedStore(abc.ABC, Generic[T]):
         return self._decode(blob, floor, time.time())
 
     def update(self, mutate: Mutator) -> Keyring:
+        return self._update(mutate).ring
+
+    def _update(self, mutate: Mutator) -> Pass:
+        """:meth:`update`, saying also what it last loaded and whether it wrote."""
         for attempt in range(MAX_ATTEMPTS):
             self._count("read")
             floor = self.seen_generation
@@ -270,7 +292,7 @@ class SharedStore(abc.ABC, Generic[T]):
             current, why, raw = None, "was empty", None
             if blob is not None:
                 try:
-                    raw = self._open(blob, floor)
+                    raw = self._open(blob, floor, in_update=True)
                 except RolledBack:
                     if self.last_ring is None:
                         raise
@@ -295,7 +317,7 @@ class SharedStore(abc.ABC, Generic[T]):
                 if current is None:
                     raise NotInitialized(f"{self.url}: no keyring yet (run 'stek init')")
                 if not forced:
-                    return current
+                    return Pass(current, blob, wrote=False)
                 new = current
             self._count("cas")
             if self._swap(token, self.sealer.seal(new.to_bytes(), self.ring_id, new.generation)):
@@ -306,7 +328,7 @@ class SharedStore(abc.ABC, Generic[T]):
                 elif forced:
                     log.warning("%s: the store %s; wrote generation %d without it", self.url,
                                 why, new.generation)
-                return new
+                return Pass(new, blob, wrote=True)
             # Another writer got there first: re-read and re-plan.  Jitter keeps
             # a crowd of racers from colliding in lock step.
             self._count("conflict")
