@@ -24,7 +24,7 @@ import pytest
 
 import stek
 from conftest import TLS_VERSIONS, Certs, client_context, server_context
-from stek._loop import collection_paused
+from stek._reactor import collection_paused
 from stek.errors import BindingError, NotInitialized, StoreCorrupt
 from stek.hazmat.libssl import libssl
 from stek.keyring import Keyring

@@ -6,7 +6,7 @@ ring swapped into every member.  ``install()`` given the same URL twice
 shares one store object (:func:`shared_store`), so an SNI server with ten
 contexts on one Redis opens one connection (its reads and its change
 notifications), not ten.  Every group's timers run on the process's one
-background thread (stek._loop), which also reads the file stores' inotify
+background thread (stek._reactor), which also reads the file stores' inotify
 events.
 
 A group re-reads the store when it announces a change, every
@@ -32,7 +32,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._loop import REACTOR, Timer
+from ._reactor import REACTOR, Timer
 from .errors import StekError
 from .schedule import next_change
 from .stores import KeyStore, open_store
