@@ -26,9 +26,9 @@ with atheris.instrument_imports(include=["stek", "asn1crypto"]):
     from stek import session as sessions
     from stek.errors import InvalidTicket
     from stek.inspect import inspect_ticket, read_ticket
+    from stek.inspect_input import recognize
     from stek.keyring import Keyring
     from stek.keys import TicketKey
-    from stek.recognize import recognize
     from stek.schedule import Policy
     from stek.ticket import open_ticket, seal
 

@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from .errors import ProbeError as ProbeError  # its home; re-exported for old imports
 from .errors import StekError
 
 #: RFC 8446 section 4 / RFC 5077 section 3.3: HandshakeType new_session_ticket(4).
@@ -53,10 +54,6 @@ TLS_VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 #: record of another version).
 VERSION_REFUSED = frozenset({"TLSV1_ALERT_PROTOCOL_VERSION", "UNSUPPORTED_PROTOCOL",
                              "WRONG_SSL_VERSION"})
-
-
-class ProbeError(StekError):
-    """``stek probe`` could not do what it was asked (exit status 2)."""
 
 
 #: What a failed handshake says about its endpoint (the probe's diagnosis kinds).

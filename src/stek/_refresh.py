@@ -6,7 +6,7 @@ ring swapped into every member.  ``install()`` given the same URL twice
 shares one store object (:func:`shared_store`), so an SNI server with ten
 contexts on one Redis opens one connection (its reads and its change
 notifications), not ten.  Every group's timers run on the process's one
-background thread (stek._loop), which also reads the file stores' inotify
+background thread (stek._reactor), which also reads the file stores' inotify
 events.
 
 A group re-reads the store when it announces a change, every
@@ -32,7 +32,7 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from ._loop import REACTOR, Timer
+from ._reactor import REACTOR, Timer
 from .errors import StekError
 from .schedule import next_change
 from .stores import KeyStore, open_store
@@ -196,7 +196,6 @@ class _Background:
     def __init__(self, slot: _Slot | None) -> None:
         self.slot = slot
         self.stop = threading.Event()
-        self.wake = _Wake(self)
         self.group: _Group | None = None
         self.target: Callable[[], Installation | None] = _nothing
         #: time.time() of the last successful store read, None before the first.
@@ -284,18 +283,6 @@ class _Background:
 
 def _nothing() -> Installation | None:
     return None
-
-
-class _Wake:
-    """``installation._bg.wake.set()``: ask for a re-read of this installation's store."""
-
-    def __init__(self, bg: _Background) -> None:
-        self._bg = bg
-
-    def set(self) -> None:
-        group = self._bg.group
-        if group is not None:
-            group.notify()
 
 
 #: Installations alive in this process, for the fork handler.

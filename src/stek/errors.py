@@ -41,6 +41,10 @@ class NotInitialized(StoreError):
     """The store holds no keyring yet (run ``stek init``)."""
 
 
+class MirroredRing(ConfigError):
+    """A write was asked of a mirror: only the agent that keeps it may write it."""
+
+
 class SealingError(StoreError):
     """A sealed keyring could not be opened (wrong or missing key-encryption key)."""
 
@@ -53,6 +57,10 @@ class BindingError(StekError):
     """The ticket callback cannot be installed on this ``ssl.SSLContext``."""
 
 
+class ProbeError(StekError):
+    """``stek probe`` could not do what it was asked (exit status 2)."""
+
+
 class InvalidTicket(StekError):
     """A session ticket could not be opened.
 
@@ -63,3 +71,7 @@ class InvalidTicket(StekError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class ExportError(StekError):
+    """A ring cannot be laid out for a target, or its files cannot be written."""

@@ -33,9 +33,9 @@ from typing import TYPE_CHECKING, Any
 from . import session as sessions
 from .compat import HAPROXY_SESSION_ID_CONTEXT, PYTHON_SESSION_ID_CONTEXT
 from .errors import InvalidTicket
+from .inspect_input import Kind, recognize
 from .keyring import Keyring
 from .keys import NAME_LEN, TicketKey
-from .recognize import Kind, recognize
 from .schedule import LIFECYCLE, Answer, State, decrypt_answer, state_of
 from .session import SessionInfo
 from .ticket import STATE_OFFSET, open_parts, parse
@@ -226,11 +226,11 @@ class TicketInput:
 
     ticket: bytes
     client_session: SessionInfo | None
-    form: str  # a stek.recognize.Kind value: "session PEM", "session DER", "hex", "base64"
+    form: str  # a stek.inspect_input.Kind value: "session PEM", "session DER", "hex", "base64"
 
 
 def read_input(data: bytes) -> TicketInput:
-    """Parse ``stek inspect``'s INPUT (:func:`stek.recognize.recognize`).
+    """Parse ``stek inspect``'s INPUT (:func:`stek.inspect_input.recognize`).
 
     Raises :class:`InvalidTicket` saying what the input is not, or that a
     session holds no ticket.

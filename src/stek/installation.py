@@ -276,7 +276,7 @@ class Installation(PythonCallbacks):
                     if not self.rotate:
                         raise
                     # Empty or rolled back: a rotating process writes its
-                    # snapshot back (stores/sealing.py, SharedStore.update).
+                    # snapshot back (stores/shared.py, SharedStore.update).
                     ring = rotate_store(self.store, now=now, create=ring.policy).ring
         except BaseException:
             self._bg.record(ok=False)
@@ -303,9 +303,6 @@ class Installation(PythonCallbacks):
         self._counts = {f: getattr(final, f) for f in _FIELDS}
 
     # -- internals ---------------------------------------------------------------
-    def _notify(self) -> None:
-        self._bg.wake.set()
-
     def _after_fork_in_child(self) -> None:
         # Threads do not survive fork(): restart the watch and the refresher
         # so a forked worker keeps following the ring.  Locks another thread

@@ -28,11 +28,9 @@ from .schedule import (
     Answer,
     Plan,
     Policy,
-    State,
     check_windows,
     decrypt_answer,
     encrypting_key,
-    state_of,
 )
 
 FORMAT = "stek-keyring"
@@ -179,9 +177,6 @@ class Keyring:
         key = self.find(name)
         answer = decrypt_answer(key, now, tls13)
         return answer, (key if answer != Answer.NO_TICKET else None)
-
-    def state(self, key: TicketKey, now: float) -> State:
-        return state_of(key, now)
 
     # -- evolution ------------------------------------------------------------------
     def apply(self, change: Plan) -> Keyring:

@@ -67,10 +67,6 @@ class TicketKey:
         """80 or 48: the size of this key in the server key-file formats."""
         return 80 if len(self.aes_key) == 32 else 48
 
-    @property
-    def name_hex(self) -> str:
-        return self.name.hex()
-
     def __repr__(self) -> str:
         return (
             f"TicketKey(name={self.name.hex()}, size={self.size}, "

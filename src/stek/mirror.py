@@ -51,22 +51,20 @@ import logging
 import os
 import stat
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from typing import TYPE_CHECKING, Any
 
 from ._atomic import ensure_dir, unsafe_dir_reason, write_file
-from .errors import ConfigError, StoreError
+from .errors import ConfigError, MirroredRing, StoreError
 from .keyring import Keyring
 from .stores import KeyStore, open_store
-from .stores.file import MIRROR_MARKER, MIRROR_PATH, FileStore, MirroredRing, mirrored
+from .stores.file import MIRROR_MARKER, MIRROR_PATH, FileStore, mirrored
 from .stores.file import marked_source as _marked_source
 from .stores.url import scrub
 
 if TYPE_CHECKING:
+    from ._mirror_metrics import MirrorCollector as MirrorCollector
     from .agent import Agent
 
 log = logging.getLogger("stek.mirror")
@@ -279,40 +277,20 @@ class Mirror:
         agent.health_checks.append(self.health)
 
 
-class MirrorCollector(Collector):
-    """The mirror's part of the agent's /metrics."""
-
-    def __init__(self, mirror: Mirror) -> None:
-        self.mirror = mirror
-
-    def collect(self) -> Iterator[Metric]:
-        m = self.mirror
-        labels = [str(m.path)]
-        ok = GaugeMetricFamily("stek_mirror_last_write_success_timestamp_seconds",
-                               "Last time the mirror file was written or found current.",
-                               labels=["path"])
-        if m.last_ok is not None:
-            ok.add_metric(labels, m.last_ok)
-        yield ok
-        gen = GaugeMetricFamily("stek_mirror_generation",
-                                "Generation of the ring the mirror file holds.", labels=["path"])
-        if m.generation is not None:
-            gen.add_metric(labels, m.generation)
-        yield gen
-        for name, doc, value in (
-            ("stek_mirror_writes", "Passes that changed the mirror file.", m.writes),
-            ("stek_mirror_write_failures", "Failed writes of the mirror file.", m.failures),
-        ):
-            c = CounterMetricFamily(name, doc, labels=["path"])
-            c.add_metric(labels, value)
-            yield c
-
-
 def open_mirror(target: str, group: str | None, store: KeyStore) -> Mirror:
     """``--mirror`` / ``--mirror-group`` for ``store``: a prepared :class:`Mirror`."""
     mirror = Mirror(parse_target(target), source=store.url, group=group)
     mirror.prepare(store)
     return mirror
+
+
+def __getattr__(name: str) -> Any:
+    # The collector needs prometheus_client, which only the agent loads:
+    # ``import stek`` (and every server that installs a ring) stays without it.
+    if name == "MirrorCollector":
+        from ._mirror_metrics import MirrorCollector
+        return MirrorCollector
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 __all__ = [

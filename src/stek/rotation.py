@@ -135,7 +135,7 @@ def revoke(store: KeyStore, names: Sequence[bytes] | None, *,
     key goes a fresh one is active immediately, and numbered from the wall
     clock (above its generation).  The names are remembered in the ring
     until each key would have expired, so that a process holding an older
-    snapshot cannot bring one back (stores/sealing.py).  An unknown name
+    snapshot cannot bring one back (stores/shared.py, SharedStore._remember).  An unknown name
     raises ConfigError and changes nothing.
     """
     t = _now(now)

@@ -51,29 +51,26 @@ from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 from dataclasses import dataclass
 from typing import Any
 
 from asn1crypto import core, x509
 
+# Re-exported ("X as X"): stek.session has always offered them.
+from ._der_scan import MAX_DEPTH as MAX_DEPTH
+from ._der_scan import MAX_ELEMENTS as MAX_ELEMENTS
+from ._der_scan import MAX_SESSION_LEN as MAX_SESSION_LEN
+from ._der_scan import check_der
 from .errors import InvalidTicket
+from .ticket_appdata import BIRTH_LEN as BIRTH_LEN
+from .ticket_appdata import BIRTH_MAGIC as BIRTH_MAGIC
+from .ticket_appdata import decode_birth
+from .ticket_appdata import encode_birth as encode_birth
 
 #: ssl/ssl_local.h: SSL_SESSION_ASN1_VERSION.
 ASN1_VERSION = 1
 #: The PEM label of ``PEM_write_SSL_SESSION`` (``openssl s_client -sess_out``).
 PEM_LABEL = "SSL SESSION PARAMETERS"
-
-#: The largest SSL_SESSION stek decodes.  A session holds at most a ticket
-#: (RFC 5077 section 3.3: < 64 KiB) and the peer's certificate, which an
-#: OpenSSL client takes only within its 100 KiB certificate-list limit
-#: (SSL_CTX_set_max_cert_list(3)); 256 KiB leaves room for both.
-MAX_SESSION_LEN = 256 * 1024
-#: At most this many ASN.1 elements (a certificate has a few hundred; each
-#: element costs asn1crypto about 0.5 KiB, so the decoder builds < 10 MB).
-MAX_ELEMENTS = 10_000
-#: crypto/asn1/tasn_dec.c ASN1_MAX_CONSTRUCTED_NEST: OpenSSL's d2i refuses deeper.
-MAX_DEPTH = 30
 
 #: Protocol versions (ssl_version), from openssl/prov_ssl.h and the RFCs.
 PROTOCOLS = {
@@ -155,26 +152,6 @@ class _SessionASN1(core.Sequence):  # type: ignore[misc]
         ("kex_group", core.Integer, _opt(19)),
         ("peer_rpk", core.OctetString, _opt(20)),
     ]
-
-
-#: stek's ticket appdata (SSL_SESSION_set1_ticket_appdata(3), ASN.1 tag [18]):
-#: this magic, then the Unix time of the full handshake that created the
-#: session, 8 bytes big-endian.  Renewed tickets carry it on, so a session
-#: never outlives accept_for (stek.schedule.decrypted_ticket_answer).  It is
-#: encrypted inside the ticket: only the ring's holders can read or forge it.
-BIRTH_MAGIC = b"stk1"
-BIRTH_LEN = len(BIRTH_MAGIC) + 8
-
-
-def encode_birth(born_at: int) -> bytes:
-    return BIRTH_MAGIC + int(born_at).to_bytes(8, "big")
-
-
-def decode_birth(appdata: bytes | None) -> int | None:
-    """The birth stek recorded in a session's ticket appdata, or None."""
-    if appdata is None or len(appdata) != BIRTH_LEN or not appdata.startswith(BIRTH_MAGIC):
-        return None
-    return int.from_bytes(appdata[len(BIRTH_MAGIC):], "big")
 
 
 @dataclass(frozen=True, slots=True)
@@ -260,93 +237,6 @@ class SessionInfo:
 
 # What our own field checks may raise on odd-but-parsed values.
 _ASN1_ERRORS = (ValueError, TypeError, KeyError, IndexError, OverflowError, UnicodeError)
-
-
-def _header(data: bytes, pos: int, end: int) -> tuple[bool, int, int]:
-    """One DER header at ``pos``: (constructed, contents start, contents end).
-
-    X.690 section 8.1: identifier octets (high tag numbers in base 128), then
-    definite length octets (DER, X.690 section 10.1, has no indefinite form).
-    """
-    if pos >= end:
-        raise ValueError("truncated")
-    ident = data[pos]
-    pos += 1
-    if ident & 0x1F == 0x1F:  # high tag number form (X.690 8.1.2.4)
-        for _ in range(4):
-            if pos >= end:
-                raise ValueError("truncated tag")
-            pos += 1
-            if not data[pos - 1] & 0x80:
-                break
-        else:
-            raise ValueError("tag number too large")
-    if pos >= end:
-        raise ValueError("truncated length")
-    first = data[pos]
-    pos += 1
-    if first < 0x80:
-        length = first
-    elif first == 0x80:
-        raise ValueError("indefinite length (BER, not DER)")
-    else:
-        n = first & 0x7F
-        if n > 4 or pos + n > end:
-            raise ValueError("bad length")
-        length = int.from_bytes(data[pos:pos + n], "big")
-        pos += n
-    if pos + length > end:
-        raise ValueError("length past the end")
-    return bool(ident & 0x20), pos, pos + length
-
-
-def _count(data: bytes, start: int, end: int, depth: int, budget: int) -> int:
-    """Elements in ``data[start:end]`` (all of it DER), within the bounds; iterative.
-
-    The contents of OCTET and BIT STRINGs are counted too when they hold DER,
-    as asn1crypto parses those (certificate extensions, public keys) on demand.
-    Every byte is visited at most MAX_DEPTH times, so this is linear.
-    """
-    stack = [(start, end, depth)]
-    count = 0
-    while stack:
-        pos, stop, level = stack.pop()
-        if level > MAX_DEPTH:
-            raise InvalidTicket(f"malformed session: ASN.1 nested deeper than {MAX_DEPTH} "
-                                f"levels (OpenSSL's limit)")
-        while pos < stop:
-            ident = data[pos]
-            constructed, body, pos = _header(data, pos, stop)
-            count += 1
-            if count > budget:
-                raise InvalidTicket(f"malformed session: more than {MAX_ELEMENTS} ASN.1 "
-                                    f"elements (no real session has that many)")
-            if constructed:
-                stack.append((body, pos, level + 1))
-            elif ident in (0x03, 0x04) and pos - body > 2:
-                skip = 1 if ident == 0x03 else 0  # BIT STRING: unused-bits octet
-                # Not DER inside: opaque bytes, as asn1crypto leaves them.
-                with contextlib.suppress(ValueError):
-                    count += _count(data, body + skip, pos, level + 1, budget - count)
-    return count
-
-
-def check_der(der: bytes) -> None:
-    """Refuse, in linear time, DER that would make the decoder build too much.
-
-    Raises :class:`InvalidTicket` over :data:`MAX_SESSION_LEN` bytes, past
-    :data:`MAX_DEPTH` levels of nesting or :data:`MAX_ELEMENTS` elements, or
-    when they do not start with one DER element (bytes after it are left to
-    the caller, which says "trailing bytes").
-    """
-    if len(der) > MAX_SESSION_LEN:
-        raise InvalidTicket(f"malformed session: {len(der)} bytes, more than any session "
-                            f"stek decodes ({MAX_SESSION_LEN})")
-    try:
-        _count(der, 0, _header(der, 0, len(der))[2], 0, MAX_ELEMENTS)
-    except ValueError as exc:
-        raise InvalidTicket(f"malformed session: not an OpenSSL SSL_SESSION (not DER: "
-                            f"{exc})") from None
 
 
 def _load(der: bytes) -> _SessionASN1:

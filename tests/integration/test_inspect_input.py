@@ -30,7 +30,7 @@ from helpers.tickets import key_in_state, now, ring_of, write_ring
 from stek import session as sessions
 from stek.errors import InvalidTicket
 from stek.inspect import read_input
-from stek.recognize import MAX_INPUT_LEN, Kind, recognize
+from stek.inspect_input import MAX_INPUT_LEN, Kind, recognize
 from stek.stores.file import FileStore
 from stek.ticket import seal
 

@@ -28,7 +28,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root to become 
 #: connections and prints stek's counters after each.
 WORKER = """
 import logging, os, socket, ssl, sys
-import stek, stek.installation, stek.stores.file, stek.mirror, stek._refresh, stek._loop
+import stek, stek.installation, stek.stores.file, stek.mirror, stek._refresh, stek._reactor
 logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
 store, cert, key, port, uid, gid = sys.argv[1:7]
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)

@@ -12,7 +12,7 @@ import pytest
 
 from helpers.store_servers import RedisServer
 from stek import ConfigError, StoreUnavailable, open_store
-from stek._loop import collection_paused
+from stek._reactor import collection_paused
 from stek.stores.base import health_of
 from stek.stores.redis import RedisStore
 

@@ -26,7 +26,7 @@ from helpers import installed_servers
 from helpers.certs import TLS_VERSIONS, Certs, client_context, server_context
 from helpers.installed_servers import key_at, write_ring
 from helpers.tls_peers import TLSServer, connect, reconnects
-from stek._loop import collection_paused
+from stek._reactor import collection_paused
 from stek.errors import BindingError, NotInitialized, StoreCorrupt
 from stek.hazmat.libssl import libssl
 from stek.keys import TicketKey

@@ -1,4 +1,4 @@
-"""stek._loop.Reactor: the one background thread of a process."""
+"""stek._reactor.Reactor: the one background thread of a process."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from stek._loop import Reactor
+from stek._reactor import Reactor
 
 
 def test_thread_is_started_outside_the_reactor_lock(monkeypatch: pytest.MonkeyPatch) -> None:

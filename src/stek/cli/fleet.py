@@ -10,7 +10,8 @@ import click
 from ..errors import StekError
 from ..keyring import Keyring
 from ..stores import KeyStore
-from ..stores.sealing import Sealer, SharedStore, read_kek_file, write_kek_file
+from ..stores.sealing import Sealer, read_kek_file, write_kek_file
+from ..stores.shared import SharedStore
 from ._common import (
     META_INSECURE,
     META_KEK_FILE,

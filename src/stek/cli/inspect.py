@@ -16,7 +16,7 @@ from ..compat import (
 )
 from ..errors import ConfigError
 from ..inspect import MAX_SID_CTX_LEN, Inspection, inspect_ticket, iso, read_input, sid_ctx_label
-from ..recognize import MAX_INPUT_LEN, looks_inline
+from ..inspect_input import MAX_INPUT_LEN, looks_inline
 from ..scope import scoped
 from ..session import SessionInfo
 from ._common import open_cli_store, scope_option, store_option

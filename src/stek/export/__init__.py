@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .._atomic import ensure_dir, fsync_dir, remove_file, unsafe_dir_reason, write_file
-from ..errors import StekError
+from ..errors import ExportError as ExportError
 from ..keyring import Keyring
 from ..keys import TicketKey
 from ..schedule import State, state_of
@@ -41,8 +41,6 @@ from ..schedule import State, state_of
 FORMATS = ("nginx", "haproxy", "apache", "envoy", "openssl")
 
 
-class ExportError(StekError):
-    """A ring cannot be laid out for a target, or its files cannot be written."""
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import BindingError
-from ..session import BIRTH_LEN, decode_birth, encode_birth
+from ..ticket_appdata import BIRTH_LEN, decode_birth, encode_birth
 
 # PreparedKey (and the OSSL_PARAM it is built of) lives in stek.hazmat.prepared_key;
 # these names stay importable from here.

@@ -6,7 +6,7 @@ watched, and events are matched by name (inotify(7): "When a directory is
 monitored, inotify will return events for the directory itself, and for
 files inside the directory").  Every subscription of the process shares one
 inotify descriptor, read by the process's one background thread
-(stek._loop): no thread and no poll per subscriber.
+(stek._reactor): no thread and no poll per subscriber.
 
 Where inotify is missing (not Linux, no libc symbol, the watch limit of
 ``fs.inotify.max_user_watches`` reached) or the directory does not exist
@@ -28,7 +28,7 @@ import struct
 from collections.abc import Callable
 from pathlib import Path
 
-from .._loop import REACTOR, Timer
+from .._reactor import REACTOR, Timer
 from .._serial import Serial
 
 log = logging.getLogger("stek.stores.file")

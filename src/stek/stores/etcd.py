@@ -58,16 +58,8 @@ from etcd3gw import exceptions as etcd_exc
 
 from ..errors import ConfigError, StoreUnavailable
 from .base import Endpoint, StoreHealth
-from .sealing import (
-    MAX_VALUE_BYTES,
-    AnySealer,
-    SharedStore,
-    WatchThread,
-    options_only,
-    sealer_from,
-    too_large,
-    unavailable,
-)
+from .sealing import MAX_VALUE_BYTES, AnySealer, sealer_from
+from .shared import SharedStore, WatchThread, options_only, too_large, unavailable
 from .url import StoreURL, parse
 
 #: Seconds for one KV request (connect and reply), per member tried.

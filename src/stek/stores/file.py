@@ -44,6 +44,7 @@ from urllib.parse import parse_qsl
 
 from .._atomic import ensure_dir, unsafe_reason, write_file
 from ..errors import ConfigError, NotInitialized, StoreError, StoreUnavailable
+from ..errors import MirroredRing as MirroredRing  # its home; re-exported for old imports
 from ..keyring import MAX_RING_BYTES, Keyring, parse_document
 from ._filewatch import watch
 from .base import Mutator, Subscription
@@ -79,10 +80,6 @@ MIRROR_MARKER = "stek_mirror"
 MIRROR_PATH = Path("/run/stek/mirror.json")
 #: ``?mirror=`` values that say yes.
 _YES = ("1", "yes", "true", "on")
-
-
-class MirroredRing(ConfigError):
-    """A write was asked of a mirror: only the agent that keeps it may write it."""
 
 
 def mirrored(url: str, source: str, advice: str | None = None) -> MirroredRing:
@@ -204,13 +201,6 @@ class FileStore:
         # activates is checked where a KEK holder could plant one (shared
         # stores) and before every rotation (stek.rotation).
         return Keyring.from_bytes(data, str(self.path))
-
-    def _signature(self) -> tuple[int, int, int] | None:
-        try:
-            st = os.stat(self.path)
-        except OSError:
-            return None
-        return (st.st_ino, st.st_size, st.st_mtime_ns)
 
     # -- writing ----------------------------------------------------------------
     def refuse_mirror(self, data: bytes | None = None) -> None:

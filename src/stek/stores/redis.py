@@ -45,205 +45,43 @@ The ring lives, sealed (see :mod:`stek.stores.sealing`), in the string
 * Short timeouts and a single retry, so a refresher or an agent never hangs
   on a dead server; every redis-py error becomes StoreUnavailable, scrubbed
   of every credential.
+
+The URL-to-client step is :mod:`._redis_client`, the compare-and-set script
+:mod:`._redis_cas`, ``WAIT`` and what replicas acknowledged
+:mod:`._redis_durability`; this module is the store that puts them together.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import itertools
 import logging
-import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import redis
-from redis.backoff import NoBackoff
-from redis.connection import Connection
-from redis.retry import Retry
-from redis.sentinel import Sentinel
 
-from .._duration import parse_seconds
-from ..errors import ConfigError, SealingError, StoreUnavailable
+from ..errors import ConfigError, StoreUnavailable
 from ..keyring import Keyring
+from ._redis_cas import Link
 from ._redis_channel import Channel
+from ._redis_client import DEFAULT_PREFIX as DEFAULT_PREFIX
+from ._redis_client import WAIT_TIMEOUT as WAIT_TIMEOUT
+from ._redis_client import RedisURL
+from ._redis_durability import Durability, LostWrites
 from .base import Endpoint, Mutator, StoreHealth
-from .sealing import (
-    MAX_VALUE_BYTES,
-    AnySealer,
-    SharedStore,
-    WatchThread,
-    options_only,
-    sealer_from,
-    too_large,
-    unavailable,
-)
-from .url import StoreURL, parse
+from .sealing import MAX_VALUE_BYTES, AnySealer, sealer_from
+from .shared import SharedStore, WatchThread, options_only, too_large, unavailable
 
 #: Seconds: connecting, and waiting for one reply.  Loopback or LAN answers
 #: in milliseconds; a refresher must fail fast and keep its snapshot.
 CONNECT_TIMEOUT = 1.0
 SOCKET_TIMEOUT = 2.0
-DEFAULT_PREFIX = "stek"
-#: Seconds a write waits for a replica's acknowledgement (``WAIT``); shorter
-#: than SOCKET_TIMEOUT, so that Redis answers before the client gives up.
-WAIT_TIMEOUT = 1.5
 
 log = logging.getLogger("stek.store")
 
-# KEYS[1] = the ring's key; ARGV[1] = "1" if a value was read ("0" if the key
-# was absent or empty), ARGV[2] = that value, ARGV[3] = the new value,
-# ARGV[4] = MAX_VALUE_BYTES: a larger value is not even copied into the
-# script (it cannot equal one read, which _load bounds).
-# Returns 1 when written, 0 when another writer changed the value first.
-_CAS = """
-if redis.call('STRLEN', KEYS[1]) > tonumber(ARGV[4]) then
-  return 0
-end
-local cur = redis.call('GET', KEYS[1])
-if (ARGV[1] == '0' and (cur == false or cur == '')) or (ARGV[1] == '1' and cur == ARGV[2]) then
-  redis.call('SET', KEYS[1], ARGV[3])
-  return 1
-end
-return 0
-"""
-_CAS_SHA = hashlib.sha1(_CAS.encode()).hexdigest()  # noqa: S324 - the script's name in Redis
-
 
 _OPTIONS = ("kek", "kek_file", "insecure_plaintext", "env", "connect_timeout", "socket_timeout")
-_QUERY = {"prefix", "db", "cacert", "cert", "key", "ssl_ca_certs", "ssl_certfile",
-          "ssl_keyfile", "min_replicas", "wait_timeout", "sentinel_user", "kek_file"}
-_TLS_ALIASES = {"cacert": "ssl_ca_certs", "cert": "ssl_certfile", "key": "ssl_keyfile"}
-
-
-def _db(text: str, shown: str) -> int:
-    if not text.isdigit():
-        raise ConfigError(f"{shown}: the database must be a number, not {text!r}")
-    return int(text)
-
-
-def _tls_kwargs(u: StoreURL, tls: bool) -> dict[str, Any]:
-    files = {_TLS_ALIASES.get(k, k): v for k, v in u.options.items()
-             if k in _TLS_ALIASES or k in _TLS_ALIASES.values()}
-    if not tls:
-        if files:
-            raise ConfigError(f"{u.display}: TLS options on a plaintext URL (use rediss://)")
-        return {}
-    if ("ssl_certfile" in files) != ("ssl_keyfile" in files):
-        raise ConfigError(f"{u.display}: give both cert= and key= for a client certificate")
-    kw: dict[str, Any] = {"ssl": True, "ssl_cert_reqs": "required", "ssl_check_hostname": True}
-    kw.update(files)
-    if u.secret("ssl_password"):
-        kw["ssl_password"] = u.secret("ssl_password")
-    return kw
-
-
-class _Link:
-    """The store's connection, held by one thread: a write, ``ROLE`` and ``WAIT`` all on it.
-
-    ``WAIT`` counts the replicas that acknowledged the writes *of the
-    connection it runs on* (https://redis.io/docs/latest/commands/wait/).
-    The store has one connection (:mod:`._redis_channel`), held for the
-    whole sequence so that no other thread's command comes between; and the
-    sequence never goes through redis-py's retry: a reconnection between a
-    write and its ``WAIT`` would leave ``WAIT`` on another connection.
-    """
-
-    def __init__(self, conn: Connection) -> None:
-        self.conn = conn
-
-    def call(self, *args: Any) -> Any:
-        # No health check either: its PING may reconnect the socket.
-        self.conn.send_command(*args, check_health=False)
-        return self.conn.read_response()
-
-    def cas(self, key: str, *args: Any) -> bool:
-        args = (*args, MAX_VALUE_BYTES)
-        try:
-            done = self.call("EVALSHA", _CAS_SHA, 1, key, *args)
-        except redis.exceptions.NoScriptError:
-            done = self.call("EVAL", _CAS, 1, key, *args)  # loads it, for the next EVALSHA
-        return bool(done)
-
-
-class _LostWrites(SealingError):
-    """The ring is back at the last value a replica acknowledged, below a generation seen."""
-
-    def __init__(self, url: str, generation: int, seen: int) -> None:
-        super().__init__(f"{url}: holds keyring generation {generation}, older than generation "
-                         f"{seen} already seen: refusing a rolled-back (replayed) ring")
-        self.generation = generation
-        self.seen = seen
-
-
-class _Parsed:
-    """What a Redis URL asks for: where, how, and under which name."""
-
-    def __init__(self, url: str, env: Any) -> None:
-        u = parse(url, env)
-        u.take(_QUERY)
-        self.url = u
-        shown = u.display
-        self.sentinel = u.scheme.endswith("+sentinel")
-        self.tls = u.scheme.startswith("rediss")
-        self.prefix = u.options.get("prefix", DEFAULT_PREFIX)
-        if not self.prefix:
-            raise ConfigError(f"{shown}: prefix must not be empty")
-        self.master = ""
-        parts = [p for p in u.path.split("/") if p] if u.scheme != "unix" else []
-        db_text = u.options.get("db")
-        if self.sentinel:
-            if not u.hosts or not parts:
-                raise ConfigError(f"{shown}: use {u.scheme}://HOST:PORT[,HOST:PORT...]/MASTER/DB")
-            self.master = parts.pop(0)
-        elif u.scheme == "unix":
-            if u.hosts or not u.path:
-                raise ConfigError(f"{shown}: use unix:///PATH/TO/redis.sock?db=N")
-        elif len(u.hosts) != 1:
-            raise ConfigError(f"{shown}: one host per redis:// URL (several Sentinels: "
-                              f"redis+sentinel://H1,H2,H3/MASTER/DB)")
-        if len(parts) > 1:
-            raise ConfigError(f"{shown}: the path is /DB (a number), not {u.path!r}")
-        if parts and db_text is not None and parts[0] != db_text:
-            raise ConfigError(f"{shown}: two databases (/{parts[0]} and db={db_text})")
-        self.db = _db(parts[0] if parts else (db_text or "0"), shown)
-        mr = u.options.get("min_replicas", "auto")
-        if mr != "auto" and not mr.isdigit():
-            raise ConfigError(f"{shown}: min_replicas is a number or 'auto'")
-        self.min_replicas: int | None = None if mr == "auto" else int(mr)
-        wt = u.options.get("wait_timeout")
-        try:
-            self.wait_timeout = WAIT_TIMEOUT if wt is None else parse_seconds(wt, "wait_timeout")
-        except ConfigError as exc:
-            raise ConfigError(f"{shown}: {exc}") from None
-        self.identity = f"redis:{self.db}/{self.prefix}"
-
-    def client(self, connect_timeout: float, socket_timeout: float) -> redis.Redis[bytes]:
-        u = self.url
-        kw: dict[str, Any] = {
-            "db": self.db, "username": u.user, "password": u.password,
-            "socket_connect_timeout": connect_timeout, "socket_timeout": socket_timeout,
-            # One immediate retry of a failed connect, never a long stall
-            # (a dead connection is replaced by the channel: _redis_channel).
-            "retry": Retry(NoBackoff(), 1), "health_check_interval": 10,
-            # RESP3: one connection carries the commands and the change
-            # notifications alike (see _redis_channel); Redis 6 or later.
-            "protocol": 3,
-        }
-        tls = _tls_kwargs(u, self.tls)
-        if self.sentinel:
-            skw: dict[str, Any] = {
-                "socket_connect_timeout": connect_timeout, "socket_timeout": socket_timeout,
-                "username": u.options.get("sentinel_user"),
-                "password": u.secret("sentinel_password"), **tls,
-            }
-            sentinel = Sentinel(u.host_list(26379), sentinel_kwargs=skw, **kw, **tls)
-            self.sentinels = sentinel
-            return sentinel.master_for(self.master)
-        if u.scheme == "unix":
-            return redis.Redis(unix_socket_path=u.path, **kw)
-        host, port = u.host_list(6379)[0]
-        return redis.Redis(host=host, port=port, **kw, **tls)
 
 
 #: Distinct keys for the watches of a process (a channel may carry several).
@@ -254,7 +92,7 @@ class RedisStore(SharedStore[bytes | None]):
     """A sealed keyring in one Redis string, changed by compare-and-set scripts."""
 
     def __init__(self, client: redis.Redis[bytes], *, url: str, prefix: str, sealer: AnySealer,
-                 secrets: tuple[str, ...] = (), parsed: _Parsed | None = None) -> None:
+                 secrets: tuple[str, ...] = (), parsed: RedisURL | None = None) -> None:
         super().__init__(url, sealer)
         self._client = client
         #: The one connection every command and watch of this object uses.
@@ -266,20 +104,16 @@ class RedisStore(SharedStore[bytes | None]):
         self.channel = f"{prefix}:changed"
         #: Stable name of the ring: engine, database and prefix (no host, no credential).
         self.identity = parsed.identity if parsed else f"redis:0/{prefix}"
-        #: The last value this object saw a replica acknowledge (WAIT), and the
-        #: last one it needs not confirm again (acknowledged, or written or read
-        #: while the primary had no replica to wait for).
-        self._confirmed: bytes | None = None
-        self._settled: bytes | None = None
+        self._durable = Durability(url, parsed.min_replicas if parsed else None,
+                                   parsed.wait_timeout if parsed else WAIT_TIMEOUT)
         #: Rings re-issued after a failover lost writes no replica had acknowledged.
         self.lost_writes_reissued = 0
-        self._local = threading.local()  # this thread's last value read; whether it wrote
 
     @classmethod
     def from_url(cls, url: str, **options: Any) -> RedisStore:
         """Open a Redis URL; options: kek, kek_file, insecure_plaintext, timeouts."""
         options_only(options, _OPTIONS, "redis store")
-        p = _Parsed(url, options.get("env"))
+        p = RedisURL(url, options.get("env"))
         safe = p.url.display
         sealer = sealer_from(
             safe, kek=options.get("kek"),
@@ -327,31 +161,29 @@ class RedisStore(SharedStore[bytes | None]):
             raise self._fail("read", exc) from exc
         if value is not None and len(value) > MAX_VALUE_BYTES:  # grew in between
             raise too_large(self.url)
-        self._local.loaded = value
         return value, value
 
     @contextlib.contextmanager
-    def _link(self) -> Iterator[_Link]:
+    def _link(self) -> Iterator[Link]:
         with self._chan.hold() as conn:
-            yield _Link(conn)
+            yield Link(conn)
 
     def _swap(self, token: bytes | None, data: bytes) -> bool:
         args = ["0", b""] if token is None else ["1", token]
         try:
             with self._link() as link:
-                need = self._need(link)
-                if need and token is not None and token != self._settled:
+                need = self._durable.need(link)
+                if need and token is not None and token != self._durable.settled:
                     # Never write on top of a value no replica holds: a failover
                     # then loses at most one generation (see update()).
                     if not link.cas(self.key, "1", token, token):
                         return False
-                    self._wait(link, need, token, "the ring it would replace is")
+                    self._durable.wait(link, need, token, "the ring it would replace is")
                 if not link.cas(self.key, *args, data):
                     return False
-                self._wait(link, need, data, "the write is")
+                self._durable.wait(link, need, data, "the write is")
         except redis.RedisError as exc:
             raise self._fail("write", exc) from exc
-        self._local.wrote = True
         # Announced only once durable: a watcher never loads a key a failover could lose.
         try:
             self._chan.call("PUBLISH", self.channel, "changed")
@@ -359,27 +191,6 @@ class RedisStore(SharedStore[bytes | None]):
             log.warning("%s: written, but the change notification failed (%s); watchers "
                         "see it at their next periodic read", self.url, type(exc).__name__)
         return True
-
-    def _need(self, link: _Link) -> int:
-        """Replicas a write must reach: ``min_replicas``, or (auto) 1 if the primary has one."""
-        p = self._parsed
-        if p and p.min_replicas is not None:
-            return p.min_replicas
-        role = link.call("ROLE")
-        return 1 if role and role[0] in (b"master", "master") and role[2] else 0
-
-    def _wait(self, link: _Link, need: int, value: bytes, what: str) -> None:
-        """Until the link's writes (``value``) are on ``need`` replicas (``WAIT``), or raise."""
-        if need:
-            timeout = self._parsed.wait_timeout if self._parsed else WAIT_TIMEOUT
-            got = int(link.call("WAIT", need, int(timeout * 1000)))
-            if got < need:
-                raise StoreUnavailable(
-                    f"{self.url}: {got} of {need} replica(s) acknowledged within {timeout:g}s: "
-                    f"{what} not on a replica and may be lost in a failover, so it does not "
-                    f"count")
-            self._confirmed = value
-        self._settled = value
 
     def update(self, mutate: Mutator) -> Keyring:
         """:meth:`SharedStore.update`, counted only once its result is on a replica.
@@ -394,41 +205,41 @@ class RedisStore(SharedStore[bytes | None]):
           re-issued unchanged at a generation above any that was lost, which
           every reader admits, and the pass goes on from it.
         """
-        self._local.updating, self._local.wrote = True, False
+        reissued = False
         try:
+            done = self._update(mutate)
+        except LostWrites as lost:
+            reissued = self._reissue(lost)
             try:
-                ring = super().update(mutate)
-            except _LostWrites as lost:
-                self._reissue(lost)
-                ring = super().update(mutate)
-            loaded = getattr(self._local, "loaded", None)
-            if not self._local.wrote and loaded is not None and loaded != self._settled:
-                self._confirm(loaded)
-            return ring
-        finally:
-            self._local.updating = False
+                done = self._update(mutate)
+            except LostWrites as again:
+                raise again.error() from None
+        if not (done.wrote or reissued) and done.loaded is not None and \
+                done.loaded != self._durable.settled:
+            self._confirm(done.loaded)
+        return done.ring
 
-    def _admit(self, generation: int, floor: int) -> None:
-        if generation < floor and getattr(self._local, "updating", False) and \
-                self._confirmed is not None and self._local.loaded == self._confirmed:
-            raise _LostWrites(self.url, generation, max(floor, self.seen_generation))
-        super()._admit(generation, floor)
+    def _admit(self, generation: int, floor: int, loaded: bytes | None = None) -> None:
+        if generation < floor and loaded is not None and loaded == self._durable.confirmed:
+            raise LostWrites(self.url, generation, max(floor, self.seen_generation))
+        super()._admit(generation, floor, loaded)
 
     def _confirm(self, value: bytes) -> None:
         try:
             with self._link() as link:
-                need = self._need(link)
+                need = self._durable.need(link)
                 # Changed meanwhile: its writer waits for its own write.
                 if need and not link.cas(self.key, "1", value, value):
                     return
-                self._wait(link, need, value, "the ring read is")
+                self._durable.wait(link, need, value, "the ring read is")
         except redis.RedisError as exc:
             raise self._fail("confirm", exc) from exc
 
-    def _reissue(self, lost: _LostWrites) -> None:
-        blob = self._confirmed
+    def _reissue(self, lost: LostWrites) -> bool:
+        """Write the last acknowledged ring again above every generation lost; True if written."""
+        blob = self._durable.confirmed
         if blob is None:
-            raise lost
+            raise lost.error()
         plain, _ = self.sealer.open(blob, self.url, self.ring_id)
         ring = Keyring.from_bytes(plain, self.url)
         # At most one generation above the last acknowledged one can have
@@ -444,6 +255,8 @@ class RedisStore(SharedStore[bytes | None]):
         if self._swap(blob, self.sealer.seal(again.to_bytes(), self.ring_id, generation)):
             self._note(generation)
             self.lost_writes_reissued += 1
+            return True
+        return False
 
     def _listen(self, watch: WatchThread) -> None:
         key = next(_WATCHES)
