@@ -200,7 +200,7 @@ def test_install_rotate_on_a_mirror_serves_it_read_only(
         tmp_path: Path, certs: Certs, caplog: pytest.LogCaptureFixture) -> None:
     """install(rotate=True) on a mirror: one warning, then served read-only (it raised
     MirroredRing, taking the server down); handshakes resume through stek's callback."""
-    from support import TLSServer, connect
+    from helpers.tls_peers import TLSServer, connect
 
     path, ring = _mirror_file(tmp_path)
     before = path.read_bytes()

@@ -84,8 +84,8 @@ def test_revoke_all_reaches_every_consumer(
         export("haproxy", ring, now, hkeys)
         ngx = stack.enter_context(nginx(tmp_path, certs, out / "tickets.conf"))
         hap = stack.enter_context(haproxy(tmp_path, certs, hkeys))
-        targets = [Target(TargetSpec("nginx", out, reload=f"kill -HUP {ngx.pid}")),
-                   Target(TargetSpec("haproxy", hkeys, haproxy_socket=hap.sock))]
+        targets = [Target(TargetSpec("nginx", out, reloads=(f"kill -HUP {ngx.pid}",))),
+                   Target(TargetSpec("haproxy", hkeys, haproxy_sockets=(hap.sock,)))]
         agent = Agent(store(), targets=targets)
         mirror_path = tmp_path / "mirror" / "keyring.json"
         open_mirror(f"file:{mirror_path}", None, agent.store).attach(agent)

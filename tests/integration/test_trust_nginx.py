@@ -34,7 +34,6 @@ BLOCK = """\
         ssl_protocols TLSv1.2 TLSv1.3;
         ssl_session_tickets on;
         ssl_session_cache none;
-        ssl_session_timeout 1h;
 {extra}        include {include};
         location / {{ return 200 "{label}\\n"; }}
     }}

@@ -35,9 +35,9 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import datetime
 import os
 import ssl
+import sys
 import sysconfig
 import tempfile
 import threading
@@ -87,8 +87,18 @@ class Binding:
 
 
 def free_threaded() -> bool:
-    """True on a free-threaded CPython build (3.13t, 3.14t)."""
-    return bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+    """True on a free-threaded CPython build (3.13t, 3.14t).
+
+    ``sys.abiflags`` carries "t" on such builds (PEP 703) and needs no file;
+    ``sysconfig`` loads its data module on first use, which a worker that
+    dropped its privileges may no longer be allowed to read.
+    """
+    if "t" in getattr(sys, "abiflags", ""):
+        return True
+    try:
+        return bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+    except ImportError:
+        return False
 
 
 def read_word(obj: object, offset: int) -> int:
@@ -145,28 +155,36 @@ class _Made:
 _KEEP: list[Any] = []
 
 
-def _ephemeral_cert(directory: str) -> str:
-    """A throwaway ECDSA P-256 certificate (allowed under every OpenSSL
-    security level and FIPS) and its key, one PEM file in ``directory``."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+#: The proof's server identity: a self-signed ECDSA P-256 certificate (allowed
+#: under every OpenSSL security level and FIPS) and its key, public on
+#: purpose.  It only ever serves the proof's own client, over memory BIOs in
+#: this process, so its key protects nothing; fixed, so that the proof needs
+#: no certificate library (a worker that dropped its privileges after start
+#: may no longer be allowed to load one) and no key generation.
+PROOF_IDENTITY = """\
+-----BEGIN PRIVATE KEY-----
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgeAnBb9VfNJYWrJkC
+jr6h1OIGxVaElMVN2n017BcnyX+hRANCAAQE0IKGpWzoCJEjDxmSZ2qA86f3UfT5
+058zC6EHHG2ggvcK22UPF/ajmBpPyyu4dV3GCSmdSO2eLb5hxKeEWV7/
+-----END PRIVATE KEY-----
+-----BEGIN CERTIFICATE-----
+MIIBWjCCAQGgAwIBAgIBATAKBggqhkjOPQQDAjA2MTQwMgYDVQQDDCtzdGVrIGJp
+bmRpbmcgcHJvb2YgKHB1YmxpYywgaW4tbWVtb3J5IG9ubHkpMCAXDTI2MDEwMTAw
+MDAwMFoYDzIxMjYwMTAxMDAwMDAwWjA2MTQwMgYDVQQDDCtzdGVrIGJpbmRpbmcg
+cHJvb2YgKHB1YmxpYywgaW4tbWVtb3J5IG9ubHkpMFkwEwYHKoZIzj0CAQYIKoZI
+zj0DAQcDQgAEBNCChqVs6AiRIw8ZkmdqgPOn91H0+dOfMwuhBxxtoIL3CttlDxf2
+o5gaT8sruHVdxgkpnUjtni2+YcSnhFle/zAKBggqhkjOPQQDAgNHADBEAiADbPJj
+4P2be+tIbVPY9J3fuNji4Vz2GD5zdYafZBlV6wIgd6aStRPt67UNMoI3TryC7F3d
+ChNq13woh509MnnevhM=
+-----END CERTIFICATE-----
+"""
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "stek binding proof")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
-            .public_key(key.public_key()).serial_number(x509.random_serial_number())
-            .not_valid_before(now - datetime.timedelta(minutes=5))
-            .not_valid_after(now + datetime.timedelta(hours=1))
-            .sign(key, hashes.SHA256()))
+
+def _ephemeral_cert(directory: str) -> str:
+    """:data:`PROOF_IDENTITY` as one PEM file in ``directory`` (load_cert_chain reads files)."""
     path = os.path.join(directory, "proof.pem")
-    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as f:
-        f.write(key.private_bytes(serialization.Encoding.PEM,
-                                  serialization.PrivateFormat.PKCS8,
-                                  serialization.NoEncryption()))
-        f.write(cert.public_bytes(serialization.Encoding.PEM))
+    with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "w") as f:
+        f.write(PROOF_IDENTITY)
     return path
 
 
