@@ -14,3 +14,14 @@ def wait_until(pred: Any, timeout: float, step: float = 0.02) -> float:
             raise AssertionError(f"condition not met within {timeout}s")
         time.sleep(step)
     return time.monotonic() - t0
+
+
+def holds_within(pred: Any, timeout: float = 10.0, step: float = 0.05) -> bool:
+    """True once pred() holds, False if it still does not after ``timeout`` seconds
+    (for an ``assert holds_within(...), detail`` that shows what was seen)."""
+    deadline = time.monotonic() + timeout
+    while not pred():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(step)
+    return True

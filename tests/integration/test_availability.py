@@ -12,7 +12,6 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,18 +21,10 @@ import stek._refresh
 from helpers.certs import Certs, client_context, server_context
 from helpers.store_servers import RedisServer
 from helpers.tls_peers import connect, reconnects, serving
+from helpers.waiting import holds_within as wait_for
 from stek.stores import FileStore
 
 TLS12 = ssl.TLSVersion.TLSv1_2
-
-
-def wait_for(pred: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def stek_warnings(caplog: pytest.LogCaptureFixture, text: str) -> list[str]:

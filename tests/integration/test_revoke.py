@@ -28,6 +28,7 @@ import stek
 from helpers.certs import TLS_VERSIONS, Certs, client_context, server_context
 from helpers.store_servers import EtcdServer, RedisServer, child_env
 from helpers.tls_peers import connect, serving
+from helpers.waiting import holds_within
 from helpers.web_servers import get, haproxy, nginx
 from stek.agent import Agent, AgentCollector, Target, TargetSpec
 from stek.errors import ConfigError, NotInitialized
@@ -41,12 +42,7 @@ POLICY = Policy(rotate_every=3600, accept_for=3600, publish_ahead=60)
 
 
 def wait_for(pred: Callable[[], bool], timeout: float = 20.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
+    return holds_within(pred, timeout)
 
 
 def stek_cmd(*args: str) -> subprocess.CompletedProcess[str]:

@@ -28,6 +28,7 @@ import stek
 from helpers.certs import Certs, client_context, server_context
 from helpers.store_servers import EtcdServer, RedisServer
 from helpers.tls_peers import TLSServer, connect, serving
+from helpers.waiting import holds_within as wait_for
 from stek.agent import Agent, AgentCollector, MetricsServer
 from stek.installation import Installation
 from stek.keyring import Keyring
@@ -49,15 +50,6 @@ class VolatileRedis(RedisServer):
     def _cmd(self) -> list[str]:
         return [self.exe, "--bind", "127.0.0.1", "--port", str(self.port), "--dir",
                 str(self.dir), "--save", "", "--appendonly", "no", "--daemonize", "no"]
-
-
-def wait_for(pred: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.05)
-    return True
 
 
 def _redis_del(server: RedisServer) -> None:
