@@ -41,6 +41,18 @@ from stek.stores import MemoryStore, open_store
 POLICY = Policy(rotate_every=3600, accept_for=3600, publish_ahead=60)
 
 
+def away_from_a_rotation(now: float) -> Policy:
+    """POLICY, or the same with a slightly longer slot, whichever leaves the key
+    active at ``now`` at least five minutes before it retires (slots are aligned
+    on multiples of rotate_every since the epoch, so a fixed policy run just
+    before the hour would see the key retire mid-test)."""
+    for every in range(3600, 7200, 300):
+        if every - now % every >= 300:
+            return Policy(rotate_every=every, accept_for=POLICY.accept_for,
+                          publish_ahead=POLICY.publish_ahead)
+    raise AssertionError("no slot length leaves five minutes before a rotation")
+
+
 def wait_for(pred: Callable[[], bool], timeout: float = 20.0) -> bool:
     return holds_within(pred, timeout)
 
@@ -69,7 +81,7 @@ def test_revoke_all_reaches_every_consumer(
             return s
 
         now = time.time()
-        init_ring(store(), POLICY, now=now)
+        init_ring(store(), away_from_a_rotation(now), now=now)
         ring = store().read()
         old = ring.encrypting_key(now)
         assert old is not None and old.retires_at - now > 120, "too close to a rotation"
