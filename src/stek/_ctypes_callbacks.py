@@ -92,8 +92,9 @@ class PythonCallbacks:
                 ours = False
                 if status in success and sess:
                     # Sealed by stek: it carries stek's appdata before it is stamped here.
-                    ours = lib._appdata_born_at(sess) is not None
-                    born = lib.stamp_born_at(sess)
+                    stamped = lib._appdata_born_at(sess)
+                    ours = stamped is not None
+                    born = stamped if stamped is not None else lib.stamp_born_at(sess)
                 answer = decrypted_ticket_answer(status, born, now, self._max_age)
                 if status in success and sess:
                     if answer not in use:

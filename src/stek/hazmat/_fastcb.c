@@ -365,12 +365,15 @@ static uint64_t session_time(void *sess) {
 }
 
 /* The full handshake's time: from stek's appdata, else the session's own
- * time (stamped into the appdata so renewed tickets carry it on). */
-static uint64_t stamp_born(void *sess) {
+ * time (stamped into the appdata so renewed tickets carry it on).  *sealed
+ * (when not NULL) tells whether the appdata was there already: the session
+ * was sealed by stek. */
+static uint64_t stamp_born(void *sess, int *sealed) {
     uint64_t born;
     unsigned char blob[APPDATA_LEN];
-    int i;
-    if (appdata_born(sess, &born)) return born;
+    int i, had = appdata_born(sess, &born);
+    if (sealed != NULL) *sealed = had;
+    if (had) return born;
     born = session_time(sess);
     memcpy(blob, APPDATA_MAGIC, 4);
     for (i = 0; i < 8; i++) blob[4 + i] = (unsigned char)(born >> (56 - 8 * i));
@@ -413,7 +416,7 @@ static void record_server_name(void *s, void *sess) {
 static int gen_cb(void *s, void *arg) {
     void *sess = F.get_session(s);
     if (sess != NULL) {
-        stamp_born(sess);
+        stamp_born(sess, NULL);
         record_server_name(s, sess);
     }
     return 1;
@@ -482,9 +485,8 @@ static int dec_cb(void *s, void *ss, const unsigned char *kn, size_t knl, int st
     slot_t *sl = (slot_t *)arg;
     int ok = (status == TICKET_SUCCESS || status == TICKET_SUCCESS_RENEW) && ss != NULL;
     int refused_old, answer;
-    uint64_t born = 0;
-    int ours = ok && appdata_born(ss, &born); /* before stamp_born adds stek's appdata */
-    born = ok ? stamp_born(ss) : 0;
+    int ours = 0; /* sealed by stek: its appdata was there before stamp_born */
+    uint64_t born = ok ? stamp_born(ss, &ours) : 0;
     answer = decide(sl->dec_table, status, ok, born, (int64_t)time(NULL),
                     __atomic_load_n(&sl->max_age, __ATOMIC_RELAXED), &refused_old);
     if (refused_old) bump(sl, C_TOO_OLD);
