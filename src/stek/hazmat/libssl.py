@@ -313,14 +313,7 @@ class LibSSL:
 
     def session_der(self, session: ssl.SSLSession) -> bytes:
         """``i2d_SSL_SESSION``: the session as OpenSSL serializes it (ASN.1 DER)."""
-        ptr = self.ssl_session_pointer(session)
-        n = int(self.i2d_SSL_SESSION(ptr, None))
-        if n <= 0:
-            raise BindingError("i2d_SSL_SESSION failed")
-        buf = ctypes.create_string_buffer(n)
-        out = c_void_p(ctypes.addressof(buf))
-        self.i2d_SSL_SESSION(ptr, ctypes.byref(out))
-        return buf.raw
+        return _i2d(self.i2d_SSL_SESSION, self.ssl_session_pointer(session), "i2d_SSL_SESSION")
 
     def set_ticket_callback(self, ctx_ptr: int, callback: Any | None) -> None:
         """Install (or, with None, remove) the ticket key callback on ``ctx_ptr``."""
@@ -349,15 +342,6 @@ class LibSSL:
         ptr = ctypes.cast(callback, c_void_p) if callback is not None else None
         self.SSL_CTX_set_client_hello_cb(ctx_ptr, ptr, arg)
 
-    def _x509_der(self, x509: int) -> bytes:
-        n = int(self.i2d_X509(x509, None))
-        if n <= 0:
-            raise BindingError("i2d_X509 failed")
-        buf = ctypes.create_string_buffer(n)
-        out = c_void_p(ctypes.addressof(buf))
-        self.i2d_X509(x509, ctypes.byref(out))
-        return buf.raw
-
     def server_chain(self, ctx_ptr: int) -> list[bytes]:
         """DER of the certificate the context serves, then its chain (empty if none yet).
 
@@ -367,14 +351,14 @@ class LibSSL:
         leaf = self.SSL_CTX_get0_certificate(ctx_ptr)
         if not leaf:
             return []
-        chain = [self._x509_der(leaf)]
+        chain = [_i2d(self.i2d_X509, leaf, "i2d_X509")]
         stack = c_void_p()
         if self.SSL_CTX_ctrl(ctx_ptr, SSL_CTRL_GET_CHAIN_CERTS, 0, ctypes.byref(stack)) == 1 \
                 and stack.value:
             for i in range(int(self.OPENSSL_sk_num(stack.value))):
                 cert = self.OPENSSL_sk_value(stack.value, i)
                 if cert:
-                    chain.append(self._x509_der(cert))
+                    chain.append(_i2d(self.i2d_X509, cert, "i2d_X509"))
         return chain
 
     def hello_server_name(self, ssl_ptr: int) -> bytes | None:
@@ -445,6 +429,17 @@ class LibSSL:
             blob = encode_birth(born)
             self.SSL_SESSION_set1_ticket_appdata(session_ptr, blob, len(blob))
         return born
+
+
+def _i2d(i2d: Any, ptr: int, name: str) -> bytes:
+    """An OpenSSL object as DER through its ``i2d_*`` function: length first, then bytes."""
+    n = int(i2d(ptr, None))
+    if n <= 0:
+        raise BindingError(f"{name} failed")
+    buf = ctypes.create_string_buffer(n)
+    out = c_void_p(ctypes.addressof(buf))
+    i2d(ptr, ctypes.byref(out))
+    return buf.raw
 
 
 _LIB: LibSSL | None = None
