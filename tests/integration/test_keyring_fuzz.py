@@ -144,7 +144,8 @@ def test_any_store_value_opens_or_raises(blob: bytes, flip: int) -> None:
     ("[" * 100_000, "not JSON"),
     (json.dumps(_replace(DOC, ("keys", 0, "expires_at"), 2**70)), "expires_at"),
     (json.dumps(_replace(DOC, ("keys", 0, "activates_at"), 1.5)), "activates_at"),
-])
+], ids=["infinite-generation", "infinite-rotate-every", "deep-array", "huge-expires-at",
+        "fractional-activates-at"])
 def test_hostile_keyring_is_one_clear_line(tmp_path: Path, text: str, reason: str) -> None:
     path = tmp_path / "ring.json"
     path.write_text(text)
