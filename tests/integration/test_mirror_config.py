@@ -114,7 +114,8 @@ def test_a_rotation_rechecks_for_a_mirror_under_the_lock(tmp_path: Path) -> None
     with writer.locked():
         t = threading.Thread(target=rotate_late)
         t.start()
-        wait_until(lambda: _flock_waiters() > 0, timeout=5, step=0.005)
+        lock_inode = path.with_name(path.name + ".lock").stat().st_ino
+        wait_until(lambda: _flock_waiters(lock_inode) > 0, timeout=5, step=0.005)
         # The agent's write, as Mirror.write does it under the lock (held here).
         write_file(path, mirror_bytes(fleet_ring, "redis://127.0.0.1:6379/0?prefix=stek"))
     t.join(10)
@@ -123,10 +124,14 @@ def test_a_rotation_rechecks_for_a_mirror_under_the_lock(tmp_path: Path) -> None
     assert FileStore(path).read() == fleet_ring
 
 
-def _flock_waiters() -> int:
-    """Processes' flock(2) requests blocked right now (/proc/locks marks them '->')."""
+def _flock_waiters(inode: int) -> int:
+    """flock(2) requests blocked right now on the file with this inode (/proc/locks
+    marks them '->' and names the file MAJOR:MINOR:INODE, proc_locks(5)); other
+    tests running at the same time may be waiting on locks of their own."""
     return sum(1 for ln in Path("/proc/locks").read_text().splitlines()
-               if "->" in ln and "FLOCK" in ln)
+               if "->" in ln and "FLOCK" in ln
+               and any(f.count(":") == 2 and f.rsplit(":", 1)[1] == str(inode)
+                       for f in ln.split()))
 
 
 def test_group_worker_of_another_user_follows_the_mirror_it_cannot_lock(
