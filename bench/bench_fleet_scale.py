@@ -54,8 +54,9 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "src"), str(ROOT / "bench")]
+sys.path[:0] = [str(ROOT / "src"), str(ROOT / "tests")]
 
+from helpers.store_servers import EtcdServer, RedisServer  # noqa: E402
 from stek import Policy, init_ring, open_store, rotate  # noqa: E402
 from stek.keyring import Keyring  # noqa: E402
 from stek.stores.sealing import SharedStore, read_kek_file, write_kek_file  # noqa: E402
@@ -332,8 +333,6 @@ def pct(values: list[float], p: float) -> float:
 
 
 def scenario(name: str, rotations: int, workdir: Path, kek: Path) -> dict[str, Any]:
-    from _stores import EtcdServer, RedisServer
-
     kind, clients, readers = SCENARIOS[name]
 
     class ManyClientsRedis(RedisServer):

@@ -25,7 +25,9 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path[:0] = [str(ROOT / "bench")]
+sys.path[:0] = [str(ROOT / "tests")]  # helpers.store_servers: the tests' own redis-server
+
+from helpers.store_servers import RedisServer  # noqa: E402
 
 PROBE = r"""
 import json, os, ssl, sys, threading, time
@@ -86,8 +88,6 @@ def main() -> None:
     ap.add_argument("--n", type=int, nargs="+", default=[1, 10, 50])
     ap.add_argument("--store", nargs="+", default=["file", "redis"])
     args = ap.parse_args()
-
-    from _stores import RedisServer
 
     import stek
     from stek.stores.sealing import write_kek_file

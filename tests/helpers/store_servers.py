@@ -1,7 +1,12 @@
-"""Real redis-server and etcd for the fleet tests, on 127.0.0.1 only, in temp dirs.
+"""Real redis-server and etcd for the fleet tests and the benchmarks, on 127.0.0.1 only.
 
 Each server can be killed (SIGKILL, as a crash) and restarted on the same
 port and data directory, so outage tests see the store vanish and return.
+
+The benchmarks in bench/ start their servers here too, without the test
+suite's dependencies: this module and those it imports (helpers.ports,
+helpers.programs, helpers.pki) need only the standard library and
+cryptography, and redis where a Redis server is queried.
 """
 
 from __future__ import annotations
