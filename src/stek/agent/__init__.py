@@ -22,8 +22,10 @@ agent stops, with the agent's secrets scrubbed from its environment
 **Store errors.**  A store that cannot be reached is retried with backoff.
 One that answers but cannot be used (a corrupt file, a wrong key-encryption
 key, permission denied) will not fix itself: that is said once, as an
-ERROR, ``/healthz`` keeps failing, and it is re-read every ``BACKOFF_MAX``
-seconds in case the operator fixes it.  Meanwhile the targets keep being
+ERROR, ``/healthz`` keeps failing, and it is re-read at the backoff's
+maximum in case the operator fixes it.  The backoffs and the interval are
+each agent's and target's own (keyword arguments of :class:`Agent` and
+:class:`Target`; the module constants are their defaults).  Meanwhile the targets keep being
 exported from the last ring read, so servers keep the keys they have (and
 follow the keys' own activation and retirement).
 

@@ -21,7 +21,8 @@ from ..scope import check_scope, scoped
 
 log = logging.getLogger("stek.agent")
 
-#: Backoff bounds for a failed export, reload or runtime API update (seconds).
+#: Default backoff bounds for a failed export, reload or runtime API update
+#: (seconds; each target's own are Target's retry_min and retry_max).
 RETRY_MIN, RETRY_MAX = 1.0, 30.0
 
 
@@ -44,10 +45,18 @@ class TargetSpec:
 
 
 class Target:
-    """One export target: its files, its reload (or runtime API) and their health."""
+    """One export target: its files, its reload (or runtime API) and their health.
+
+    A failure is retried after ``retry_min`` seconds, doubling up to
+    ``retry_max``, until the target is current again.
+    """
 
     def __init__(self, spec: TargetSpec, *, reload_timeout: float = RELOAD_TIMEOUT,
-                 retry_max: float = RETRY_MAX, env: Mapping[str, str] | None = None) -> None:
+                 retry_min: float = RETRY_MIN, retry_max: float = RETRY_MAX,
+                 env: Mapping[str, str] | None = None) -> None:
+        if not 0 < retry_min <= retry_max:
+            raise ConfigError(f"target {spec.name}: the retry bounds must satisfy "
+                              f"0 < retry_min <= retry_max (got {retry_min:g}, {retry_max:g})")
         try:
             check_scope(spec.scope)
         except ConfigError as exc:
@@ -55,6 +64,7 @@ class Target:
         self.spec = spec
         self.name = spec.name
         self.reload_timeout = reload_timeout
+        self.retry_min = retry_min
         self.retry_max = retry_max
         self.env = env  # the reload command's environment (None: the agent's own)
         self.cancel: threading.Event | None = None  # set when the agent stops
@@ -72,7 +82,7 @@ class Target:
         self.last_reload_seconds: float | None = None
         self.encrypting: bytes = b""
         self._retry_at: float | None = None
-        self._delay = RETRY_MIN
+        self._delay = retry_min
         self._owed_reloads: list[str] = []  # the reload commands a change still waits for
 
     def __repr__(self) -> str:
@@ -136,7 +146,7 @@ class Target:
             self._reload(now)
         if self.export_error is None and self.apply_error is None:
             self._retry_at = None
-            self._delay = RETRY_MIN
+            self._delay = self.retry_min
 
     def _label(self, what: str, i: int, n: int) -> str:
         return what if n == 1 else f"{what} {i + 1} of {n}"
