@@ -155,7 +155,8 @@ def test_publish_ahead_rule_warnings(tmp_path: Path) -> None:
     hap = Target(TargetSpec("haproxy", tmp_path / "h"))
     notes = publish_ahead_warnings(Policy(), 30, [hap])
     assert any("HAProxy holds 3 keys" in n for n in notes)
-    assert any("no --reload or --haproxy-socket" in n for n in notes)
+    assert any("no reload command or runtime API socket (--reload or --haproxy-socket)" in n
+               for n in notes)
 
 
 def test_cli_pairs_reload_with_the_export_before_it() -> None:
@@ -177,5 +178,7 @@ def test_cli_pairs_reload_with_the_export_before_it() -> None:
         _ordered_targets(["--export", "lighttpd:/a"])
     with pytest.raises(click.UsageError, match="the same --reload twice"):
         _ordered_targets(["--export", "nginx:/a", "--reload", "x", "--reload", "x"])
-    with pytest.raises(ConfigError, match="two --export targets"):
+    with pytest.raises(click.UsageError, match="two --export targets write /a"):
+        _ordered_targets(["--export", "nginx:/a", "--export", "envoy:/a"])
+    with pytest.raises(ConfigError, match="targets nginx:/a and envoy:/a both write /a"):
         build_targets([TargetSpec("nginx", Path("/a")), TargetSpec("envoy", Path("/a"))])

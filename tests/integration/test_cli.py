@@ -289,6 +289,7 @@ def bad_invocations() -> list[list[str]]:
         ["agent", "--scope", "a", "--export", "nginx:/x"],
         ["agent", "--export", "nginx:/x", "--scope", "a", "--scope", "b"],
         ["agent", "--export", "nginx:/x", "--scope", "no/slash"],
+        ["agent", "--export", "nginx:/x", "--export", "envoy:/x"],
         ["agent", "--metrics-addr", "nowhere", "--store", "ftp://x"],
         ["agent", "--metrics-addr", "0.0.0.0:1", "--store", "ftp://x"],
         ["init", "--rotate-every", "0"],

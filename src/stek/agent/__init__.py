@@ -15,15 +15,17 @@ it is retried with backoff, counted in ``/metrics`` and shown by
 ``/healthz``, until it succeeds.  Reload commands are operator-supplied
 strings run by ``/bin/sh -c``, as a cron line or a systemd ``ExecReload=``
 would be: the agent's configuration must be as trusted as those are.  Each
-runs in its own process group, killed whole on ``--reload-timeout`` and when
-the agent stops, with the agent's secrets scrubbed from its environment
+runs in its own process group, killed whole on its timeout and when the
+agent stops, with the agent's secrets scrubbed from its environment
 (:mod:`stek._command`).
 
 **Store errors.**  A store that cannot be reached is retried with backoff.
 One that answers but cannot be used (a corrupt file, a wrong key-encryption
 key, permission denied) will not fix itself: that is said once, as an
-ERROR, ``/healthz`` keeps failing, and it is re-read every ``BACKOFF_MAX``
-seconds in case the operator fixes it.  Meanwhile the targets keep being
+ERROR, ``/healthz`` keeps failing, and it is re-read at the backoff's
+maximum in case the operator fixes it.  The backoffs and the interval are
+each agent's and target's own (keyword arguments of :class:`Agent` and
+:class:`Target`; the module constants are their defaults).  Meanwhile the targets keep being
 exported from the last ring read, so servers keep the keys they have (and
 follow the keys' own activation and retirement).
 
@@ -47,7 +49,9 @@ The agent is three modules: :mod:`stek.agent.loop` (the run loop, its
 signal thread, store errors and health), :mod:`stek.agent.targets` (exports,
 reloads, HAProxy's runtime API, the publish_ahead advice) and
 :mod:`stek.agent.metrics` (``/metrics`` and ``/healthz``).  Their names are
-all importable from here.
+all importable from here.  Reading the ``stek agent`` options (``--export``
+and the options that follow it, ``--metrics-addr``) into these is the CLI's
+job (:mod:`stek.cli.agent`).
 """
 
 from __future__ import annotations
@@ -66,7 +70,6 @@ from .metrics import (
     AgentCollector,
     MetricsServer,
     check_metrics_host,
-    parse_addr,
 )
 from .metrics import METRICS_MAX_CONNECTIONS as METRICS_MAX_CONNECTIONS
 from .metrics import METRICS_TIMEOUT as METRICS_TIMEOUT
@@ -89,7 +92,6 @@ __all__ = [
     "check_metrics_host",
     "is_permanent",
     "next_boundary",
-    "parse_addr",
     "publish_ahead_warnings",
     "reload_environment",
     "run_command",

@@ -21,13 +21,15 @@ from .targets import Target, publish_ahead_warnings
 
 log = logging.getLogger("stek.agent")
 
-#: Even with nothing due, re-read at least this often (seconds): another
+# The defaults of each Agent's timers (seconds; see Agent's keyword arguments).
+#: Even with nothing due, re-read at least this often (``interval``): another
 #: writer may have changed the ring, and targets may need a retry.
 MAX_SLEEP = 30.0
-#: Longest time between two reads of a fleet store (stek's installations
-#: re-read as often: stek._refresh.BACKSTOP_INTERVAL).
+#: Longest time between two reads of a fleet store (``reseed_check``; stek's
+#: installations re-read as often: stek._refresh.BACKSTOP_INTERVAL).
 RESEED_CHECK = 5.0
-#: Backoff bounds while the store is unreachable (seconds).
+#: Backoff bounds while the store is unreachable (``backoff``); a permanent
+#: store error is re-read every BACKOFF_MAX.
 BACKOFF_MIN, BACKOFF_MAX = 0.5, 30.0
 #: The signals that stop the agent (systemd's stop, Ctrl-C).
 STOP_SIGNALS = frozenset({signal.SIGTERM, signal.SIGINT})
@@ -42,16 +44,39 @@ Clock = Callable[[], float]
 
 
 class Agent:
+    """The rotator: :meth:`run` makes pass after pass until :meth:`stop`.
+
+    Its timers, in seconds: ``interval``, the longest sleep between two
+    passes; ``reseed_check``, the longest between two reads of a fleet store
+    (one that can be emptied behind the agent's back); ``backoff``, the
+    ``(min, max)`` of the wait after a store error, doubling from min up to
+    max (a permanent error waits max).  Targets have their own
+    (:class:`~stek.agent.targets.Target`'s ``retry_min`` and ``retry_max``).
+    """
+
     def __init__(self, store: KeyStore, *, policy: Policy | None = None,
                  clock: Clock = time.time, targets: Sequence[Target] = (),
-                 interval: float = MAX_SLEEP) -> None:
+                 interval: float = MAX_SLEEP, reseed_check: float = RESEED_CHECK,
+                 backoff: tuple[float, float] = (BACKOFF_MIN, BACKOFF_MAX)) -> None:
         if not interval > 0:
             raise ConfigError("the agent's interval must be positive")
+        if not reseed_check > 0:
+            raise ConfigError("the agent's reseed_check must be positive")
+        backoff_min, backoff_max = backoff
+        if not 0 < backoff_min <= backoff_max:
+            raise ConfigError(f"the agent's backoff must satisfy 0 < min <= max "
+                              f"(got {backoff_min:g}, {backoff_max:g})")
         self.store = store
         self.policy = policy or Policy()
         self.clock = clock
         self.targets = list(targets)
         self.interval = interval
+        self.reseed_check = reseed_check
+        self.backoff_min = backoff_min
+        self.backoff_max = backoff_max
+        # The wait after the next store error: backoff_min after a good pass,
+        # doubled by each failed one up to backoff_max (see run_pass).
+        self._next_backoff = backoff_min
         self.stop_event = threading.Event()
         self.wake_event = threading.Event()
         self.hooks: list[RingHook] = []
@@ -113,8 +138,8 @@ class Agent:
                 due = min(due, target.retry_at)
         if hasattr(self.store, "last_ring"):
             # A fleet store emptied without a change notification (a Redis DEL)
-            # is found, and re-seeded, within RESEED_CHECK seconds.
-            due = min(due, now + RESEED_CHECK)
+            # is found, and re-seeded, within reseed_check seconds.
+            due = min(due, now + self.reseed_check)
         return max(0.05, min(self.interval, due - now + 0.01))
 
     def _note_revoked(self, ring: Keyring) -> None:
@@ -147,12 +172,12 @@ class Agent:
         """Record a failed pass; keep the targets on the last ring; seconds until the next.
 
         A transient error is logged at every retry; a permanent one (see
-        :func:`is_permanent`) once, as an ERROR, then re-read every BACKOFF_MAX.
+        :func:`is_permanent`) once, as an ERROR, then re-read every ``backoff_max``.
         """
         self.store_failures += 1
         message = about_store(self.store, exc)
         if is_permanent(exc):
-            retry_in = BACKOFF_MAX
+            retry_in = self.backoff_max
             if not self.store_error_permanent or message != self.store_error:
                 log.error("store %s: %s: this is permanent (it will not fix itself); fix the "
                           "store, its permissions or the key-encryption key. Until then the "
@@ -176,8 +201,20 @@ class Agent:
                 self._warned.add(note)
                 log.warning("%s", note)
 
+    def run_pass(self) -> float:
+        """One pass of :meth:`run`: :meth:`step`, or after a store error
+        :meth:`store_failed` with the current backoff (doubled for the next
+        error, back to ``backoff_min`` after a good pass); seconds to wait."""
+        try:
+            wait = self.step()
+        except StekError as exc:
+            wait = self.store_failed(exc, self._next_backoff)
+            self._next_backoff = min(self.backoff_max, self._next_backoff * 2)
+            return wait
+        self._next_backoff = self.backoff_min
+        return wait
+
     def run(self) -> None:
-        backoff = BACKOFF_MIN
         log.info("stek agent started on %s", self.store.url)
         sub: Subscription | None = None
         try:
@@ -187,12 +224,7 @@ class Agent:
                         self.store.url, about_store(self.store, exc), self.interval)
         try:
             while not self.stop_event.is_set():
-                try:
-                    wait = self.step()
-                    backoff = BACKOFF_MIN
-                except StekError as exc:
-                    wait = self.store_failed(exc, backoff)
-                    backoff = min(BACKOFF_MAX, backoff * 2)
+                wait = self.run_pass()
                 self.wake_event.wait(wait)
                 self.wake_event.clear()
         finally:

@@ -22,7 +22,7 @@ from .loop import Agent, next_boundary
 
 log = logging.getLogger("stek.agent")
 
-#: Default address of /metrics and /healthz: loopback only.
+#: Default address of /metrics and /healthz: loopback only (``stek agent --metrics-addr``).
 DEFAULT_METRICS_ADDR = "127.0.0.1:9477"
 
 
@@ -154,18 +154,6 @@ def _counter(name: str, doc: str, value: float) -> CounterMetricFamily:
     return CounterMetricFamily(name, doc, value=value)
 
 
-def parse_addr(text: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[v6]:PORT`` for IPv6) -> (host, port)."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise ConfigError(f"--metrics-addr {text!r}: use HOST:PORT, for example "
-                          f"{DEFAULT_METRICS_ADDR}")
-    host = host.strip("[]")
-    if int(port) > 65535:
-        raise ConfigError(f"--metrics-addr {text!r}: port out of range")
-    return host, int(port)
-
-
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -235,8 +223,9 @@ class MetricsServer:
 
 
 def check_metrics_host(host: str, public: bool) -> None:
-    """Refuse a non-loopback address unless the operator said so (``--metrics-public``)."""
+    """Refuse a non-loopback address unless the caller said so (``public``; the
+    CLI's ``--metrics-public``)."""
     if not public and not is_loopback(host):
-        raise ConfigError(f"--metrics-addr {host}: not a loopback address; /metrics and "
-                          f"/healthz name keys and targets: add --metrics-public to serve "
-                          f"them there")
+        raise ConfigError(f"metrics on {host}: not a loopback address; /metrics and /healthz "
+                          f"name keys and targets: serving them there takes public=True "
+                          f"(--metrics-public)")

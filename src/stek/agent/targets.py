@@ -1,4 +1,4 @@
-"""The agent's targets: each ``--export`` written out, its reload commands
+"""The agent's targets: each export written out, its reload commands
 run (or HAProxy's runtime API updated), their health, and the
 publish_ahead advice about a configuration (see :mod:`stek.agent`)."""
 
@@ -13,7 +13,7 @@ from typing import Any
 
 from .._command import RELOAD_TIMEOUT, run_command
 from ..errors import ConfigError
-from ..export import FORMATS, ExportError, Rendered, is_directory_format, render, write
+from ..export import ExportError, Rendered, is_directory_format, render, write
 from ..export import haproxy as haproxy_export
 from ..keyring import Keyring
 from ..schedule import Policy
@@ -21,15 +21,17 @@ from ..scope import check_scope, scoped
 
 log = logging.getLogger("stek.agent")
 
-#: Backoff bounds for a failed export, reload or runtime API update (seconds).
+#: Default backoff bounds for a failed export, reload or runtime API update
+#: (seconds; each target's own are Target's retry_min and retry_max).
 RETRY_MIN, RETRY_MAX = 1.0, 30.0
 
 
 @dataclass(frozen=True)
 class TargetSpec:
-    """What ``--export FORMAT:PATH [--scope NAME] [--reload CMD]... [--haproxy-socket PATH]...``
-    asked for: one export, the scope whose keys it holds (None: the ring's own), and
-    every server instance that reads it (each reload command, each runtime API socket)."""
+    """One export: its format and path, the scope whose keys it holds (None: the
+    ring's own), and every server instance that reads it (each reload command,
+    each HAProxy runtime API socket).  The CLI builds one per ``--export``
+    (:func:`stek.cli.agent.parse_export`)."""
 
     format: str
     path: Path
@@ -37,48 +39,32 @@ class TargetSpec:
     haproxy_sockets: tuple[Path, ...] = ()
     scope: str | None = None
 
-    @classmethod
-    def parse(cls, text: str, reloads: Sequence[str] = (),
-              haproxy_sockets: Sequence[str] = (), scope: str | None = None) -> TargetSpec:
-        fmt, sep, path = text.partition(":")
-        if not sep or not path:
-            raise ConfigError(f"--export {text!r}: use FORMAT:PATH, FORMAT one of "
-                              f"{', '.join(FORMATS)}")
-        if fmt not in FORMATS:
-            raise ConfigError(f"--export {text!r}: unknown format {fmt!r} (use one of "
-                              f"{', '.join(FORMATS)})")
-        if haproxy_sockets and fmt != "haproxy":
-            raise ConfigError(f"--haproxy-socket follows --export {text!r}: it only applies to "
-                              f"an haproxy export")
-        if haproxy_sockets and reloads:
-            raise ConfigError(f"--export {text!r}: give either --reload or --haproxy-socket "
-                              f"(the runtime API needs no reload)")
-        if any(not r.strip() for r in reloads):
-            raise ConfigError(f"--export {text!r}: empty --reload command")
-        if len(set(reloads)) != len(reloads):
-            raise ConfigError(f"--export {text!r}: the same --reload twice")
-        sockets = tuple(Path(h).expanduser().absolute() for h in haproxy_sockets)
-        if len(set(sockets)) != len(sockets):
-            raise ConfigError(f"--export {text!r}: the same --haproxy-socket twice")
-        try:
-            check_scope(scope)
-        except ConfigError as exc:
-            raise ConfigError(f"--export {text!r} --scope {scope!r}: {exc}") from None
-        return cls(fmt, Path(path).expanduser().absolute(), tuple(reloads), sockets, scope)
-
     @property
     def name(self) -> str:
         return f"{self.format}:{self.path}"
 
 
 class Target:
-    """One export target: its files, its reload (or runtime API) and their health."""
+    """One export target: its files, its reload (or runtime API) and their health.
+
+    A failure is retried after ``retry_min`` seconds, doubling up to
+    ``retry_max``, until the target is current again.
+    """
 
     def __init__(self, spec: TargetSpec, *, reload_timeout: float = RELOAD_TIMEOUT,
-                 retry_max: float = RETRY_MAX, env: Mapping[str, str] | None = None) -> None:
+                 retry_min: float = RETRY_MIN, retry_max: float = RETRY_MAX,
+                 env: Mapping[str, str] | None = None) -> None:
+        if not 0 < retry_min <= retry_max:
+            raise ConfigError(f"target {spec.name}: the retry bounds must satisfy "
+                              f"0 < retry_min <= retry_max (got {retry_min:g}, {retry_max:g})")
+        try:
+            check_scope(spec.scope)
+        except ConfigError as exc:
+            raise ConfigError(f"target {spec.name}: scope {spec.scope!r}: {exc}") from None
         self.spec = spec
         self.name = spec.name
         self.reload_timeout = reload_timeout
+        self.retry_min = retry_min
         self.retry_max = retry_max
         self.env = env  # the reload command's environment (None: the agent's own)
         self.cancel: threading.Event | None = None  # set when the agent stops
@@ -96,7 +82,7 @@ class Target:
         self.last_reload_seconds: float | None = None
         self.encrypting: bytes = b""
         self._retry_at: float | None = None
-        self._delay = RETRY_MIN
+        self._delay = retry_min
         self._owed_reloads: list[str] = []  # the reload commands a change still waits for
 
     def __repr__(self) -> str:
@@ -160,7 +146,7 @@ class Target:
             self._reload(now)
         if self.export_error is None and self.apply_error is None:
             self._retry_at = None
-            self._delay = RETRY_MIN
+            self._delay = self.retry_min
 
     def _label(self, what: str, i: int, n: int) -> str:
         return what if n == 1 else f"{what} {i + 1} of {n}"
@@ -222,31 +208,39 @@ class Target:
 
 
 def build_targets(specs: Iterable[TargetSpec], **options: Any) -> list[Target]:
+    """A :class:`Target` per spec (``options`` go to each); ConfigError if two
+    write one path, or if a path's parent directory is missing."""
     targets = [Target(s, **options) for s in specs]
-    seen: set[Path] = set()
+    seen: dict[Path, Target] = {}
     for t in targets:
         if t.spec.path in seen:
-            raise ConfigError(f"two --export targets write {t.spec.path}")
-        seen.add(t.spec.path)
+            raise ConfigError(f"targets {seen[t.spec.path].name} and {t.name} both write "
+                              f"{t.spec.path}")
+        seen[t.spec.path] = t
         # The export creates at most its last directory: a missing parent is a
         # mistyped path, said now rather than at every pass.
         directory = t.spec.path if is_directory_format(t.spec.format) else t.spec.path.parent
         if not directory.is_dir() and not directory.parent.is_dir():
-            raise ConfigError(f"--export {t.name}: {directory.parent} does not exist (stek "
+            raise ConfigError(f"target {t.name}: {directory.parent} does not exist (stek "
                               f"creates only the last directory: check the path)")
     return targets
 
 
 def publish_ahead_warnings(policy: Policy, interval: float,
                            targets: Sequence[Target]) -> list[str]:
-    """Configurations that break (or weaken) the publish_ahead rule, as sentences."""
+    """Configurations that break (or weaken) the publish_ahead rule, as sentences.
+
+    They are logged by the agent, whoever built it: each names the setting
+    (the agent's interval, a target's reload timeout) with the ``stek agent``
+    option that sets it in parentheses.
+    """
     notes = []
     ahead = policy.publish_ahead
     if interval >= ahead:
         notes.append(
             f"the agent re-reads the store every {interval:g}s but keys are published only "
             f"{ahead}s ahead: a key another host added may be used before this host exports it "
-            f"(lower --interval below publish_ahead, or raise publish_ahead)"
+            f"(lower the interval, --interval, below publish_ahead, or raise publish_ahead)"
         )
     for t in targets:
         if t.spec.reloads and t.retry_max >= ahead:
@@ -257,7 +251,8 @@ def publish_ahead_warnings(policy: Policy, interval: float,
         if t.spec.reloads and t.reload_timeout >= ahead:
             notes.append(
                 f"target {t.name}: the reload may take up to {t.reload_timeout:g}s "
-                f"(--reload-timeout), not less than publish_ahead ({ahead}s)"
+                f"(its reload timeout, --reload-timeout), not less than publish_ahead "
+                f"({ahead}s)"
             )
         if t.last_reload_seconds is not None and t.last_reload_seconds * 2 >= ahead:
             notes.append(
@@ -276,7 +271,8 @@ def publish_ahead_warnings(policy: Policy, interval: float,
                 f"every rotation (every {policy.rotate_every}s)"
             )
         if not t.applies_changes and t.spec.format != "openssl":
-            how = "--reload or --haproxy-socket" if t.spec.format == "haproxy" else "--reload"
+            how = ("reload command or runtime API socket (--reload or --haproxy-socket)"
+                   if t.spec.format == "haproxy" else "reload command (--reload)")
             notes.append(
                 f"target {t.name}: no {how}: the server reads these keys only when it "
                 f"starts or reloads"

@@ -1,9 +1,15 @@
-"""``stek agent``: rotate, export to servers, reload them, serve /metrics."""
+"""``stek agent``: rotate, export to servers, reload them, serve /metrics.
+
+The options are read here (:func:`parse_export`, :func:`parse_metrics_addr`),
+and their mistakes said in their own terms; :mod:`stek.agent` does the work.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
+from pathlib import Path
 
 import click
 
@@ -19,12 +25,13 @@ from ..agent import (
     build_targets,
     check_metrics_host,
     is_loopback,
-    parse_addr,
     reload_environment,
 )
 from ..errors import ConfigError, StekError
+from ..export import FORMATS
 from ..mirror import DEFAULT_URL as DEFAULT_MIRROR
 from ..mirror import MirrorCollector, open_mirror, refuse_rotation
+from ..scope import check_scope
 from ..stores import default_url
 from ._common import DURATION, open_cli_store, sealing_options, setup_logging, store_option
 
@@ -32,6 +39,57 @@ log = logging.getLogger("stek.agent")
 
 _META_TARGETS = "stek.agent.targets"
 _TARGET_OPTS = ("--export", "--reload", "--haproxy-socket", "--scope")
+
+
+def parse_export(text: str, reloads: Sequence[str] = (), haproxy_sockets: Sequence[str] = (),
+                 scope: str | None = None) -> TargetSpec:
+    """``--export FORMAT:PATH`` with the ``--reload``, ``--haproxy-socket`` and
+    ``--scope`` that follow it -> a TargetSpec; ConfigError naming the options."""
+    fmt, sep, path = text.partition(":")
+    if not sep or not path:
+        raise ConfigError(f"--export {text!r}: use FORMAT:PATH, FORMAT one of "
+                          f"{', '.join(FORMATS)}")
+    if fmt not in FORMATS:
+        raise ConfigError(f"--export {text!r}: unknown format {fmt!r} (use one of "
+                          f"{', '.join(FORMATS)})")
+    if haproxy_sockets and fmt != "haproxy":
+        raise ConfigError(f"--haproxy-socket follows --export {text!r}: it only applies to "
+                          f"an haproxy export")
+    if haproxy_sockets and reloads:
+        raise ConfigError(f"--export {text!r}: give either --reload or --haproxy-socket "
+                          f"(the runtime API needs no reload)")
+    if any(not r.strip() for r in reloads):
+        raise ConfigError(f"--export {text!r}: empty --reload command")
+    if len(set(reloads)) != len(reloads):
+        raise ConfigError(f"--export {text!r}: the same --reload twice")
+    sockets = tuple(Path(h).expanduser().absolute() for h in haproxy_sockets)
+    if len(set(sockets)) != len(sockets):
+        raise ConfigError(f"--export {text!r}: the same --haproxy-socket twice")
+    try:
+        check_scope(scope)
+    except ConfigError as exc:
+        raise ConfigError(f"--export {text!r} --scope {scope!r}: {exc}") from None
+    return TargetSpec(fmt, Path(path).expanduser().absolute(), tuple(reloads), sockets, scope)
+
+
+def parse_metrics_addr(text: str, public: bool = False) -> tuple[str, int]:
+    """``--metrics-addr HOST:PORT`` (``[v6]:PORT`` for IPv6) -> (host, port); a
+    non-loopback host is refused unless ``public`` (``--metrics-public``), as
+    :class:`~stek.agent.MetricsServer` would, but before anything binds."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ConfigError(f"--metrics-addr {text!r}: use HOST:PORT, for example "
+                          f"{DEFAULT_METRICS_ADDR}")
+    host = host.strip("[]")
+    if int(port) > 65535:
+        raise ConfigError(f"--metrics-addr {text!r}: port out of range")
+    try:
+        check_metrics_host(host, public)
+    except ConfigError:
+        raise ConfigError(f"--metrics-addr {host}: not a loopback address; /metrics and "
+                          f"/healthz name keys and targets: add --metrics-public to serve "
+                          f"them there") from None
+    return host, int(port)
 
 
 def _ordered_targets(args: list[str]) -> list[TargetSpec]:
@@ -66,11 +124,16 @@ def _ordered_targets(args: list[str]) -> list[TargetSpec]:
                 opts.setdefault(name[2:], []).append(value)
         i += 1
     try:
-        return [TargetSpec.parse(export, opts.get("reload", ()), opts.get("haproxy-socket", ()),
-                                 next(iter(opts.get("scope", ())), None))
-                for export, opts in groups]
+        specs = [parse_export(export, opts.get("reload", ()), opts.get("haproxy-socket", ()),
+                              next(iter(opts.get("scope", ())), None))
+                 for export, opts in groups]
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
+    paths = [s.path for s in specs]
+    for path in paths:
+        if paths.count(path) > 1:  # stek.agent.build_targets refuses it too
+            raise click.UsageError(f"two --export targets write {path}")
+    return specs
 
 
 class _AgentCommand(click.Command):
@@ -155,9 +218,7 @@ def agent(store_url: str | None, exports: tuple[str, ...], scopes: tuple[str, ..
     if len(specs) != len(exports):  # defensive: the ordered scan must agree with click
         raise click.UsageError("could not pair --scope/--reload/--haproxy-socket with "
                                "--export")
-    addr = None if no_metrics else parse_addr(metrics_addr)
-    if addr is not None:
-        check_metrics_host(addr[0], metrics_public)  # before anything binds
+    addr = None if no_metrics else parse_metrics_addr(metrics_addr, metrics_public)
     if mirror_group is not None and mirror_url is None:
         raise click.UsageError("--mirror-group needs --mirror")
     setup_logging(verbose)
