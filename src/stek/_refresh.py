@@ -22,11 +22,12 @@ serves full handshakes and issues no ticket), and the first successful read
 is logged once and swapped in, with no restart.
 
 A group knows its members only as :class:`Member` (what it reads and calls
-on each) reached through a weak reference; each member's side of the group
-is a :class:`Membership`.  stek.installation is the one owner: its
-Installation takes part through a small adapter, and its own fork hook
-resets the C callback's mutexes before the members rejoin (see
-:func:`_after_fork_in_child`).
+on each), reached through a weak reference; each member's side of the group
+is a :class:`Membership`.  stek.installation is the owner: an Installation
+takes part through a small adapter, and in a forked child its own fork hook
+makes each one rejoin, after this module's has forgotten the parent's
+groups (:func:`_after_fork_in_child`; docs/design.md, "Threads, fork and
+finalizers").
 """
 
 from __future__ import annotations
