@@ -13,7 +13,7 @@ is logged and the loop goes on.
 
 fork(): the thread does not survive it, and the descriptors are the
 parent's, so the child starts from scratch on its first call (each owner
-registers again: see ``_refresh._after_fork_in_child``).
+registers again: see docs/design.md, "Threads, fork and finalizers").
 """
 
 from __future__ import annotations

@@ -20,6 +20,14 @@ failure is logged once per group (that is, once per process and store),
 the last snapshot keeps serving (an installation that never read a ring
 serves full handshakes and issues no ticket), and the first successful read
 is logged once and swapped in, with no restart.
+
+A group knows its members only as :class:`Member` (what it reads and calls
+on each), reached through a weak reference; each member's side of the group
+is a :class:`Membership`.  stek.installation is the owner: an Installation
+takes part through a small adapter, and in a forked child its own fork hook
+makes each one rejoin, after this module's has forgotten the parent's
+groups (:func:`_after_fork_in_child`; docs/design.md, "Threads, fork and
+finalizers").
 """
 
 from __future__ import annotations
@@ -30,15 +38,13 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from ._reactor import REACTOR, Timer
 from .errors import StekError
+from .keyring import Keyring
 from .schedule import next_change
 from .stores import KeyStore, open_store
-
-if TYPE_CHECKING:
-    from .installation import Installation
 
 log = logging.getLogger("stek.installation")
 
@@ -69,12 +75,36 @@ def shared_store(store: KeyStore | str | None) -> KeyStore:
         return found
 
 
+class Member(Protocol):
+    """What a group needs from each of its members (an installation), all from the loop thread."""
+
+    @property
+    def rotate(self) -> bool:
+        """True when this member rotates the ring when a change is due (it then does the read)."""
+
+    @property
+    def ring(self) -> Keyring:
+        """The ring the member serves now (its schedule says when the next change is due)."""
+
+    def clock(self) -> float:
+        """The instant the member's key schedule is at."""
+
+    def refresh(self) -> Keyring:
+        """Read the store (rotating first when ``rotate`` and due), swap the ring in, return it."""
+
+    def swap(self, ring: Keyring) -> None:
+        """Serve ``ring``, which another member of the group read."""
+
+    def report(self) -> None:
+        """After each successful read: log what the member has to say (once per fact)."""
+
+
 class _Group:
-    """The installations of this process on one store object."""
+    """The members of this process on one store object."""
 
     def __init__(self, store: KeyStore) -> None:
         self.store = store
-        self.members: list[_Background] = []
+        self.members: list[Membership] = []
         self.sub: Any = None
         self.timer: Timer | None = None
         self.pending = False  # a notification is queued on the loop
@@ -115,11 +145,11 @@ class _Group:
         if sub is not None and sub is not _OPENING:
             sub.close()
 
-    def live(self) -> list[Installation]:
+    def live(self) -> list[Member]:
         with _LOCK:
             # Walk a copy: a collection during the walk may run a finalizer
-            # that uninstalls a member, which leaves ``members`` (close()).
-            return [inst for bg in tuple(self.members) if (inst := bg.target()) is not None]
+            # that uninstalls a member, which leaves ``members`` (leave()).
+            return [m for ms in tuple(self.members) if (m := ms.target()) is not None]
 
     def failed(self, exc: BaseException, at_start: bool) -> None:
         if self.failing:
@@ -140,39 +170,38 @@ class _Group:
             self.pending = False
             if self.closed:
                 return
-            members = [(bg, inst) for bg in tuple(self.members)
-                       if (inst := bg.target()) is not None]
+            members = [(ms, m) for ms in tuple(self.members) if (m := ms.target()) is not None]
         if not members:
             return
         # A member that rotates, if any, does the read: it rotates first when due.
-        bg0, leader = next(((b, i) for b, i in members if i.rotate), members[0])
+        ms0, leader = next(((ms, m) for ms, m in members if m.rotate), members[0])
         try:
             ring = leader.refresh()
         except BaseException as exc:
-            for bg, _ in members:
-                bg.record(ok=False)
+            for ms, _ in members:
+                ms.record(ok=False)
             self.failed(exc, at_start=False)
             if not isinstance(exc, Exception):
                 raise
         else:
-            bg0.record(ok=True)
-            for bg, inst in members:
-                if inst is not leader:
-                    inst._swap(ring)
-                    bg.record(ok=True)
-                inst._report()
+            ms0.record(ok=True)
+            for ms, m in members:
+                if m is not leader:
+                    m.swap(ring)
+                    ms.record(ok=True)
+                m.report()
             if self.failing:
                 self.failing = False
                 log.warning("store %s is back; snapshot refreshed (keyring generation %d)",
                             self.store.url, ring.generation)
             self.open()
-        self.schedule([inst for _, inst in members])
+        self.schedule([m for _, m in members])
 
-    def schedule(self, insts: list[Installation]) -> None:
+    def schedule(self, members: list[Member]) -> None:
         delay = RETRY_INTERVAL if self.failing else BACKSTOP_INTERVAL
-        for inst in insts:
-            if inst.rotate and not self.failing:
-                ring, now = inst.ring, inst._clock()
+        for m in members:
+            if m.rotate and not self.failing:
+                ring, now = m.ring, m.clock()
                 delay = min(delay, max(0.05, next_change(ring.keys, ring.policy, now) - now + 0.01))
         with _LOCK:
             if self.closed:
@@ -190,14 +219,20 @@ _GROUPS: dict[int, _Group] = {}
 _LOCK = threading.RLock()
 
 
-class _Background:
-    """One installation's place in its store's group, and what the last read did."""
+class Membership:
+    """One member's place in its store's group, and what the last read did.
 
-    def __init__(self, slot: _Slot | None) -> None:
-        self.slot = slot
+    The owner calls :meth:`join` once, :meth:`started` with its first read's
+    outcome, :meth:`rejoin` in a forked child, :meth:`leave` when it stops
+    (``uninstall()``) and :meth:`collected` from its finalizer.
+    """
+
+    def __init__(self) -> None:
+        #: Set once the member has left: it never rejoins.
         self.stop = threading.Event()
         self.group: _Group | None = None
-        self.target: Callable[[], Installation | None] = _nothing
+        self.store: KeyStore | None = None
+        self.target: Callable[[], Member | None] = _nothing
         #: time.time() of the last successful store read, None before the first.
         self.last_refresh: float | None = None
         #: False while the store does not answer (or before the first read).
@@ -205,7 +240,7 @@ class _Background:
 
     @property
     def thread(self) -> threading.Thread | None:
-        """The process's background thread (shared by every installation)."""
+        """The process's background thread (shared by every group)."""
         return REACTOR.thread
 
     def record(self, *, ok: bool) -> None:
@@ -213,18 +248,24 @@ class _Background:
         if ok:
             self.last_refresh = time.time()
 
-    def start(self, inst: Installation) -> None:
-        self.target = weakref.ref(inst)
+    def join(self, store: KeyStore, member: Callable[[], Member | None]) -> None:
+        """Join the group of ``store`` (this process's one for that store object).
+
+        ``member`` reaches the member without keeping it alive (a weak
+        reference, or a function over one): once it answers None, the member
+        is skipped, and its owner's finalizer calls :meth:`collected`.
+        """
+        self.store, self.target = store, member
         with _LOCK:
-            group = _GROUPS.get(id(inst.store))
+            group = _GROUPS.get(id(store))
             if group is None:
-                group = _GROUPS[id(inst.store)] = _Group(inst.store)
+                group = _GROUPS[id(store)] = _Group(store)
             group.members.append(self)
             self.group = group
         group.schedule(group.live())
 
-    def started(self, inst: Installation, error: BaseException | None) -> None:
-        """install()'s first read: its outcome, unless the group already read since."""
+    def started(self, error: BaseException | None) -> None:
+        """The owner's first read: its outcome, unless the group already read since."""
         group = self.group
         if group is None:
             return
@@ -238,12 +279,16 @@ class _Background:
         group.failed(error, at_start=True)
         group.schedule(group.live())  # retry at RETRY_INTERVAL, not at the backstop
 
-    def restart(self, inst: Installation) -> None:
-        """In a forked child: join a fresh group (the parent's watches are not ours)."""
-        if self.stop.is_set():
+    def rejoin(self) -> None:
+        """In a forked child: join a fresh group (the parent's watches are not ours).
+
+        Called from the owner's own fork hook, which runs after this module's
+        (:func:`_after_fork_in_child` forgets the parent's groups first).
+        """
+        if self.stop.is_set() or self.store is None:
             return
         self.group = None
-        self.start(inst)
+        self.join(self.store, self.target)
         if self.store_ok and self.group is not None:
             self.group.open()
         elif self.group is not None:
@@ -251,7 +296,7 @@ class _Background:
             self.group.schedule(self.group.live())
 
     def collected(self) -> None:
-        """The finalizer of a collected installation: free its slot; the rest, later.
+        """From the finalizer of a collected member: leave, later, from the loop thread.
 
         It runs in whatever thread the collection started in (an event loop,
         a thread inside stek holding this module's lock, a file watch's or a
@@ -259,11 +304,10 @@ class _Background:
         Closing the store watch, which can talk to the store and wait for its
         thread, is done by the loop thread.
         """
-        if self.slot is not None:
-            self.slot.release()
-        REACTOR.call_from_finalizer(self.close)
+        REACTOR.call_from_finalizer(self.leave)
 
-    def close(self) -> None:
+    def leave(self) -> None:
+        """Leave the group for good; the last member out closes its watch and timer."""
         self.stop.set()
         with _LOCK:
             group, self.group = self.group, None
@@ -277,46 +321,25 @@ class _Background:
                 group = None
         if group is not None:
             group.close()
-        if self.slot is not None:
-            self.slot.release()
 
 
-def _nothing() -> Installation | None:
+def _nothing() -> Member | None:
     return None
 
 
-#: Installations alive in this process, for the fork handler.
-_LIVE: weakref.WeakSet[Installation] = weakref.WeakSet()
-
-
 def _after_fork_in_child() -> None:
-    from .installation import _ACCEL
+    """Forget the parent's groups: they hold its watches (threads that did not
+    survive, descriptors it still reads), so nothing is closed, only dropped.
 
+    Registered when this module is first imported, so before the hook of any
+    owner that imports it: ``after_in_child`` hooks run in registration order
+    (os.register_at_fork), and an owner's hook, which calls
+    :meth:`Membership.rejoin`, finds fresh locks and no group.
+    """
     global _LOCK, _STORES_LOCK
-    # The parent's groups hold its watches (threads that did not survive,
-    # descriptors it still reads): forget them without closing anything.
     _LOCK = threading.RLock()
     _STORES_LOCK = threading.Lock()
     _GROUPS.clear()
-    if _ACCEL is not None:
-        _ACCEL.after_fork()
-    for inst in list(_LIVE):
-        inst._after_fork_in_child()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
-
-
-class _Slot:
-    """An accelerator slot, released exactly once (by uninstall() or by GC)."""
-
-    def __init__(self, accel: Any, index: int) -> None:
-        self.accel = accel
-        self.index: int | None = index
-        self._lock = threading.Lock()
-
-    def release(self) -> None:
-        with self._lock:
-            if self.index is not None:
-                self.accel.release(self.index)
-                self.index = None

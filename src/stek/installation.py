@@ -12,16 +12,18 @@ encrypting until it retires, after which no ticket is issued at all (rather
 than stretching any key's life).  Full handshakes never fail, not even when
 the store cannot be read at start (see ``install(strict=...)``).
 
-This module holds the handle (:class:`Installation`), ``install()`` and the
-compiled callback's loading; the Python callbacks are in
-:mod:`stek._ctypes_callbacks`, the ring they answer from in
-:mod:`stek._snapshot`, their lifetime in :mod:`stek._pinning` and their
-counters in :mod:`stek._counters`.
+This module holds the handle (:class:`Installation`) and ``install()``; the
+compiled callback's loading and slots are in :mod:`stek._accel`, the Python
+callbacks in :mod:`stek._ctypes_callbacks`, the ring they answer from in
+:mod:`stek._snapshot`, their lifetime in :mod:`stek._pinning`, their
+counters in :mod:`stek._counters`, and the background refresh in
+:mod:`stek._refresh` (which sees an installation as a ``Member``).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import ssl
 import threading
 import time
@@ -29,12 +31,14 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
+from ._accel import Slot, accelerator
+from ._accel import accelerated_available as accelerated_available  # kept importable from here
 from ._counters import _FIELDS
 from ._counters import Counters as Counters  # kept importable from here
 from ._ctypes_callbacks import PythonCallbacks
 from ._pinning import _PINNED as _PINNED  # kept importable from here
 from ._pinning import _pin
-from ._refresh import _LIVE, _Background, _Slot, shared_store
+from ._refresh import Membership, shared_store
 from ._snapshot import _Snapshot
 from .errors import BindingError, ConfigError, NotInitialized, RolledBack, StoreError
 from .hazmat.libssl import (
@@ -67,52 +71,6 @@ log = logging.getLogger("stek.installation")
 #: Attribute under which the installation lives on its SSLContext, tying the
 #: C callback's lifetime to the context's.
 _ATTR = "_stek_installation"
-
-
-_ACCEL: Any = None
-_ACCEL_TRIED = False
-
-
-def _accelerator(lib: LibSSL) -> Any:
-    """The C callback module, initialized with libssl's function addresses, or None."""
-    global _ACCEL, _ACCEL_TRIED
-    if not _ACCEL_TRIED:
-        _ACCEL_TRIED = True
-        try:
-            from .hazmat import _fastcb  # type: ignore[attr-defined]
-        except ImportError:
-            return None
-        if getattr(_fastcb, "API", 1) != 2:
-            # A build of an older _fastcb.c left in a source tree (a
-            # version-specific .so is found before the abi3 one).
-            log.warning("stek.hazmat._fastcb at %s is a stale build: using the Python "
-                        "callback (rebuild: python setup.py build_ext --inplace)",
-                        _fastcb.__file__)
-            return None
-        mac = lib.address("EVP_MAC_CTX_set_params") if lib.openssl3 else 0
-        hmac = 0 if lib.openssl3 else lib.address("HMAC_Init_ex")
-        _fastcb.init(lib.address("RAND_bytes"), lib.address("EVP_EncryptInit_ex"),
-                     lib.address("EVP_DecryptInit_ex"), mac, hmac, int(lib.sha256 or 0),
-                     lib.address("SSL_version"), lib.address("SSL_get_session"),
-                     lib.address("SSL_SESSION_get0_ticket_appdata"),
-                     lib.address("SSL_SESSION_set1_ticket_appdata"),
-                     lib.address("SSL_SESSION_get_time"), lib.address("CRYPTO_get_ex_new_index"),
-                     lib.address("SSL_CTX_set_ex_data"), lib.address("SSL_CTX_get_ex_data"),
-                     lib.address("SSL_set_session_id_context"),
-                     lib.address("SSL_SESSION_get0_id_context"),
-                     lib.address("SSL_get_verify_mode"), lib.address("SSL_SESSION_get0_peer"),
-                     lib.address("SSL_client_hello_get0_ext"),
-                     lib.address("SSL_SESSION_get0_hostname"),
-                     lib.address("SSL_get_servername"), lib.address("SSL_SESSION_set1_hostname"))
-        _ACCEL = _fastcb
-    return _ACCEL
-
-
-def accelerated_available() -> bool:
-    """True when the compiled callback is built and usable in this process."""
-    return _accelerator(libssl()) is not None
-
-
 
 
 def _check_sid_ctx(value: bytes | None) -> bytes | None:
@@ -167,7 +125,7 @@ class Installation(PythonCallbacks):
                 raise BindingError(
                     f"all {accel.SLOTS} compiled-callback slots are in use in this process"
                 )
-        self._slot_owner = _Slot(accel, self._slot) if self._slot is not None else None
+        self._slot_owner = Slot(accel, self._slot) if self._slot is not None else None
         self._source = ring
         self._snap = _Snapshot(lib, scoped(ring, self.scope))
         self._load_accel(self._snap.ring)
@@ -209,12 +167,13 @@ class Installation(PythonCallbacks):
         lib.set_client_hello_callback(self._ctx_ptr, self._hello_cb, arg)
         if self._slot is None:
             _pin(lib, self._ctx_ptr, (self._cfunc, self._gen_cb, self._dec_cb, self._hello_cb))
-        self._bg = _Background(self._slot_owner)
-        self._bg.start(self)
+        self._membership = Membership()
+        self._membership.join(store, _member_of(self))
         _LIVE.add(self)
-        # When the context (and so this installation) is collected, stop the
-        # store watch and let the refresher thread exit (from that thread).
-        weakref.finalize(self, self._bg.collected)
+        # When the context (and so this installation) is collected, free the
+        # slot at once, stop the store watch and let the refresher thread exit
+        # (from that thread).
+        weakref.finalize(self, _collected, self._slot_owner, self._membership)
 
     def __repr__(self) -> str:
         scope = f", scope={self.scope!r}" if self.scope is not None else ""
@@ -240,21 +199,21 @@ class Installation(PythonCallbacks):
 
     @property
     def installed(self) -> bool:
-        return not self._bg.stop.is_set()
+        return not self._membership.stop.is_set()
 
     @property
     def _thread(self) -> threading.Thread | None:
-        return self._bg.thread
+        return self._membership.thread
 
     @property
     def last_refresh(self) -> float | None:
         """``time.time()`` of the last successful store read; None before the first."""
-        return self._bg.last_refresh
+        return self._membership.last_refresh
 
     @property
     def store_ok(self) -> bool:
         """True when the last store read succeeded (False before the first)."""
-        return self._bg.store_ok
+        return self._membership.store_ok
 
     def refresh(self) -> Keyring:
         """Re-read the store now (rotating first if ``rotate`` and due)."""
@@ -279,18 +238,18 @@ class Installation(PythonCallbacks):
                     # snapshot back (stores/shared.py, SharedStore.update).
                     ring = rotate_store(self.store, now=now, create=ring.policy).ring
         except BaseException:
-            self._bg.record(ok=False)
+            self._membership.record(ok=False)
             raise
-        self._bg.record(ok=True)
+        self._membership.record(ok=True)
         self._swap(ring)
         return ring
 
     def uninstall(self) -> None:
         """Remove the callback (OpenSSL falls back to its built-in key) and stop refreshing."""
-        if self._bg.stop.is_set():
+        if self._membership.stop.is_set():
             return
         final = self.counters
-        self._bg.stop.set()
+        self._membership.stop.set()
         ctx = self._ctx_ref()
         if ctx is not None:
             self._lib.set_ticket_callback(self._ctx_ptr, None)
@@ -299,7 +258,9 @@ class Installation(PythonCallbacks):
             if getattr(ctx, _ATTR, None) is self:
                 delattr(ctx, _ATTR)
         self._slot = None
-        self._bg.close()
+        self._membership.leave()
+        if self._slot_owner is not None:
+            self._slot_owner.release()
         self._counts = {f: getattr(final, f) for f in _FIELDS}
 
     # -- internals ---------------------------------------------------------------
@@ -308,7 +269,7 @@ class Installation(PythonCallbacks):
         # so a forked worker keeps following the ring.  Locks another thread
         # may have held at fork time are replaced.
         self._count_lock = threading.Lock()
-        self._bg.restart(self)
+        self._membership.rejoin()
 
     def _swap(self, ring: Keyring) -> None:
         if ring.generation == self._source.generation and ring == self._source:
@@ -355,6 +316,69 @@ class Installation(PythonCallbacks):
     def _bump(self, name: str) -> None:
         with self._count_lock:
             self._counts[name] += 1
+
+
+class _Member:
+    """An installation as its refresh group sees it (:class:`stek._refresh.Member`),
+    so that what only the group calls stays off Installation's public API."""
+
+    __slots__ = ("inst",)
+
+    def __init__(self, inst: Installation) -> None:
+        self.inst = inst
+
+    @property
+    def rotate(self) -> bool:
+        return self.inst.rotate
+
+    @property
+    def ring(self) -> Keyring:
+        return self.inst.ring
+
+    def clock(self) -> float:
+        return self.inst._clock()
+
+    def refresh(self) -> Keyring:
+        return self.inst.refresh()
+
+    def swap(self, ring: Keyring) -> None:
+        self.inst._swap(ring)
+
+    def report(self) -> None:
+        self.inst._report()
+
+
+def _member_of(inst: Installation) -> Callable[[], _Member | None]:
+    """How the group reaches ``inst``: weakly, so a collected context leaves its group."""
+    ref = weakref.ref(inst)
+    return lambda: None if (live := ref()) is None else _Member(live)
+
+
+def _collected(slot: Slot | None, membership: Membership) -> None:
+    """The finalizer of a collected installation: free its slot at once, leave its
+    group from the loop thread (Membership.collected: a finalizer waits for nothing)."""
+    if slot is not None:
+        slot.release()
+    membership.collected()
+
+
+#: Installations alive in this process, for the fork handler.
+_LIVE: weakref.WeakSet[Installation] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    """In a forked child, every live installation rejoins a refresh group.
+
+    This module imports stek._refresh and stek._accel first, so their fork
+    hooks, registered on import, have run by now (``after_in_child`` hooks run
+    in registration order): the parent's groups are forgotten and the
+    compiled callback's mutexes re-created before any refresh loads a ring.
+    """
+    for inst in list(_LIVE):
+        inst._after_fork_in_child()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _trust_context(lib: LibSSL, context: ssl.SSLContext, ctx_ptr: int) -> bytes:
@@ -453,7 +477,7 @@ def install(
         error, ring = exc, Keyring(policy or Policy())
     accel = None
     if accelerate is not False:
-        accel = _accelerator(lib) if clock is time.time else None
+        accel = accelerator(lib) if clock is time.time else None
         if accel is None and accelerate:
             raise BindingError(
                 "the compiled ticket callback is not available (stek.hazmat._fastcb not built, "
@@ -462,6 +486,6 @@ def install(
     inst = Installation(context, st, ring, rotate=rotate, clock=clock, lib=lib, accel=accel,
                         accel_required=bool(accelerate), session_id_context=session_id_context,
                         scope=scope)
-    inst._bg.started(inst, error)
+    inst._membership.started(error)
     setattr(context, _ATTR, inst)
     return inst

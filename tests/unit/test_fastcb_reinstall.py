@@ -71,14 +71,14 @@ def test_stale_build_is_ignored_with_a_warning(monkeypatch: pytest.MonkeyPatch,
     import types
 
     import stek.hazmat
-    from stek import installation
+    from stek import _accel
 
     stale = types.ModuleType("stek.hazmat._fastcb")
     stale.__file__ = "/stale/_fastcb.cpython-311-x86_64-linux-gnu.so"
     monkeypatch.setitem(sys.modules, "stek.hazmat._fastcb", stale)
     monkeypatch.setattr(stek.hazmat, "_fastcb", stale, raising=False)
-    monkeypatch.setattr(installation, "_ACCEL", None)
-    monkeypatch.setattr(installation, "_ACCEL_TRIED", False)
+    monkeypatch.setattr(_accel, "_ACCEL", None)
+    monkeypatch.setattr(_accel, "_ACCEL_TRIED", False)
     store = MemoryStore()
     stek.init_ring(store, Policy())
     with caplog.at_level("WARNING", logger="stek.installation"):
