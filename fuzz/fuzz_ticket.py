@@ -25,8 +25,8 @@ import atheris
 with atheris.instrument_imports(include=["stek", "asn1crypto"]):
     from stek import session as sessions
     from stek.errors import InvalidTicket
-    from stek.inspect import inspect_ticket, read_ticket
     from stek.inspect_input import recognize
+    from stek.inspection import inspect_ticket, read_ticket
     from stek.keyring import Keyring
     from stek.keys import TicketKey
     from stek.schedule import Policy

@@ -7,7 +7,7 @@ side of a real handshake made with Python's ``ssl``:
 * the lifetime hint: ``SSLSession.ticket_lifetime_hint`` (RFC 5077 section
   3.3; RFC 8446 section 4.6.1 ``ticket_lifetime``);
 * the ticket bytes: ``SSL_SESSION_get0_ticket`` through
-  :func:`stek.inspect.ticket_of` (the binding's one reader of client sessions);
+  :func:`stek.inspection.ticket_of` (the binding's one reader of client sessions);
 * how many NewSessionTicket messages arrived: ``SSLContext._msg_callback``
   (CPython's message hook, ``SSL_CTX_set_msg_callback(3)``), which sees each
   handshake message after decryption, so TLS 1.3 tickets are counted too.
@@ -249,7 +249,7 @@ class TLSConnector:
 
     def _handshake(self, target: Target, tls: str, session: Any, want_tickets: bool,
                    sni: str | None, with_cert: bool) -> Handshake:
-        from .inspect import ticket_of  # the binding, loaded lazily
+        from .inspection import ticket_of  # the binding, loaded lazily
 
         ctx = self._contexts[(tls, with_cert)]
         with socket.create_connection((target.host, target.port), timeout=self.timeout) as raw, \

@@ -233,7 +233,7 @@ def open_ticket(ticket: bytes, keys: Keyring | Iterable[TicketKey] | Opener) -> 
     """Open a ticket with whichever of ``keys`` it names.
 
     The key's schedule is not consulted here (the codec has no clock): use
-    :func:`stek.inspect.inspect_ticket` for the server's verdict at an instant.
+    :func:`stek.inspection.inspect_ticket` for the server's verdict at an instant.
     Pass an :class:`Opener` to open many tickets without re-deriving each
     key's primitives (a :class:`~stek.keyring.Keyring` keeps one for as long
     as it lives).  Raises :class:`InvalidTicket` for any bad ticket.

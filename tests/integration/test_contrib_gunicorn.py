@@ -369,7 +369,7 @@ def test_gunicorn_workers_read_a_mirror_owned_by_the_agents_user(certs: Certs,
 
 def test_gunicorn_workers_resume_within_a_key_scope(certs: Certs, tmp_path: Path) -> None:
     """STEK_SCOPE=tenant: the workers resume each other's tickets under the scope's keys."""
-    from stek.inspect import ticket_of
+    from stek.inspection import ticket_of
     from stek.scope import scoped
     from stek.stores.file import FileStore
 

@@ -46,3 +46,10 @@ def test_mirror_collector_is_still_importable_from_stek_mirror() -> None:
     loaded = loaded_after("from stek.mirror import MirrorCollector\n"
                           "assert MirrorCollector.__name__ == 'MirrorCollector'")
     assert "prometheus_client" in loaded
+
+
+def test_import_stek_runs_no_ticket_inspection_until_it_is_used() -> None:
+    """``stek.inspect`` and ``stek.inspection`` are one lazy module: its ASN.1
+    decoder loads on first use, not with ``import stek``."""
+    assert "asn1crypto" not in loaded_after("import stek\nassert stek.inspect is stek.inspection")
+    assert "asn1crypto" in loaded_after("import stek\nstek.inspect.ticket_of")

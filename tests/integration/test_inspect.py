@@ -1,4 +1,4 @@
-"""stek.inspect and ``stek inspect``: the verdict, its reason, and that it matches OpenSSL."""
+"""stek.inspection and ``stek inspect``: the verdict, its reason, and that it matches OpenSSL."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ from helpers.tickets import (
 )
 from stek import session as sessions
 from stek.cli import main
-from stek.inspect import inspect_ticket
+from stek.inspection import inspect_ticket
 from stek.keys import TicketKey
 from stek.ticket import open_ticket, seal
 

@@ -29,8 +29,8 @@ from hypothesis import strategies as st
 from helpers.tickets import key_in_state, now, ring_of, write_ring
 from stek import session as sessions
 from stek.errors import InvalidTicket
-from stek.inspect import read_input
 from stek.inspect_input import MAX_INPUT_LEN, Kind, recognize
+from stek.inspection import read_input
 from stek.stores.file import FileStore
 from stek.ticket import seal
 

@@ -19,7 +19,7 @@ from helpers.tickets import fresh_session_id, key_in_state, now, pem_der, ring_o
 from helpers.tls_peers import connect
 from stek import session as sessions
 from stek.hazmat.libssl import libssl
-from stek.inspect import ticket_of
+from stek.inspection import ticket_of
 from stek.ticket import open_ticket, parse, seal
 
 

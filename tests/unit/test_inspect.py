@@ -1,4 +1,4 @@
-"""stek.inspect and ``stek inspect``: the verdict, its reason, and that it matches OpenSSL."""
+"""stek.inspection and ``stek inspect``: the verdict, its reason, and that it matches OpenSSL."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from helpers.tickets import (
 from helpers.tls_peers import TLSServer, connect
 from stek import session as sessions
 from stek.errors import InvalidTicket
-from stek.inspect import Verdict, inspect_session, inspect_ticket, read_ticket, ticket_of
+from stek.inspection import Verdict, inspect_session, inspect_ticket, read_ticket, ticket_of
 from stek.schedule import Answer, State
 from stek.ticket import seal
 

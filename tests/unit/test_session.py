@@ -17,7 +17,7 @@ from helpers.ticket_vectors import STATE
 from helpers.tls_peers import connect
 from stek import session as sessions
 from stek.errors import InvalidTicket
-from stek.inspect import session_of, ticket_of
+from stek.inspection import session_of, ticket_of
 
 # Fixtures shared with the other half of these tests (tests/unit or tests/integration).
 server = session_server.server

@@ -31,7 +31,7 @@ import stek
 from helpers.certs import TLS_VERSIONS, Certs, client_context, server_context
 from helpers.tls_peers import TLSServer
 from stek.errors import InvalidTicket
-from stek.inspect import ticket_of
+from stek.inspection import ticket_of
 from stek.installation import accelerated_available
 from stek.rotation import init_ring
 from stek.schedule import Policy

@@ -29,7 +29,7 @@ _COMMAND_MODULES = (
     "stek.cli.agent",
     "stek.cli.fleet",
     "stek.cli.export",
-    "stek.cli.inspect",
+    "stek.cli.inspect_cmd",
     "stek.cli.probe",
     "stek.cli.revoke",
 )

@@ -8,7 +8,7 @@ import click
 
 from .. import probe as probing
 from .._probe_client import ProbeError, Target, TLSConnector
-from ..inspect import iso
+from ..inspection import iso
 from ..keyring import Keyring
 from ..scope import scoped
 from ._common import DURATION, SECONDS, lookup_store_option, open_cli_store, scope_option

@@ -340,7 +340,7 @@ def _steps(lib: LibSSL, made: _Made, ctx_offset: int, session_offset: int,
     if not any(s == s1 and enc == 1 for s, enc in proof.ticket_calls):
         raise BindingError("the binding proof failed: the ticket key callback was never "
                            "invoked to seal a ticket")
-    # An SSLSession (read by stek.inspect, not by install()): where it is not
+    # An SSLSession (read by stek.inspection, not by install()): where it is not
     # found, only reading sessions is refused.
     py_session = server1.session
     sess_ptr = lib.SSL_get_session(s1)

@@ -15,8 +15,8 @@ from ..compat import (
     nginx_session_id_context,
 )
 from ..errors import ConfigError
-from ..inspect import MAX_SID_CTX_LEN, Inspection, inspect_ticket, iso, read_input, sid_ctx_label
 from ..inspect_input import MAX_INPUT_LEN, looks_inline
+from ..inspection import MAX_SID_CTX_LEN, Inspection, inspect_ticket, iso, read_input, sid_ctx_label
 from ..scope import scoped
 from ..session import SessionInfo
 from ._common import open_cli_store, scope_option, store_option
