@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from stek.cli import main
+from stek.keyring import Keyring
 from stek.stores import FileStore
 
 
@@ -148,6 +149,44 @@ def test_status_text_shows_states_and_timeline(url: str) -> None:
     name = next(iter(FileStore(url[5:]).read())).name.hex()
     assert name in r.stdout and "active" in r.stdout
     assert re.search(r"\[[ #\-.|]+\]", r.stdout), r.stdout
+
+
+def test_status_lists_revoked_names_until_their_time(url: str) -> None:
+    """``stek revoke NAME`` then ``stek status``: the name and until when the ring
+    remembers it (text and --json), never key bytes; once that instant has passed,
+    nothing, though the stored ring still names it until its next change."""
+    assert stek("init", "--store", url).returncode == 0
+    r = stek("status", "--store", url)
+    assert not re.search(r"^  revoked ", r.stdout, re.M), r.stdout
+    assert json.loads(stek("status", "--json", "--store", url).stdout)["revoked"] == []
+    store = FileStore(url[5:])
+    gone = store.read().keys[0]
+    r = subprocess.run([sys.executable, "-m", "stek", "revoke", gone.name.hex(), "--store", url],
+                       capture_output=True, text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    until = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(gone.expires_at))
+    r = stek("status", "--store", url)
+    assert r.returncode == 0, r.stderr
+    assert re.search(rf"^  revoked +expires\n  {gone.name.hex()}  {until}$", r.stdout, re.M), \
+        r.stdout
+    r = stek("status", "--json", "--store", url)
+    doc = json.loads(r.stdout)
+    assert doc["revoked"] == [{"name": gone.name.hex(), "expires_at": until}]
+    assert gone.name.hex() not in {k["name"] for k in doc["keys"]}
+    for secret in (gone.aes_key, gone.hmac_key):
+        assert secret.hex() not in r.stdout
+
+    def backdate(ring: Keyring | None) -> Keyring:
+        assert ring is not None
+        return Keyring(ring.policy, ring.keys, ring.generation + 1,
+                       ((gone.name, int(time.time()) - 1),))
+
+    store.update(backdate)
+    assert store.read().revoked, "the stored ring still names it"
+    r = stek("status", "--store", url)
+    assert gone.name.hex() not in r.stdout
+    assert not re.search(r"^  revoked ", r.stdout, re.M), r.stdout
+    assert json.loads(stek("status", "--json", "--store", url).stdout)["revoked"] == []
 
 
 def test_stek_store_env_is_used(url: str) -> None:

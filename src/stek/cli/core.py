@@ -113,6 +113,14 @@ def status_doc(ring: Keyring, url: str, now: float) -> dict[str, Any]:
             }
             for k in ring.keys
         ],
+        # The names `stek revoke` took out, each until its key would have
+        # expired (docs/fleet.md, "A key may have leaked"); one whose instant
+        # has passed is left out as Keyring.without forgets it (the stored
+        # ring may still list it until its next change).
+        "revoked": [
+            {"name": name.hex(), "expires_at": iso(t)}
+            for name, t in ring.without({}, now).revoked
+        ],
     }
 
 
@@ -164,7 +172,11 @@ def timeline(ring: Keyring, now: float, width: int = 48) -> list[str]:
 @store_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def status(store_url: str | None, as_json: bool) -> None:
-    """Show the ring: each key's name, state and windows (never key bytes)."""
+    """Show the ring: each key's name, state and windows (never key bytes).
+
+    Then the names of revoked keys the ring still remembers, each with the
+    instant its key would have expired, when the ring forgets it.
+    """
     store = open_cli_store(store_url)
     ring = store.read()
     now = time.time()
@@ -189,6 +201,11 @@ def status(store_url: str | None, as_json: bool) -> None:
                    f"{k['retires_at']:20}  {k['expires_at']}")
     if not doc["keys"]:
         click.echo("  (no keys: run 'stek rotate')")
+    if doc["revoked"]:
+        click.echo("")
+        click.echo(f"  {'revoked':32}  expires")
+        for r in doc["revoked"]:
+            click.echo(f"  {r['name']:32}  {r['expires_at']}")
     click.echo("")
     for line in timeline(ring, now):
         click.echo(line)
