@@ -28,10 +28,23 @@ from stek.stores.memory import MemoryStore
 CALLBACK_TYPES = (TicketKeyCallback, GenTicketCallback, DecTicketCallback, ClientHelloCallback)
 
 
-def live_thunks() -> int:
-    """ctypes callback objects alive in this process, after a full collection."""
-    gc.collect()
-    return sum(1 for o in gc.get_objects() if type(o) in CALLBACK_TYPES)
+class Thunks:
+    """The ctypes callback objects made since this was created that are still
+    alive.  Those alive before are held for as long, so that no new one can
+    take the id of one that died meanwhile (other tests' contexts may still
+    be going away)."""
+
+    def __init__(self) -> None:
+        self._before = self._all()
+        self._ids = {id(o) for o in self._before}
+
+    @staticmethod
+    def _all() -> list[object]:
+        gc.collect()
+        return [o for o in gc.get_objects() if type(o) in CALLBACK_TYPES]
+
+    def new(self) -> int:
+        return sum(id(o) not in self._ids for o in self._all())
 
 
 def ring_store() -> MemoryStore:
@@ -50,7 +63,7 @@ def tickets_per_handshake(ctx: ssl.SSLContext, cctx: ssl.SSLContext) -> int:
     return ctx.num_tickets if cctx.maximum_version == ssl.TLSVersion.TLSv1_3 else 1
 
 
-def _cycles(certs: Certs, store: MemoryStore, n: int, baseline: int,
+def _cycles(certs: Certs, store: MemoryStore, n: int, thunks: Thunks,
             handles: list[weakref.ref[stek.Installation]]) -> int:
     """Install and uninstall ``n`` times on one context, then install once more and
     resume on it; returns the context's SSL_CTX address (the context is dropped)."""
@@ -64,7 +77,7 @@ def _cycles(certs: Certs, store: MemoryStore, n: int, baseline: int,
         del handle
     # One set for the one SSL_CTX, whatever the number of cycles, and none of
     # the uninstalled installations kept alive by it.
-    assert live_thunks() <= baseline + len(CALLBACK_TYPES)
+    assert thunks.new() <= len(CALLBACK_TYPES)
     assert sum(ref() is not None for ref in handles) == 0
     assert ctx_ptr in _PINNED
     # The set taken back serves the new installation: fresh counters, real resumptions.
@@ -84,11 +97,11 @@ def _cycles(certs: Certs, store: MemoryStore, n: int, baseline: int,
 def test_reinstalling_on_one_context_keeps_one_callback_set(certs: Certs) -> None:
     store = ring_store()
     binding(libssl())  # the first install's proof keeps its own thunks for the process
-    baseline = live_thunks()
+    thunks = Thunks()
     handles: list[weakref.ref[stek.Installation]] = []
-    ctx_ptr = _cycles(certs, store, 100, baseline, handles)
+    ctx_ptr = _cycles(certs, store, 100, thunks, handles)
     # The context is gone: OpenSSL freed its SSL_CTX, and the set went with it.
-    assert live_thunks() == baseline
+    assert thunks.new() == 0
     assert ctx_ptr not in _PINNED
     assert all(ref() is None for ref in handles)
 
