@@ -2,7 +2,12 @@
 ticket-key callback, the session ticket generate/decrypt pair and the
 ClientHello callback, serving a context the compiled ones
 (stek.hazmat._fastcb) do not: not built, a custom clock, ``accelerate=False``
-or no compiled slot left (see :func:`stek.install`)."""
+or no compiled slot left (see :func:`stek.install`).
+
+Each installation makes its callbacks as Python functions (:class:`Callbacks`);
+OpenSSL is handed the ctypes thunks of its SSL_CTX's :class:`CallbackSet`,
+which call the functions of whichever installation the set serves now.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,7 @@ import ctypes
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .hazmat.libssl import (
     EVP_MAX_IV_LENGTH,
@@ -19,8 +24,12 @@ from .hazmat.libssl import (
     SSL_VERIFY_FAIL_IF_NO_PEER_CERT,
     TICKET_NAME_LEN,
     TLS1_3_VERSION,
+    ClientHelloCallback,
+    DecTicketCallback,
+    GenTicketCallback,
     LibSSL,
     PreparedKey,
+    TicketKeyCallback,
 )
 from .schedule import (
     LIFECYCLE,
@@ -38,6 +47,89 @@ if TYPE_CHECKING:
 log = logging.getLogger("stek.installation")
 
 
+class Callbacks(NamedTuple):
+    """One installation's four ticket callbacks, as Python functions."""
+
+    ticket_key: Callable[[Any, Any, Any, Any, Any, int], int]
+    gen: Callable[[Any, Any], int]
+    dec: Callable[[Any, Any, Any, int, int, Any], int]
+    hello: Callable[[Any, Any, Any], int]
+
+
+class CallbackSet:
+    """The four ctypes thunks one SSL_CTX is given, each calling the
+    :class:`Callbacks` the set serves now (none: the answers of a context
+    without stek's keys: no ticket, a full handshake).
+
+    An SSL_CTX gets one set, at its first installation, kept until OpenSSL
+    frees it (stek._pinning); a re-install on it hands OpenSSL the same
+    thunks again, serving the new installation, where new thunks would pin
+    one more set (and the installation it closes over) per re-install.  A
+    set is never freed on a re-install either: OpenSSL loads a callback's
+    pointer from the SSL_CTX without a lock, so another thread's handshake
+    may be about to call the thunk just replaced.
+    """
+
+    def __init__(self) -> None:
+        self.serving: Callbacks | None = None
+        no_ticket = int(Answer.NO_TICKET)
+        ignore_renew = int(TicketReturn.IGNORE_RENEW)
+
+        # Nothing may raise into C (ctypes would print it and answer an
+        # undefined value): each Callbacks function catches its own failures,
+        # and these catch the rest (an asynchronous KeyboardInterrupt).
+        def ticket_key(ssl_ptr: Any, name_ptr: Any, iv_ptr: Any, cctx: Any, mctx: Any,
+                       enc: int) -> int:
+            try:
+                fns = self.serving
+                if fns is None:
+                    return no_ticket
+                return fns.ticket_key(ssl_ptr, name_ptr, iv_ptr, cctx, mctx, enc)
+            except BaseException:
+                return no_ticket
+
+        def gen(ssl_ptr: Any, arg: Any) -> int:
+            try:
+                fns = self.serving
+                # 0 would abort the handshake.
+                return 1 if fns is None else fns.gen(ssl_ptr, arg)
+            except BaseException:
+                return 1
+
+        def dec(ssl_ptr: Any, sess: Any, name: Any, name_len: int, status: int,
+                arg: Any) -> int:
+            try:
+                fns = self.serving
+                if fns is None:
+                    return ignore_renew
+                return fns.dec(ssl_ptr, sess, name, name_len, status, arg)
+            except BaseException:
+                return ignore_renew
+
+        def hello(ssl_ptr: Any, al: Any, arg: Any) -> int:
+            try:
+                fns = self.serving
+                return SSL_CLIENT_HELLO_SUCCESS if fns is None else fns.hello(ssl_ptr, al, arg)
+            except BaseException:
+                return SSL_CLIENT_HELLO_SUCCESS
+
+        self.ticket_key = TicketKeyCallback(ticket_key)
+        self.gen = GenTicketCallback(gen)
+        self.dec = DecTicketCallback(dec)
+        self.hello = ClientHelloCallback(hello)
+
+    def serve(self, fns: Callbacks) -> None:
+        """From now on the thunks call ``fns``."""
+        self.serving = fns
+
+    def release(self, fns: Callbacks) -> None:
+        """Stop calling ``fns`` (an uninstall), unless another installation
+        already took the set over.  Like install() and uninstall() on one
+        context, not meant to race with serve()."""
+        if self.serving is fns:
+            self.serving = None
+
+
 class PythonCallbacks:
     """The pure-Python ctypes ticket callbacks (the compiled ones, stek.hazmat._fastcb,
     serve the same contract in C); mixed into :class:`stek.installation.Installation`,
@@ -51,6 +143,10 @@ class PythonCallbacks:
 
     if TYPE_CHECKING:
         def _bump(self, name: str) -> None: ...
+
+    def _make_callbacks(self, sid: bytes) -> Callbacks:
+        return Callbacks(self._make_callback(), self._make_gen_callback(),
+                         self._make_dec_callback(), self._make_hello_callback(sid))
 
     def _make_gen_callback(self) -> Callable[[Any, Any], int]:
         lib = self._lib

@@ -1,5 +1,7 @@
 """Keeping the ctypes callbacks alive as long as OpenSSL's ``SSL_CTX`` that
-calls them, not as long as the Python ``SSLContext``."""
+calls them, not as long as the Python ``SSLContext``: one
+:class:`~stek._ctypes_callbacks.CallbackSet` per SSL_CTX, made at its first
+installation and reused by every later one on it."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ import ctypes
 import threading
 from typing import Any
 
+from ._ctypes_callbacks import CallbackSet
 from .errors import BindingError
 from .hazmat.libssl import CRYPTO_EX_INDEX_SSL_CTX, ExFreeCallback, LibSSL
 
@@ -15,11 +18,13 @@ from .hazmat.libssl import CRYPTO_EX_INDEX_SSL_CTX, ExFreeCallback, LibSSL
 # OpenSSL keeps an SSL_CTX alive while an SSL made from it lives, and calls
 # that SSL_CTX's ticket callbacks (its session_ctx) for the whole handshake,
 # even after an SNI callback switched the connection to another context and
-# the first SSLContext was collected.  So the ctypes thunks (and, through their
-# closures, the Installation) are pinned here per SSL_CTX address and dropped
-# only by an SSL_CTX ex_data free callback (CRYPTO_get_ex_new_index(3)).  The
-# compiled callback does the same in C (its slots hold a reference per SSL_CTX).
-_PINNED: dict[int, list[Any]] = {}
+# the first SSLContext was collected.  So the ctypes thunks (and, through the
+# callbacks they serve, the Installation) are pinned here per SSL_CTX address
+# and dropped only by an SSL_CTX ex_data free callback
+# (CRYPTO_get_ex_new_index(3)).  One set per SSL_CTX: a re-install reuses it
+# (CallbackSet.serve), as the compiled callback takes back the slot its
+# SSL_CTX holds, so the pinned thunks stay bounded by the live SSL_CTXs.
+_PINNED: dict[int, CallbackSet] = {}
 _PIN_LOCK = threading.Lock()
 _PIN_INDEX: list[int] = []
 
@@ -47,10 +52,16 @@ def _pin_index(lib: LibSSL) -> int:
     return index
 
 
-def _pin(lib: LibSSL, ctx_ptr: int, objects: tuple[Any, ...]) -> None:
-    """Keep ``objects`` alive until OpenSSL frees the SSL_CTX at ``ctx_ptr``."""
+def callback_set(lib: LibSSL, ctx_ptr: int) -> CallbackSet:
+    """The ctypes callbacks of the SSL_CTX at ``ctx_ptr``, kept alive until OpenSSL
+    frees it: made (and pinned) on the first call, before OpenSSL is handed any
+    of them; the same set on every later call for that SSL_CTX."""
     with _PIN_LOCK:
+        pinned = _PINNED.get(ctx_ptr)
+        if pinned is not None:
+            return pinned
         index = _pin_index(lib)
-        _PINNED.setdefault(ctx_ptr, []).append(objects)
         if lib.SSL_CTX_set_ex_data(ctx_ptr, index, ctx_ptr) != 1:
             raise BindingError("SSL_CTX_set_ex_data failed: cannot follow the SSL_CTX's lifetime")
+        made = _PINNED[ctx_ptr] = CallbackSet()
+        return made

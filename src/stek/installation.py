@@ -35,9 +35,9 @@ from ._accel import Slot, accelerator
 from ._accel import accelerated_available as accelerated_available  # kept importable from here
 from ._counters import _FIELDS
 from ._counters import Counters as Counters  # kept importable from here
-from ._ctypes_callbacks import PythonCallbacks
+from ._ctypes_callbacks import Callbacks, CallbackSet, PythonCallbacks
 from ._pinning import _PINNED as _PINNED  # kept importable from here
-from ._pinning import _pin
+from ._pinning import callback_set
 from ._refresh import Membership, shared_store
 from ._snapshot import _Snapshot
 from .errors import BindingError, ConfigError, NotInitialized, RolledBack, StoreError
@@ -132,25 +132,32 @@ class Installation(PythonCallbacks):
         self._policy: Policy | None = None
         self._max_age = ring.policy.accept_for
         self._apply_policy(ring.policy)
+        arg: int | None = None
+        self._thunks: CallbackSet | None = None
+        self._served: Callbacks | None = None
         if self._slot is not None:
             # The C callback: same table, same counters, no Python per handshake.
             # The SSL_CTX holds the slot until OpenSSL frees it.
             accel.attach(self._slot, self._ctx_ptr)
             self._cfunc = TicketKeyCallback(accel.address(self._slot))
+            self._gen_cb = GenTicketCallback(accel.gen_address())
+            self._dec_cb = DecTicketCallback(accel.dec_address())
+            self._hello_cb = ClientHelloCallback(accel.client_hello_address())
+            arg = accel.slot_pointer(self._slot)
         else:
-            self._cfunc = TicketKeyCallback(self._make_callback())
+            # The SSL_CTX's one set of ctypes thunks, pinned before OpenSSL is
+            # handed any of it and reused by a re-install (stek._pinning).
+            self._thunks = callback_set(lib, self._ctx_ptr)
+            self._served = self._make_callbacks(sid)
+            self._thunks.serve(self._served)
+            self._cfunc = self._thunks.ticket_key
+            self._gen_cb = self._thunks.gen
+            self._dec_cb = self._thunks.dec
+            self._hello_cb = self._thunks.hello
         lib.set_ticket_callback(self._ctx_ptr, self._cfunc)
         # SSL_CTX_set_session_ticket_cb(3): carry each session's birth in its
         # ticket and refuse sessions older than accept_for (see
         # stek.schedule.decrypted_ticket_answer).
-        if self._slot is not None:
-            self._gen_cb = GenTicketCallback(accel.gen_address())
-            self._dec_cb = DecTicketCallback(accel.dec_address())
-            arg: int | None = accel.slot_pointer(self._slot)
-        else:
-            self._gen_cb = GenTicketCallback(self._make_gen_callback())
-            self._dec_cb = DecTicketCallback(self._make_dec_callback())
-            arg = None
         lib.set_session_ticket_callbacks(self._ctx_ptr, self._gen_cb, self._dec_cb, arg)
         # The session id context is set on the SSL_CTX, which connections made
         # later inherit (SSL_new) and which an SNI switch compares against
@@ -159,14 +166,7 @@ class Installation(PythonCallbacks):
         # stek.hazmat.libssl.CPythonSSL.applied_to).
         if lib.SSL_CTX_set_session_id_context(self._ctx_ptr, sid, len(sid)) != 1:
             raise BindingError("libssl refused the session id context")
-        self._hello_cb: Any
-        if self._slot is not None:
-            self._hello_cb = ClientHelloCallback(accel.client_hello_address())
-        else:
-            self._hello_cb = ClientHelloCallback(self._make_hello_callback(sid))
         lib.set_client_hello_callback(self._ctx_ptr, self._hello_cb, arg)
-        if self._slot is None:
-            _pin(lib, self._ctx_ptr, (self._cfunc, self._gen_cb, self._dec_cb, self._hello_cb))
         self._membership = Membership()
         self._membership.join(store, _member_of(self))
         _LIVE.add(self)
@@ -257,6 +257,9 @@ class Installation(PythonCallbacks):
             self._lib.set_client_hello_callback(self._ctx_ptr, None)
             if getattr(ctx, _ATTR, None) is self:
                 delattr(ctx, _ATTR)
+        if self._thunks is not None and self._served is not None:
+            # The SSL_CTX keeps the thunks; they no longer keep this installation.
+            self._thunks.release(self._served)
         self._slot = None
         self._membership.leave()
         if self._slot_owner is not None:
