@@ -50,7 +50,7 @@ def port_slice() -> range:
 def free_port() -> int:
     """A loopback port nothing listens on, never handed out before in this test run."""
     ports = port_slice()
-    first = random.randrange(len(ports))  # noqa: S311 (spreads runs, not a secret)
+    first = random.randrange(len(ports))  # spreads runs; not a secret (S311 is off)
     for i in range(len(ports)):
         port = ports[(first + i) % len(ports)]
         if port in _HANDED_OUT:
