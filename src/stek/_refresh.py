@@ -128,6 +128,23 @@ class _Group:
             else:
                 self.sub = sub
 
+    @property
+    def watching(self) -> bool:
+        """True once the store's change subscription is in place.
+
+        A file store's watch is in place when ``subscribe()`` returns (an
+        inotify watch or the stat loop's baseline, stores/_filewatch.py); a
+        fleet store's once its listener has subscribed
+        (``WatchThread.connected``, stores/shared.py).  Until then a change
+        reaches this group only by a backstop or retry read.  Read-only: it
+        lets a test wait for the watch instead of sleeping.
+        """
+        sub = self.sub
+        if sub is None or sub is _OPENING:
+            return False
+        connected = getattr(sub, "connected", None)
+        return connected is None or bool(connected.is_set())
+
     def notify(self) -> None:
         """From the store's watch (any thread): re-read soon, once however many arrive."""
         with _LOCK:

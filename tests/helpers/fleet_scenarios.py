@@ -27,7 +27,7 @@ import pytest
 from helpers.certs import Certs, client_context, server_context
 from helpers.processes import APPS
 from helpers.store_servers import child_env
-from helpers.waiting import wait_until
+from helpers.waiting import wait_until, wait_watching
 from stek import Policy, SealingError, StekError, init_ring, install, open_store, rotate
 from stek.agent import Agent
 from stek.cli import main as cli_main
@@ -162,9 +162,10 @@ from stek import open_store
 from stek.rotation import rotate
 url = sys.argv[1]
 base, step, slots = (int(a) for a in sys.argv[2:5])
-start = float(sys.argv[5])
 store = open_store(url)
 added = []
+print("ready", flush=True)
+start = float(sys.stdin.readline())  # the same instant for every racer
 while time.time() < start:
     time.sleep(0.001)
 for i in range(1, slots + 1):
@@ -182,17 +183,31 @@ def racing_rotators(server: Any, kek_file: Path, racers: int = 8,
     base = 28_333_334 * step  # a slot boundary
     store = shared(server.url, kek_file)
     first = init_ring(store, policy, now=base).ring
-    start = time.time() + 1.5  # every racer starts at the same instant
     env = child_env(STEK_KEK_FILE=str(kek_file))
     procs = [subprocess.Popen([sys.executable, "-c", RACE_CHILD, server.url, str(base), str(step),
-                               str(slots), str(start)],
+                               str(slots)], stdin=subprocess.PIPE,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
              for _ in range(racers)]
     outs = []
-    for p in procs:
-        out, err = p.communicate(timeout=240)
-        assert p.returncode == 0, err.decode()[-3000:]
-        outs.append(json.loads(out))
+    try:
+        for p in procs:  # every racer has started and imported stek
+            assert p.stdout is not None
+            assert p.stdout.readline() == b"ready\n", \
+                p.communicate(timeout=60)[1].decode()[-3000:]
+        start = time.time() + 0.2  # then every racer starts at the same instant
+        for p in procs:
+            assert p.stdin is not None
+            p.stdin.write(f"{start}\n".encode())
+            p.stdin.flush()
+        for p in procs:
+            out, err = p.communicate(timeout=240)
+            assert p.returncode == 0, err.decode()[-3000:]
+            outs.append(json.loads(out))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait(10)
     added = [name for o in outs for name in o["added"]]
     ring = store.read()
     names = {k.name.hex() for k in ring.keys}
@@ -252,7 +267,7 @@ def outage_keeps_serving(server: Any, certs: Certs, version: ssl.TLSVersion, kek
                              force=True).ring
             took = wait_until(lambda: all(ask(p.port, cctx).doc["generation"] == ring.generation
                                           for p in procs), timeout=10, step=0.1)
-            time.sleep(0.5)
+            wait_until(lambda: stats["back"][0] >= 5, timeout=30)
         finally:
             stop.set()
             t.join(30)
@@ -391,7 +406,7 @@ def install_sees_new_key_within_a_second(server: Any, certs: Certs, kek_file: Pa
     ctx = server_context(certs)
     inst = install(ctx, shared(server.url, kek_file))
     try:
-        time.sleep(0.5)  # the watch is established
+        wait_watching(inst)  # from here on, every write is announced to it
         t = time.time()
         for i in range(1, 6):
             r = rotate(store, now=t + i * 60)

@@ -25,3 +25,15 @@ def holds_within(pred: Any, timeout: float = 10.0, step: float = 0.05) -> bool:
             return False
         time.sleep(step)
     return True
+
+
+def watching(inst: Any) -> bool:
+    """True once ``inst``'s store subscription is in place, so that a change written
+    from now on is announced to it (stek._refresh's group: ``watching``)."""
+    group = inst._membership.group
+    return group is not None and bool(group.watching)
+
+
+def wait_watching(inst: Any, timeout: float = 30.0) -> float:
+    """Seconds until ``inst`` (an Installation) watches its store; fails after timeout."""
+    return wait_until(lambda: watching(inst), timeout)

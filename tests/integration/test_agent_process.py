@@ -271,7 +271,15 @@ def test_permanent_store_error_is_said_once_and_targets_keep_their_keys(
         exported = keys.read_bytes()
         path.write_text("not a keyring")
         wait_for("the error", lambda: "permanent" in log.read_text())
-        time.sleep(3)  # three --interval passes: a transient error would be logged again
+        # Three more failed passes, each woken by the file's change notification
+        # (the same bad contents, put in place whole): a transient error would be
+        # logged again at every one.
+        for _ in range(3):
+            failures = _store_failures(port)
+            tmp = path.with_name("ring.json.new")
+            tmp.write_text("not a keyring")
+            os.replace(tmp, path)
+            wait_for("another failed pass", lambda f=failures: _store_failures(port) > f)
         text = log.read_text()
         assert text.count("not a stek keyring") == 1, text
         line = next(x for x in text.splitlines() if "not a stek keyring" in x)
@@ -337,7 +345,10 @@ def test_wrong_kek_on_a_sealed_redis_ring_is_permanent_and_targets_keep_their_ke
         with agent(cmd, log, {"STEK_KEK_FILE": str(wrong)}) as proc:
             wait_for("the error", lambda: "permanent" in log.read_text() and
                      "serving /metrics" in log.read_text())
-            time.sleep(1)  # let the first reads settle (subscribing also wakes the agent)
+            # Its first pass failed, and so did the one its subscription's wake-up ran
+            # once subscribed (stores/shared.py, WatchThread.ready): the only wake
+            # left is the write below (a permanent error retries after 30 s).
+            wait_for("the subscription's pass", lambda: _store_failures(port) >= 2)
             failures = _store_failures(port)
             assert failures >= 1
             # A write under the right KEK: the change notification wakes the agent,

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from helpers.waiting import wait_until
 from stek.cli import main
 from stek.keyring import Keyring
 from stek.stores import FileStore
@@ -239,19 +240,21 @@ def test_help_explains_commands() -> None:
 
 def test_agent_creates_rotates_and_stops_on_sigterm(tmp_path: Path) -> None:
     url = f"file:{tmp_path / 'ring.json'}"
-    proc = subprocess.Popen([sys.executable, "-m", "stek.cli", "agent", "--store", url],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = tmp_path / "agent.log"
+    with open(log, "wb") as sink:
+        proc = subprocess.Popen([sys.executable, "-m", "stek.cli", "agent", "--store", url],
+                                stdout=sink, stderr=subprocess.STDOUT)
     try:
-        deadline = time.time() + 15
-        while not (tmp_path / "ring.json").exists() and time.time() < deadline:
-            time.sleep(0.1)
-        assert (tmp_path / "ring.json").exists()
-        time.sleep(0.5)
+        # Its first pass done (its SIGTERM handler is in place before that pass).
+        wait_until(lambda: (tmp_path / "ring.json").exists()
+                   and "initialized keyring" in log.read_text(), timeout=30, step=0.1)
         proc.send_signal(signal.SIGTERM)
-        out, _ = proc.communicate(timeout=15)
+        proc.wait(timeout=15)
     finally:
         if proc.poll() is None:
             proc.kill()
+            proc.wait(10)
+    out = log.read_text()
     assert proc.returncode == 0, out
     assert "initialized keyring" in out and "stopped" in out
     ring = FileStore(tmp_path / "ring.json").read()

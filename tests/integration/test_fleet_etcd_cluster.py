@@ -19,6 +19,7 @@ from helpers.certs import Certs
 from helpers.failover_scenario import FailoverRun, check_ring, failover_run
 from helpers.pki import Pki, make_pki, password_file
 from helpers.store_servers import EtcdCluster, child_env
+from helpers.waiting import wait_until
 from stek import open_store
 from stek.stores.base import health_of
 
@@ -43,20 +44,33 @@ def cluster(tmp_path: Path, pki: Pki) -> Iterator[EtcdCluster]:
 def test_leader_and_quorum_loss_lose_no_handshake_and_no_key(
         cluster: EtcdCluster, certs: Certs, kek_file: Path, tmp_path: Path) -> None:
     def script(run: FailoverRun) -> None:
-        time.sleep(6)
+        run.mark("start")
+        # The fleet at work: both servers answering, the rotators writing.
+        wait_until(lambda: len(run.pids) == 2 and run.handshakes_since("start") >= 30
+                   and run.rotated_ok_after(run.marks["start"]), timeout=60, step=0.05)
         leader = cluster.leader()
-        run.marks["leader_killed"] = time.time()
+        run.mark("leader_killed")
         cluster.kill(leader)
-        time.sleep(8)
+        # A new leader elected (--election-timeout 500 ms): rotations succeed again
+        # later than the 3 s the assertion below leaves for the election.
+        wait_until(lambda: run.rotated_ok_after(run.marks["leader_killed"] + 3)
+                   and run.handshakes_since("leader_killed") >= 30, timeout=60, step=0.05)
         second = next(i for i, m in enumerate(cluster.members) if m.proc is not None)
-        run.marks["quorum_lost"] = time.time()
+        run.mark("quorum_lost")
         cluster.kill(second)
-        time.sleep(5)
-        run.marks["quorum_back"] = time.time()
+        # No quorum: a rotator's pass fails (after the store's 2 s timeout), and
+        # handshakes go on meanwhile.
+        wait_until(lambda: run.rotation_failed_after(run.marks["quorum_lost"])
+                   and run.handshakes_since("quorum_lost") >= 30, timeout=60, step=0.05)
+        run.mark("quorum_back")
         for m in cluster.members:
             if m.proc is None:
                 m.start_async()
         cluster.wait_healthy()
+        # Rotation resumed: a key added after quorum came back; and enough handshakes
+        # in all for the counts below to mean something.
+        wait_until(lambda: run.added_after(run.marks["quorum_back"]) and run.handshakes >= 100,
+                   timeout=60, step=0.05)
 
     run = failover_run(cluster.url, cluster.server_url, certs, kek_file, tmp_path, script)
     assert run.failures == []

@@ -2,7 +2,7 @@
 
 The line cap is fed by a fake etcd gateway on 127.0.0.1 (a real etcd never
 sends a 4 MiB line); token expiry runs against a real etcd started with a
-2 s ``--auth-token-ttl``.
+1 s ``--auth-token-ttl``.
 """
 
 from __future__ import annotations
@@ -188,13 +188,28 @@ def test_watch_event_arrives_while_the_stream_stays_open(quiet_gateway: Gateway)
 def short_token_etcd(tmp_path: Path) -> Iterator[EtcdCluster]:
     c = EtcdCluster(tmp_path / "etcd", make_pki(tmp_path / "pki"), n=1)
     # etcd 3.4 `etcd --help`: "--auth-token-ttl 300  Time (in seconds) of the
-    # auth-token-ttl"; simple tokens are dropped once idle that long.
-    c.members[0].extra = ["--auth-token-ttl", "2"]
+    # auth-token-ttl"; simple tokens are dropped once idle that long (whole
+    # seconds: 1 is the shortest).
+    c.members[0].extra = ["--auth-token-ttl", "1"]
     c.start()
     try:
         yield c
     finally:
         c.stop()
+
+
+def _wait_dropped(etcd: EtcdCluster, *tokens: str | None) -> None:
+    """Until etcd has dropped every one of ``tokens``, idle past the TTL: its
+    keeper sweeps them every second and logs each (etcd 3.4 auth/simple_token.go,
+    "deleted a simple token", at info)."""
+    assert None not in tokens
+
+    def dropped() -> bool:
+        lines = [x for x in etcd.members[0].log.read_text().splitlines()
+                 if "deleted a simple token" in x]
+        return all(any(f'"token":"{t}"' in x for x in lines) for t in tokens)
+
+    wait_until(dropped, timeout=30, step=0.05)
 
 
 @pytest.mark.servers
@@ -215,7 +230,7 @@ def test_reads_writes_and_watch_go_on_after_the_token_expires(
     assert watch.connected.wait(10)
     try:
         for i in range(1, 3):
-            time.sleep(3.5)  # past the 2 s TTL (etcd sweeps expired tokens every second)
+            _wait_dropped(short_token_etcd, store._m._token, reader._m._token)
             seen = len(changes)
             r = rotate(store, now=base + i * step)  # a write with a token etcd dropped
             assert r.added
@@ -226,7 +241,7 @@ def test_reads_writes_and_watch_go_on_after_the_token_expires(
         assert store._m._token not in (None, tokens[0])
         assert reader._m._token not in (None, tokens[1])
         # A watch opened with an expired token renews it and reports the next write.
-        time.sleep(3.5)
+        _wait_dropped(short_token_etcd, reader._m._token)
         late: list[float] = []
         watch2 = reader.subscribe(lambda: late.append(time.time()))
         try:

@@ -18,7 +18,7 @@ from helpers.certs import Certs, server_context
 from helpers.fleet_scenarios import shared
 from helpers.pki import Pki, make_pki, password_file
 from helpers.store_servers import ROOT, RedisNode
-from helpers.waiting import wait_until
+from helpers.waiting import wait_until, wait_watching
 from stek import Policy, StoreUnavailable, init_ring, install, rotate
 from stek.stores.base import health_of
 
@@ -94,7 +94,7 @@ def test_server_user_reads_and_follows_but_cannot_write(redis_acl: AclRedis, cer
     # Follows: a server installed with the read-only user sees each rotation.
     inst = install(server_context(certs), shared(redis_acl.url("stek-server"), kek_file))
     try:
-        time.sleep(0.5)  # subscribed
+        wait_watching(inst)  # subscribed: each rotation below is announced to it
         for i in range(1, 3):
             r = rotate(rw, now=base + i * step)
             assert r.added

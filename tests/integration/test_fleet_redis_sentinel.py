@@ -19,6 +19,7 @@ from helpers.certs import Certs
 from helpers.failover_scenario import FailoverRun, check_ring, failover_run
 from helpers.pki import Pki, make_pki
 from helpers.store_servers import RedisSentinelSet
+from helpers.waiting import wait_until
 from stek import open_store
 from stek.stores.base import health_of
 
@@ -45,8 +46,11 @@ def test_primary_killed_mid_rotation_loses_no_key(redis_set: RedisSentinelSet, c
     old = redis_set.primary()
 
     def script(run: FailoverRun) -> None:
-        time.sleep(6)
-        run.marks["killed"] = time.time()
+        run.mark("start")
+        # The fleet at work: both servers answering, the rotators writing.
+        wait_until(lambda: len(run.pids) == 2 and run.handshakes_since("start") >= 30
+                   and run.rotated_ok_after(run.marks["start"]), timeout=60, step=0.05)
+        run.mark("killed")
         redis_set.kill(old)
         deadline = time.time() + 30
         while time.time() < deadline:
@@ -56,10 +60,13 @@ def test_primary_killed_mid_rotation_loses_no_key(redis_set: RedisSentinelSet, c
             except Exception:
                 pass
             time.sleep(0.2)
-        run.marks["promoted"] = time.time()
+        run.mark("promoted")
+        # Rotation goes on on the new primary; and enough handshakes in all for the
+        # counts below to mean something.
+        wait_until(lambda: run.added_after(run.marks["promoted"]) and run.handshakes >= 100,
+                   timeout=60, step=0.05)
 
-    run = failover_run(redis_set.url, redis_set.url, certs, kek_file, tmp_path, script,
-                       length=30)
+    run = failover_run(redis_set.url, redis_set.url, certs, kek_file, tmp_path, script)
     assert redis_set.primary() != old  # Sentinel promoted the replica
     assert run.failures == []
     assert run.handshakes >= 100

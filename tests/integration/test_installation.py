@@ -20,7 +20,7 @@ from helpers import installed_servers
 from helpers.certs import TLS_VERSIONS, Certs, client_context, server_context
 from helpers.installed_servers import key_at, write_ring
 from helpers.tls_peers import TLSServer, connect, reconnects, s_client, s_client_reused
-from helpers.waiting import wait_until
+from helpers.waiting import wait_until, wait_watching
 from stek.hazmat.libssl import libssl
 from stek.keys import TicketKey
 from stek.schedule import Policy
@@ -62,11 +62,16 @@ def test_forked_child_keeps_following_the_ring(certs: Certs, store: FileStore) -
     handle = stek.install(ctx, store)
     gen = handle.ring.generation
     r, w = os.pipe()
+    ready_r, ready_w = os.pipe()
     pid = os.fork()
     if pid == 0:  # the child: report, then leave without running pytest's teardown
         try:
             os.close(r)
-            deadline = time.time() + 5
+            os.close(ready_r)
+            # Its own watch (the parent's is not inherited) before the parent writes.
+            wait_watching(handle, timeout=10)
+            os.write(ready_w, b"w")
+            deadline = time.time() + 10
             while handle.ring.generation == gen and time.time() < deadline:
                 time.sleep(0.02)
             seen = handle.ring.generation != gen and handle.installed
@@ -76,7 +81,9 @@ def test_forked_child_keeps_following_the_ring(certs: Certs, store: FileStore) -
         finally:
             os._exit(0)
     os.close(w)
-    time.sleep(0.5)
+    os.close(ready_w)
+    with os.fdopen(ready_r, "rb") as ready:
+        assert ready.read(1) == b"w", "the child never watched the store"
     now = time.time()
     write_ring(store, key_at(now - 1, now + 1000, now + 2000))
     with os.fdopen(r) as pipe:

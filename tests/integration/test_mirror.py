@@ -686,6 +686,7 @@ def _outage_without_failed_handshakes(host: Host, server: Any, mirror: Path, cer
     errors: list[str] = []
     counts = {"down": [0, 0], "other": [0, 0]}
     phase = ["other"]
+    holding: set[ssl.TLSVersion] = set()  # client threads holding a session
 
     def clients(version: ssl.TLSVersion) -> None:
         cctx = client_context(certs, version)
@@ -702,9 +703,12 @@ def _outage_without_failed_handshakes(host: Host, server: Any, mirror: Path, cer
             except (OSError, ssl.SSLError, AssertionError, ValueError) as exc:
                 errors.append(f"{phase[0]} {version.name}: {exc!r}")
                 session = None
+                holding.discard(version)
                 continue
             counts[phase[0]][0] += 1
             counts[phase[0]][1] += reused
+            if session is not None:
+                holding.add(version)
             i += 1
 
     threads = [threading.Thread(target=clients, args=(v,))
@@ -712,7 +716,8 @@ def _outage_without_failed_handshakes(host: Host, server: Any, mirror: Path, cer
     for t in threads:
         t.start()
     try:
-        time.sleep(0.5)
+        # Every client holds a session before the store goes: each one resumes below.
+        wait_until(lambda: len(holding) == len(threads) or bool(errors), timeout=30, step=0.05)
         before = mirror.stat()
         retries = agent_retries()
         server.stop()
@@ -723,7 +728,10 @@ def _outage_without_failed_handshakes(host: Host, server: Any, mirror: Path, cer
         after = mirror.stat()
         phase[0] = "other"
         server.start()
-        time.sleep(0.5)
+        # Handshakes go on as the store comes back.
+        so_far = counts["other"][0]
+        wait_until(lambda: counts["other"][0] >= so_far + 6 or bool(errors), timeout=30,
+                   step=0.05)
     finally:
         stop.set()
         for t in threads:

@@ -26,6 +26,7 @@ from helpers import installed_servers
 from helpers.certs import TLS_VERSIONS, Certs, client_context, server_context
 from helpers.installed_servers import key_at, write_ring
 from helpers.tls_peers import TLSServer, connect, reconnects
+from helpers.waiting import wait_until, wait_watching, watching
 from stek._reactor import collection_paused
 from stek.errors import BindingError, NotInitialized, StoreCorrupt
 from stek.hazmat.libssl import libssl
@@ -240,7 +241,7 @@ def test_rotation_by_another_process_is_seen_within_a_second(certs: Certs,
     ctx = server_context(certs)
     handle = stek.install(ctx, store)
     gen = handle.ring.generation
-    time.sleep(0.3)
+    wait_watching(handle)
     now = time.time()
     fresh = key_at(now - 1, now + 1000, now + 2000)
     write_ring(FileStore(store.path), fresh)
@@ -265,7 +266,9 @@ def test_corrupt_file_keeps_server_serving_and_file_untouched(
         with pytest.raises(StoreCorrupt):
             handle.refresh()
         with caplog.at_level(logging.WARNING, logger="stek.installation"):
-            time.sleep(0.6)  # let the watcher notice and fail
+            # The watch announces the write; the group's re-read fails and says so.
+            wait_until(lambda: any("serving the last snapshot" in r.getMessage()
+                                   for r in list(caplog.records)), timeout=10)
         assert connect(srv.port, cctx, first.session).reused
         assert srv.errors == []
     assert store.path.read_bytes() == before
@@ -461,6 +464,38 @@ def test_a_collection_inside_the_file_watch_waits_for_it(certs: Certs, tmp_path:
     assert seen == {"collected": True, "watch_unchanged": True}
     assert garbage_sub not in hub._subs  # closed once uninstall() had left the watch
     assert all(s.path not in {st.path for st in stores} for s in list(hub._subs))
+
+
+def test_a_group_says_when_its_store_watch_is_in_place(certs: Certs, store: FileStore) -> None:
+    """What a test waits on instead of sleeping (helpers.waiting.wait_watching): a
+    file store's watch is in place once install() returns; a fleet store's once
+    its WatchThread has subscribed (``connected``); none while it is being opened."""
+    from stek._refresh import _OPENING
+
+    handle = stek.install(server_context(certs), store)
+    group = handle._membership.group
+    assert group is not None and group.watching and watching(handle)
+
+    class Watch:
+        connected = threading.Event()
+
+        def close(self) -> None:
+            pass
+
+    real = group.sub
+    try:
+        group.sub = Watch()
+        assert not group.watching
+        Watch.connected.set()
+        assert group.watching
+        group.sub = _OPENING
+        assert not group.watching
+        group.sub = None
+        assert not group.watching
+    finally:
+        group.sub = real
+    handle.uninstall()
+    assert not watching(handle)
 
 
 def test_a_collection_while_a_group_is_walked_skips_no_member(certs: Certs,

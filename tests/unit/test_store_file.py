@@ -95,9 +95,10 @@ def test_subscribe_sees_another_writer_within_a_second(tmp_path: Path) -> None:
     path = tmp_path / "ring.json"
     init_ring(FileStore(path), Policy())
     seen = threading.Event()
+    # In place when subscribe() returns: an inotify watch on the directory, or
+    # the stat loop's baseline (stek.stores._filewatch).
     sub = FileStore(path).subscribe(seen.set)
     try:
-        time.sleep(0.3)
         start = time.monotonic()
         rotate(FileStore(path), now=time.time() + 3600)
         assert seen.wait(1.0)
