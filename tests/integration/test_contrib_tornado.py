@@ -12,9 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from helpers.certs import TLS_VERSIONS, Certs, client_context
-from helpers.multiworker import WORKERS, assert_stek_against_baseline, spread_run
+from helpers.multiworker import (
+    WORKERS,
+    assert_stek_against_baseline,
+    spread_run,
+    workers_serving,
+)
 from helpers.ports import free_port
-from helpers.processes import APPS, Proc, env_with, running, wait_https
+from helpers.processes import APPS, Proc, env_with
 
 
 @contextlib.contextmanager
@@ -24,9 +29,8 @@ def tornado(certs: Certs, tmp_path: Path, mode: str) -> Iterator[tuple[int, Proc
     cmd = [sys.executable, str(APPS / "tornado_server.py"), str(port), str(certs.cert),
            str(certs.key), str(WORKERS), mode]
     env = env_with(STEK_STORE=f"file:{tmp_path}/ring.json")
-    with running(cmd, tmp_path / "tornado.log", env=env) as proc:
-        proc.wait_output(r"worker (\d+) ready", WORKERS, timeout=60)
-        wait_https(port, client_context(certs, ssl.TLSVersion.TLSv1_3), proc)
+    with workers_serving(cmd, port, certs, tmp_path / "tornado.log", r"worker (\d+) ready",
+                         env=env, timeout=60) as proc:
         yield port, proc
 
 

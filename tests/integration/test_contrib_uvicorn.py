@@ -24,7 +24,9 @@ from helpers.multiworker import (
     WORKERS,
     assert_baseline,
     assert_resumes_across_workers,
+    fresh_hook,
     spread_run,
+    workers_serving,
 )
 from helpers.ports import free_port
 from helpers.processes import (
@@ -33,9 +35,7 @@ from helpers.processes import (
     env_with,
     https_get,
     reconnect_run,
-    running,
     wait_every_worker_on,
-    wait_https,
 )
 from stek.contrib import PerProcessContext
 from stek.contrib import uvicorn as stek_uvicorn
@@ -43,13 +43,8 @@ from stek.contrib import uvicorn as stek_uvicorn
 
 @pytest.fixture
 def factory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[PerProcessContext]:
-    monkeypatch.setenv("STEK_STORE", f"file:{tmp_path}/ring.json")
-    fresh = PerProcessContext("stek.contrib.uvicorn")
-    monkeypatch.setattr(stek_uvicorn, "_CONTEXT", fresh)
-    yield fresh
-    inst = fresh.installation()
-    if inst is not None:
-        inst.uninstall()
+    with fresh_hook(monkeypatch, tmp_path, stek_uvicorn) as fresh:
+        yield fresh
 
 
 async def _app(scope, receive, send) -> None:  # pragma: no cover - never served
@@ -90,9 +85,8 @@ def uvicorn_server(certs: Certs, tmp_path: Path, *, with_stek: bool,
     cmd = [sys.executable, str(APPS / "uvicorn_main.py"), str(port), str(certs.cert),
            str(certs.key), str(WORKERS), "stek" if with_stek else "plain"]
     env = env or env_with(STEK_STORE=f"file:{tmp_path}/ring.json")
-    with running(cmd, tmp_path / "uvicorn.log", env=env) as proc:
-        proc.wait_output(r"Started server process \[(\d+)\]", WORKERS)
-        wait_https(port, client_context(certs, ssl.TLSVersion.TLSv1_3), proc)
+    with workers_serving(cmd, port, certs, tmp_path / "uvicorn.log",
+                         r"Started server process \[(\d+)\]", env=env) as proc:
         yield port, proc
 
 
