@@ -1,5 +1,4 @@
-"""Real nginx and HAProxy for the exporter and agent tests, plus an HTTPS probe and
-the checks the exporter tests run against each server.
+"""Real nginx and HAProxy for the exporter and agent tests, plus an HTTPS probe.
 
 Each server runs as the current user on 127.0.0.1 in its own temp dir and
 process group, and is stopped (group-wide, by its own pid) at the end.
@@ -25,15 +24,10 @@ from pathlib import Path
 from helpers.certs import Certs
 from helpers.ports import free_port
 from helpers.programs import find_program
-from helpers.tls_peers import TLSServer, connect
-from stek import Installation
 from stek.hazmat.libssl import libssl
-from stek.keyring import Keyring
 from stek.rotation import init_ring
-from stek.schedule import Plan, Policy
-from stek.session import decode
+from stek.schedule import Policy
 from stek.stores.file import FileStore
-from stek.ticket import open_ticket
 
 
 @dataclass
@@ -354,56 +348,6 @@ def inspect_cli(pem: Path, store: FileStore) -> tuple[int, dict]:
                            "--store", f"file:{store.path}", "--json"],
                           capture_output=True, text=True, timeout=60)
     return proc.returncode, json.loads(proc.stdout)
-
-
-def encrypting_name(ring: Keyring, now: float) -> bytes:
-    """The name of the key that encrypts new tickets at ``now``."""
-    key = ring.encrypting_key(now)
-    assert key is not None
-    return key.name
-
-
-def assert_inspect_explains(sess: Path, store: FileStore, name: bytes,
-                            tls_version: ssl.TLSVersion) -> None:
-    """``stek inspect`` on ``sess`` (s_client's -sess_out file, a ticket under the key
-    ``name``): a resume under that active key while the ring holds it, then, once it
-    is dropped from the ring, a full handshake for an unknown key."""
-    code, doc = inspect_cli(sess, store)
-    assert code == 0, doc
-    assert doc["verdict"] == "resume" and doc["key_name"] == name.hex()
-    assert doc["key"]["state"] == "active" and doc["input_form"] == "session PEM"
-    assert doc["session"]["protocol"] == ("TLSv1.3" if tls_version == ssl.TLSVersion.TLSv1_3
-                                          else "TLSv1.2")
-    store.update(lambda r: r.apply(Plan(drop=(name,))))
-    code, doc = inspect_cli(sess, store)
-    assert code == 1, doc
-    assert doc["verdict"] == "full handshake" and doc["reason"].startswith("unknown key")
-    assert doc["key_name"] == name.hex() and doc["key"] is None
-
-
-def assert_resumes_both_ways(port: int, py: TLSServer, handle: Installation,
-                             cctx: ssl.SSLContext, ring: Keyring, now: float, size: int,
-                             sid: bytes) -> None:
-    """The server on ``port`` (fed an export of ``ring``) and ``py`` (stek's callback on
-    the ring, ``handle``) resume each other's tickets.
-
-    The server's ticket is under the ring's encrypting key at ``now``, opens with the
-    ring (a ``size``-byte key: name, HMAC and AES in the right order) and carries the
-    session id context ``sid``; stek's ticket, under the same key, resumes on the server.
-    """
-    name = encrypting_name(ring, now)
-    from_server = get(port, cctx)
-    assert from_server.name == name
-    opened = open_ticket(from_server.ticket, ring)
-    assert opened.key.size == size
-    assert decode(opened.state).sid_ctx == sid
-    assert connect(py.port, cctx, from_server.session).reused, \
-        "stek's callback must open the server's ticket"
-    assert handle.counters.resumed >= 1
-    from_stek = connect(py.port, cctx)
-    assert ticket_of(from_stek.session)[:16] == name
-    assert get(port, cctx, from_stek.session).reused, "the server must open stek's ticket"
-    assert not py.errors
 
 
 SLOT = 600

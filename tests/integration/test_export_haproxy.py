@@ -21,18 +21,14 @@ import pytest
 
 import stek
 from helpers.certs import TLS_VERSIONS, Certs, client_context, server_context
-from helpers.tls_peers import TLSServer, connect, s_client
-from helpers.web_servers import (
-    T0,
+from helpers.export_checks import (
     assert_inspect_explains,
+    assert_instances_resume_each_other,
     assert_resumes_both_ways,
     encrypting_name,
-    get,
-    haproxy,
-    live_store,
-    make_store,
-    ticket_of,
 )
+from helpers.tls_peers import TLSServer, connect, s_client
+from helpers.web_servers import T0, get, haproxy, live_store, make_store, ticket_of
 from stek.agent import Agent, Target, TargetSpec
 from stek.compat import HAPROXY_SESSION_ID_CONTEXT
 from stek.export import export
@@ -53,12 +49,7 @@ def test_two_haproxy_instances_resume_each_others_tickets(
     export("haproxy", ring, T0, keys)
     cctx = client_context(certs, tls_version)
     with haproxy(tmp_path, certs, keys, "a") as a, haproxy(tmp_path, certs, keys, "b") as b:
-        first = get(a.port, cctx)
-        assert first.name == encrypting_name(ring, T0)
-        assert open_ticket(first.ticket, ring).key.name == first.name
-        on_b = get(b.port, cctx, first.session)
-        assert on_b.reused and on_b.body.endswith(b"b")
-        assert get(a.port, cctx, on_b.session).reused
+        assert_instances_resume_each_other(a.port, b.port, cctx, ring, T0)
 
 
 @pytest.mark.parametrize("size", [80, 48])

@@ -22,22 +22,17 @@ import pytest
 
 import stek
 from helpers.certs import TLS_VERSIONS, Certs, client_context, server_context
-from helpers.tls_peers import TLSServer, s_client, s_client_reused
-from helpers.web_servers import (
-    T0,
-    Hit,
+from helpers.export_checks import (
     assert_inspect_explains,
+    assert_instances_resume_each_other,
     assert_resumes_both_ways,
     encrypting_name,
-    get,
-    live_store,
-    make_store,
-    nginx,
 )
+from helpers.tls_peers import TLSServer, s_client, s_client_reused
+from helpers.web_servers import T0, Hit, get, live_store, make_store, nginx
 from stek.agent import Agent, Target, TargetSpec
 from stek.compat import nginx_session_id_context
 from stek.export import export
-from stek.ticket import open_ticket
 
 pytestmark = pytest.mark.servers
 
@@ -53,15 +48,7 @@ def test_two_nginx_instances_resume_each_others_tickets(
     cctx = client_context(certs, tls_version)
     with nginx(tmp_path, certs, out / "tickets.conf", "a") as a, \
             nginx(tmp_path, certs, out / "tickets.conf", "b") as b:
-        first = get(a.port, cctx)
-        assert not first.reused and b"a\n" in first.body
-        assert first.name == encrypting_name(ring, T0)
-        # The ring itself opens nginx's ticket: HMAC verified, AES-CBC decrypted.
-        assert open_ticket(first.ticket, ring).key.name == first.name
-        on_b = get(b.port, cctx, first.session)
-        assert on_b.reused and b"b\n" in on_b.body
-        back = get(a.port, cctx, on_b.session)
-        assert back.reused
+        assert_instances_resume_each_other(a.port, b.port, cctx, ring, T0)
 
 
 @TLS_VERSIONS
