@@ -17,20 +17,12 @@ from helpers.store_servers import EtcdServer, RedisServer
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     """A redis-server in ``tmp_path / "redis"``."""
-    server = RedisServer(tmp_path / "redis")
-    server.start()
-    try:
+    with RedisServer(tmp_path / "redis") as server:
         yield server
-    finally:
-        server.stop()
 
 
 @pytest.fixture
 def etcd_server(tmp_path: Path) -> Iterator[EtcdServer]:
     """An etcd in ``tmp_path / "etcd"``."""
-    server = EtcdServer(tmp_path / "etcd")
-    server.start()
-    try:
+    with EtcdServer(tmp_path / "etcd") as server:
         yield server
-    finally:
-        server.stop()
