@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import ssl
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
@@ -14,7 +15,16 @@ from types import ModuleType
 import pytest
 
 from helpers.certs import Certs, client_context
-from helpers.processes import Proc, ReconnectRun, reconnect_run, running, wait_https
+from helpers.ports import free_port
+from helpers.processes import (
+    APPS,
+    Proc,
+    ReconnectRun,
+    env_with,
+    reconnect_run,
+    running,
+    wait_https,
+)
 from stek.contrib import PerProcessContext
 
 RECONNECTS = 40
@@ -32,6 +42,23 @@ def workers_serving(cmd: Sequence[str], port: int, certs: Certs, log: Path, star
         proc.wait_output(started, WORKERS, timeout=timeout)
         wait_https(port, client_context(certs, ssl.TLSVersion.TLSv1_3), proc)
         yield proc
+
+
+@contextlib.contextmanager
+def app_workers(script: str, certs: Certs, workdir: Path, mode: str, started: str, *,
+                env: dict[str, str] | None = None, cwd: Path | None = None,
+                timeout: float = 30.0) -> Iterator[tuple[int, Proc]]:
+    """``tests/apps/script PORT CERT KEY WORKERS MODE`` (``mode``: stek or plain) under
+    :func:`workers_serving`, on a file store in ``workdir`` unless ``env`` says
+    otherwise; its port and process."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    cmd = [sys.executable, str(APPS / script), str(port), str(certs.cert), str(certs.key),
+           str(WORKERS), mode]
+    env = env or env_with(STEK_STORE=f"file:{workdir}/ring.json")
+    with workers_serving(cmd, port, certs, workdir / f"{Path(script).stem}.log", started,
+                         env=env, cwd=cwd, timeout=timeout) as proc:
+        yield port, proc
 
 
 @contextlib.contextmanager
