@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
+from worker_info import send_worker_info
 
 
 async def app(scope, receive, send):
@@ -12,13 +10,4 @@ async def app(scope, receive, send):
         return
     from stek.contrib import uvicorn as stek_uvicorn
 
-    inst = stek_uvicorn.installation()
-    body = json.dumps({
-        "pid": os.getpid(),
-        "counters": dataclasses.asdict(inst.counters) if inst is not None else None,
-        "generation": inst.ring.generation if inst is not None else None,
-    }).encode()
-    await send({"type": "http.response.start", "status": 200,
-                "headers": [(b"content-type", b"application/json"),
-                            (b"content-length", str(len(body)).encode())]})
-    await send({"type": "http.response.body", "body": body})
+    await send_worker_info(send, stek_uvicorn.installation())

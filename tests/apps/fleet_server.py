@@ -16,14 +16,15 @@ with ``$STEK_STORE`` = STORE_URL): every file stek opens, it opens as USER.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import logging
 import os
 import socket
 import ssl
 import sys
 import threading
+from typing import Any
+
+from line_server import reply, serve
 
 import stek
 
@@ -39,30 +40,11 @@ def main() -> None:
     srv = socket.create_server(("127.0.0.1", 0))
     failures: list[str] = []
 
-    def handle(conn: socket.socket) -> None:
-        conn.settimeout(10)
-        try:
-            with ctx.wrap_socket(conn, server_side=True) as tls:
-                tls.recv(1024)
-                reply = {
-                    "pid": os.getpid(),
-                    "reused": tls.session_reused,
-                    "counters": dataclasses.asdict(inst.counters),
-                    "generation": inst.ring.generation,
-                    "keys": [k.name.hex() for k in inst.ring.keys],
-                    "failures": failures,
-                }
-                tls.sendall(json.dumps(reply).encode() + b"\n")
-        except (ssl.SSLError, OSError) as exc:
-            failures.append(repr(exc))
-            print(f"connection error: {exc!r}", file=sys.stderr, flush=True)
+    def answer(tls: ssl.SSLSocket) -> dict[str, Any]:
+        return {**reply(inst, tls), "keys": [k.name.hex() for k in inst.ring.keys],
+                "failures": failures}
 
-    def serve() -> None:
-        while True:
-            conn, _ = srv.accept()
-            threading.Thread(target=handle, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=serve, daemon=True).start()
+    threading.Thread(target=serve, args=(srv, ctx, answer, failures), daemon=True).start()
     print(f"ready {srv.getsockname()[1]}", flush=True)
     sys.stdin.read()  # until the test closes our stdin
 

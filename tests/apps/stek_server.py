@@ -9,13 +9,11 @@ session was resumed, the callback's counters, the ring generation), close.
 
 from __future__ import annotations
 
-import dataclasses
-import json
-import os
 import socket
 import ssl
 import sys
-import threading
+
+from line_server import reply, serve
 
 import stek
 
@@ -28,25 +26,7 @@ def main() -> None:
     inst = stek.install(ctx, store, rotate=rotate)
     srv = socket.create_server(("127.0.0.1", 0))
     print(f"ready {srv.getsockname()[1]}", flush=True)
-
-    def handle(conn: socket.socket) -> None:
-        conn.settimeout(10)
-        try:
-            with ctx.wrap_socket(conn, server_side=True) as tls:
-                tls.recv(1024)
-                reply = {
-                    "pid": os.getpid(),
-                    "reused": tls.session_reused,
-                    "counters": dataclasses.asdict(inst.counters),
-                    "generation": inst.ring.generation,
-                }
-                tls.sendall(json.dumps(reply).encode() + b"\n")
-        except (ssl.SSLError, OSError) as exc:
-            print(f"connection error: {exc!r}", file=sys.stderr, flush=True)
-
-    while True:
-        conn, _ = srv.accept()
-        threading.Thread(target=handle, args=(conn,), daemon=True).start()
+    serve(srv, ctx, lambda tls: reply(inst, tls), [])
 
 
 if __name__ == "__main__":

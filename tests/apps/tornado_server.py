@@ -9,8 +9,6 @@ as a dict, so each worker builds its own context (and so its own ticket key).
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import json
 import os
 import ssl
 import sys
@@ -19,6 +17,7 @@ import tornado.httpserver
 import tornado.netutil
 import tornado.process
 import tornado.web
+from worker_info import worker_info
 
 port, cert, key, workers, mode = sys.argv[1:6]
 handle = None
@@ -28,11 +27,7 @@ class Info(tornado.web.RequestHandler):
     def get(self) -> None:
         self.set_header("Content-Type", "application/json")
         self.set_header("Connection", "close")
-        self.finish(json.dumps({
-            "pid": os.getpid(),
-            "counters": dataclasses.asdict(handle.counters) if handle is not None else None,
-            "generation": handle.ring.generation if handle is not None else None,
-        }))
+        self.finish(worker_info(handle))
 
 
 async def serve(sockets) -> None:

@@ -1,15 +1,81 @@
-"""Shared checks for multi-worker Python servers (uvicorn, hypercorn, tornado): with
-stek, reconnects resume across workers; without it, a reconnect that changes
-worker never does (the baseline, measured against the same server)."""
+"""Multi-worker Python servers (gunicorn, uvicorn, hypercorn, tornado): starting one,
+the per-process hooks in-process, and the shared checks: with stek, reconnects
+resume across workers; without it, a reconnect that changes worker never does
+(the baseline, measured against the same server)."""
 
 from __future__ import annotations
 
+import contextlib
 import ssl
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from types import ModuleType
 
-from helpers.processes import ReconnectRun, reconnect_run
+import pytest
+
+from helpers.certs import Certs, client_context
+from helpers.ports import free_port
+from helpers.processes import (
+    APPS,
+    Proc,
+    ReconnectRun,
+    env_with,
+    reconnect_run,
+    running,
+    wait_https,
+)
+from stek.contrib import PerProcessContext
 
 RECONNECTS = 40
 WORKERS = 4
+
+
+@contextlib.contextmanager
+def workers_serving(cmd: Sequence[str], port: int, certs: Certs, log: Path, started: str, *,
+                    env: dict[str, str], cwd: Path | None = None,
+                    timeout: float = 30.0) -> Iterator[Proc]:
+    """``cmd``, a server of ``WORKERS`` workers on 127.0.0.1:``port``, running: once its
+    output matched ``started`` (a regex whose group tells the workers apart) for every
+    worker and it answers HTTPS."""
+    with running(cmd, log, env=env, cwd=cwd) as proc:
+        proc.wait_output(started, WORKERS, timeout=timeout)
+        wait_https(port, client_context(certs, ssl.TLSVersion.TLSv1_3), proc)
+        yield proc
+
+
+@contextlib.contextmanager
+def app_workers(script: str, certs: Certs, workdir: Path, mode: str, started: str, *,
+                env: dict[str, str] | None = None, cwd: Path | None = None,
+                timeout: float = 30.0) -> Iterator[tuple[int, Proc]]:
+    """``tests/apps/script PORT CERT KEY WORKERS MODE`` (``mode``: stek or plain) under
+    :func:`workers_serving`, on a file store in ``workdir`` unless ``env`` says
+    otherwise; its port and process."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    cmd = [sys.executable, str(APPS / script), str(port), str(certs.cert), str(certs.key),
+           str(WORKERS), mode]
+    env = env or env_with(STEK_STORE=f"file:{workdir}/ring.json")
+    with workers_serving(cmd, port, certs, workdir / f"{Path(script).stem}.log", started,
+                         env=env, cwd=cwd, timeout=timeout) as proc:
+        yield port, proc
+
+
+@contextlib.contextmanager
+def fresh_hook(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+               module: ModuleType) -> Iterator[PerProcessContext]:
+    """A fresh per-process cache behind the real hook of ``module`` (stek.contrib.gunicorn
+    or stek.contrib.uvicorn), on a file store in ``tmp_path``; what it installed is
+    uninstalled at the end."""
+    monkeypatch.setenv("STEK_STORE", f"file:{tmp_path}/ring.json")
+    fresh = PerProcessContext(module.__name__)
+    monkeypatch.setattr(module, "_CONTEXT", fresh)
+    try:
+        yield fresh
+    finally:
+        inst = fresh.installation()
+        if inst is not None:
+            inst.uninstall()
 
 
 def moved(run: ReconnectRun) -> list[bool]:

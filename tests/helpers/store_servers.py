@@ -23,7 +23,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from helpers.ports import free_port
 from helpers.programs import find_program
@@ -43,6 +43,9 @@ def _wait_port(port: int, proc: subprocess.Popen[bytes], log: Path, timeout: flo
             return
         time.sleep(0.05)
     raise RuntimeError(f"server did not listen on {port}: {log.read_text()[-2000:]}")
+
+
+S = TypeVar("S", bound="_Server")
 
 
 class _Server:
@@ -88,7 +91,7 @@ class _Server:
                 self.proc.wait(10)
         self.proc = None
 
-    def __enter__(self) -> _Server:
+    def __enter__(self: S) -> S:
         self.start()
         return self
 
@@ -197,7 +200,7 @@ def run_python(code: str, env: dict[str, str], timeout: float = 120) -> str:
 
 
 @contextlib.contextmanager
-def started(server: _Server) -> Iterator[_Server]:
+def started(server: S) -> Iterator[S]:
     server.start()
     try:
         yield server

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -135,6 +135,10 @@ http {{
     fastcgi_temp_path {tmp}/fastcgi;
     uwsgi_temp_path {tmp}/uwsgi;
     scgi_temp_path {tmp}/scgi;
+{servers}}}
+"""
+
+NGINX_SERVER = """\
     server {{
         listen 127.0.0.1:{port} ssl;
         ssl_certificate {cert};
@@ -144,32 +148,33 @@ http {{
         # No session cache: a resumption here can only come from a ticket.
         ssl_session_cache none;
         # ssl_session_timeout comes from stek's tickets.conf (the ring's accept_for).
-{client_ca}        include {include};
+{directives}        include {include};
         location / {{ return 200 "{label}\\n"; }}
     }}
-}}
 """
 
 
-@contextlib.contextmanager
-def nginx(workdir: Path, certs: Certs, include: Path, label: str = "nginx", *,
-          client_ca: Path | None = None) -> Iterator[Server]:
-    """nginx 1.22 with ``include`` (stek's tickets.conf) in its server block.
+def nginx_server(port: int, cert: Path, key: Path, include: Path, label: str,
+                 directives: Sequence[str] = ()) -> str:
+    """One nginx server block: TLS on 127.0.0.1:``port`` with tickets and no session
+    cache, ``include`` (stek's tickets.conf) and ``directives`` in it, answering
+    every request with ``label``."""
+    extra = "".join(f"        {directive};\n" for directive in directives)
+    return NGINX_SERVER.format(port=port, cert=cert, key=key, include=include, label=label,
+                               directives=extra)
 
-    With ``client_ca``: ``ssl_client_certificate client_ca`` and
-    ``ssl_verify_client optional`` (nginx then asks for, but does not require,
-    a client certificate, and hashes the CA names into its session id context).
+
+@contextlib.contextmanager
+def nginx_servers(prefix: Path, servers: str, port: int) -> Iterator[Server]:
+    """nginx 1.22 with these server blocks (:func:`nginx_server`), its files in ``prefix``.
+
+    The configuration must pass ``nginx -t``; the server is up once it listens
+    on ``port`` (one of the blocks' ports).  ``server.log`` is nginx's error log.
     """
     exe = find_program("nginx")
-    prefix = workdir / f"nginx-{label}"
     (prefix / "tmp").mkdir(parents=True, exist_ok=True)
-    port = free_port()
     conf = prefix / "nginx.conf"
-    verify = (f"        ssl_client_certificate {client_ca};\n"
-              f"        ssl_verify_client optional;\n") if client_ca is not None else ""
-    conf.write_text(NGINX_CONF.format(tmp=prefix / "tmp", port=port, cert=certs.cert,
-                                      key=certs.key, include=include, label=label,
-                                      client_ca=verify))
+    conf.write_text(NGINX_CONF.format(tmp=prefix / "tmp", servers=servers))
     log = prefix / "error.log"
     globals_ = f"daemon off; pid {prefix / 'nginx.pid'}; error_log {log} notice;"
     cmd = [exe, "-p", str(prefix), "-c", str(conf), "-e", str(log), "-g", globals_]
@@ -181,6 +186,23 @@ def nginx(workdir: Path, certs: Certs, include: Path, label: str = "nginx", *,
         yield server
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def nginx(workdir: Path, certs: Certs, include: Path, label: str = "nginx", *,
+          client_ca: Path | None = None) -> Iterator[Server]:
+    """nginx 1.22 with ``include`` (stek's tickets.conf) in its one server block.
+
+    With ``client_ca``: ``ssl_client_certificate client_ca`` and
+    ``ssl_verify_client optional`` (nginx then asks for, but does not require,
+    a client certificate, and hashes the CA names into its session id context).
+    """
+    port = free_port()
+    verify = () if client_ca is None else (f"ssl_client_certificate {client_ca}",
+                                           "ssl_verify_client optional")
+    block = nginx_server(port, certs.cert, certs.key, include, label, verify)
+    with nginx_servers(workdir / f"nginx-{label}", block, port) as server:
+        yield server
 
 
 HAPROXY_CONF = """\

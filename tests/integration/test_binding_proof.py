@@ -98,13 +98,14 @@ def test_unknown_python_installs_and_resumes(unknown_python: None, certs: Certs,
 
 
 _UNKNOWN_SERVER = textwrap.dedent("""\
-    import runpy, sys
+    import os, runpy, sys
     import stek.hazmat.libssl as hz
     from stek.hazmat.proof import binding
     hz.CPYTHON_SSL.clear()
     proven = binding(hz.libssl())
     print("proven", proven.applied_to, flush=True)
     sys.argv = sys.argv[1:]
+    sys.path.insert(0, os.path.dirname(sys.argv[0]))  # as `python SCRIPT` puts its folder
     runpy.run_path(sys.argv[0], run_name="__main__")
 """)
 

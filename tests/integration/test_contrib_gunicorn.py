@@ -22,7 +22,7 @@ import pytest
 
 import stek
 from helpers.certs import TLS_VERSIONS, Certs, client_context, server_context
-from helpers.multiworker import RECONNECTS, WORKERS
+from helpers.multiworker import RECONNECTS, WORKERS, fresh_hook, workers_serving
 from helpers.ports import free_port
 from helpers.processes import (
     APPS,
@@ -33,9 +33,7 @@ from helpers.processes import (
     https_get,
     read_body,
     reconnect_run,
-    running,
     wait_every_worker_on,
-    wait_https,
 )
 from stek.contrib import PerProcessContext
 from stek.contrib import gunicorn as stek_gunicorn
@@ -47,13 +45,8 @@ from stek.stores import MemoryStore
 @pytest.fixture
 def hook(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[PerProcessContext]:
     """A fresh per-process cache behind the real hook, on a store in tmp_path."""
-    monkeypatch.setenv("STEK_STORE", f"file:{tmp_path}/ring.json")
-    fresh = PerProcessContext("stek.contrib.gunicorn")
-    monkeypatch.setattr(stek_gunicorn, "_CONTEXT", fresh)
-    yield fresh
-    inst = fresh.installation()
-    if inst is not None:
-        inst.uninstall()
+    with fresh_hook(monkeypatch, tmp_path, stek_gunicorn) as fresh:
+        yield fresh
 
 
 def test_hook_builds_and_installs_once_per_process(hook: PerProcessContext, certs: Certs,
@@ -186,9 +179,8 @@ def gunicorn(certs: Certs, tmp_path: Path, *, with_stek: bool, worker_class: str
         cmd += ["-c", str(APPS / "gunicorn_stek.conf.py")]
     cmd.append("wsgi_app:app")
     env = env or env_with(STEK_STORE=f"file:{tmp_path}/ring.json")
-    with running(cmd, tmp_path / "gunicorn.log", env=env) as proc:
-        proc.wait_output(r"Booting worker with pid: (\d+)", WORKERS)
-        wait_https(port, client_context(certs, ssl.TLSVersion.TLSv1_3), proc)
+    with workers_serving(cmd, port, certs, tmp_path / "gunicorn.log",
+                         r"Booting worker with pid: (\d+)", env=env) as proc:
         yield port, proc
 
 

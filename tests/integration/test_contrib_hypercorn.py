@@ -9,28 +9,19 @@ from __future__ import annotations
 import contextlib
 import pickle
 import ssl
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 from helpers.certs import TLS_VERSIONS, Certs, client_context
-from helpers.multiworker import WORKERS, assert_stek_against_baseline, spread_run
-from helpers.ports import free_port
-from helpers.processes import APPS, Proc, env_with, running, wait_https
+from helpers.multiworker import app_workers, assert_stek_against_baseline, spread_run
+from helpers.processes import APPS, Proc
 from stek.contrib import hypercorn as stek_hypercorn
 
 
-@contextlib.contextmanager
-def hypercorn(certs: Certs, tmp_path: Path, mode: str) -> Iterator[tuple[int, Proc]]:
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    cmd = [sys.executable, str(APPS / "hypercorn_main.py"), str(port), str(certs.cert),
-           str(certs.key), str(WORKERS), mode]
-    env = env_with(STEK_STORE=f"file:{tmp_path}/ring.json")
-    with running(cmd, tmp_path / "hypercorn.log", env=env, cwd=APPS) as proc:
-        proc.wait_output(r"worker (\d+) loaded", WORKERS, timeout=60)
-        wait_https(port, client_context(certs, ssl.TLSVersion.TLSv1_3), proc)
-        yield port, proc
+def hypercorn(certs: Certs, workdir: Path,
+              mode: str) -> contextlib.AbstractContextManager[tuple[int, Proc]]:
+    """hypercorn_main.py: spawned workers, each loading hypercorn_app from tests/apps."""
+    return app_workers("hypercorn_main.py", certs, workdir, mode, r"worker (\d+) loaded",
+                       cwd=APPS, timeout=60)
 
 
 def test_config_pickles_into_spawned_workers() -> None:

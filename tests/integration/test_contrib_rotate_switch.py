@@ -12,8 +12,8 @@ from types import ModuleType
 import pytest
 
 from helpers.certs import Certs, client_context, server_context
+from helpers.multiworker import fresh_hook
 from helpers.tls_peers import TLSServer, connect
-from stek.contrib import PerProcessContext
 from stek.contrib import gunicorn as stek_gunicorn
 from stek.contrib import uvicorn as stek_uvicorn
 from stek.errors import ConfigError
@@ -29,13 +29,8 @@ HOOKS = {"gunicorn": (stek_gunicorn, lambda f: stek_gunicorn.ssl_context(None, f
 def hook(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch,
          tmp_path: Path) -> Iterator[tuple[ModuleType, object]]:
     module, call = HOOKS[request.param]
-    monkeypatch.setenv("STEK_STORE", f"file:{tmp_path}/ring.json")
-    fresh = PerProcessContext(f"stek.contrib.{request.param}")
-    monkeypatch.setattr(module, "_CONTEXT", fresh)
-    yield module, call
-    inst = fresh.installation()
-    if inst is not None:
-        inst.uninstall()
+    with fresh_hook(monkeypatch, tmp_path, module):
+        yield module, call
 
 
 def due_ring(path: Path) -> FileStore:

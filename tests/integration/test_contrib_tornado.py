@@ -7,27 +7,18 @@ from __future__ import annotations
 
 import contextlib
 import ssl
-import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 from helpers.certs import TLS_VERSIONS, Certs, client_context
-from helpers.multiworker import WORKERS, assert_stek_against_baseline, spread_run
-from helpers.ports import free_port
-from helpers.processes import APPS, Proc, env_with, running, wait_https
+from helpers.multiworker import app_workers, assert_stek_against_baseline, spread_run
+from helpers.processes import Proc
 
 
-@contextlib.contextmanager
-def tornado(certs: Certs, tmp_path: Path, mode: str) -> Iterator[tuple[int, Proc]]:
-    tmp_path.mkdir(parents=True, exist_ok=True)
-    port = free_port()
-    cmd = [sys.executable, str(APPS / "tornado_server.py"), str(port), str(certs.cert),
-           str(certs.key), str(WORKERS), mode]
-    env = env_with(STEK_STORE=f"file:{tmp_path}/ring.json")
-    with running(cmd, tmp_path / "tornado.log", env=env) as proc:
-        proc.wait_output(r"worker (\d+) ready", WORKERS, timeout=60)
-        wait_https(port, client_context(certs, ssl.TLSVersion.TLSv1_3), proc)
-        yield port, proc
+def tornado(certs: Certs, workdir: Path,
+            mode: str) -> contextlib.AbstractContextManager[tuple[int, Proc]]:
+    """tornado_server.py: fork_processes, then (with stek) an install in each worker."""
+    return app_workers("tornado_server.py", certs, workdir, mode, r"worker (\d+) ready",
+                       timeout=60)
 
 
 @TLS_VERSIONS

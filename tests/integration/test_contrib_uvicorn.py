@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import re
 import ssl
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,20 +21,18 @@ from helpers.certs import TLS_VERSIONS, Certs, client_context
 from helpers.multiworker import (
     RECONNECTS,
     WORKERS,
+    app_workers,
     assert_baseline,
     assert_resumes_across_workers,
+    fresh_hook,
     spread_run,
 )
-from helpers.ports import free_port
 from helpers.processes import (
-    APPS,
     Proc,
     env_with,
     https_get,
     reconnect_run,
-    running,
     wait_every_worker_on,
-    wait_https,
 )
 from stek.contrib import PerProcessContext
 from stek.contrib import uvicorn as stek_uvicorn
@@ -43,13 +40,8 @@ from stek.contrib import uvicorn as stek_uvicorn
 
 @pytest.fixture
 def factory(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[PerProcessContext]:
-    monkeypatch.setenv("STEK_STORE", f"file:{tmp_path}/ring.json")
-    fresh = PerProcessContext("stek.contrib.uvicorn")
-    monkeypatch.setattr(stek_uvicorn, "_CONTEXT", fresh)
-    yield fresh
-    inst = fresh.installation()
-    if inst is not None:
-        inst.uninstall()
+    with fresh_hook(monkeypatch, tmp_path, stek_uvicorn) as fresh:
+        yield fresh
 
 
 async def _app(scope, receive, send) -> None:  # pragma: no cover - never served
@@ -83,17 +75,12 @@ def test_factory_pickles_by_reference() -> None:
         is stek_uvicorn.ssl_context_factory
 
 
-@contextlib.contextmanager
 def uvicorn_server(certs: Certs, tmp_path: Path, *, with_stek: bool,
-                   env: dict[str, str] | None = None) -> Iterator[tuple[int, Proc]]:
-    port = free_port()
-    cmd = [sys.executable, str(APPS / "uvicorn_main.py"), str(port), str(certs.cert),
-           str(certs.key), str(WORKERS), "stek" if with_stek else "plain"]
-    env = env or env_with(STEK_STORE=f"file:{tmp_path}/ring.json")
-    with running(cmd, tmp_path / "uvicorn.log", env=env) as proc:
-        proc.wait_output(r"Started server process \[(\d+)\]", WORKERS)
-        wait_https(port, client_context(certs, ssl.TLSVersion.TLSv1_3), proc)
-        yield port, proc
+                   env: dict[str, str] | None = None
+                   ) -> contextlib.AbstractContextManager[tuple[int, Proc]]:
+    """uvicorn_main.py: spawned workers, with stek's ssl_context_factory or without."""
+    return app_workers("uvicorn_main.py", certs, tmp_path, "stek" if with_stek else "plain",
+                       r"Started server process \[(\d+)\]", env=env)
 
 
 @TLS_VERSIONS

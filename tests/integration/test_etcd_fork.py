@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import ssl
 import traceback
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,16 +25,6 @@ pytestmark = [pytest.mark.servers, pytest.mark.usefixtures("no_kek_env")]
 
 CHILDREN = 4
 ROUNDS = 150
-
-
-@pytest.fixture
-def etcd(tmp_path: Path) -> Iterator[EtcdServer]:
-    srv = EtcdServer(tmp_path / "etcd")
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 def exercise(store: EtcdStore, names: list[bytes], generation: int) -> str | None:
@@ -54,11 +43,11 @@ def exercise(store: EtcdStore, names: list[bytes], generation: int) -> str | Non
 
 
 def test_forked_children_and_parent_each_get_their_own_replies(
-        etcd: EtcdServer, kek_file: Path) -> None:
-    ring = init_ring(open_store(etcd.url, kek_file=str(kek_file)),
+        etcd_server: EtcdServer, kek_file: Path) -> None:
+    ring = init_ring(open_store(etcd_server.url, kek_file=str(kek_file)),
                      Policy(rotate_every=3600, accept_for=3600, publish_ahead=60)).ring
     names = [k.name for k in ring.keys]
-    store = open_store(etcd.url, kek_file=str(kek_file))
+    store = open_store(etcd_server.url, kek_file=str(kek_file))
     assert isinstance(store, EtcdStore)
     store.read()  # the pooled connection the children inherit
     pids: dict[int, int] = {}
@@ -86,12 +75,12 @@ def test_forked_children_and_parent_each_get_their_own_replies(
 
 
 def test_installed_before_fork_children_resume_and_follow(
-        etcd: EtcdServer, kek_file: Path, certs: Certs) -> None:
+        etcd_server: EtcdServer, kek_file: Path, certs: Certs) -> None:
     """install(), then fork: each child serves the ring and reads the store on its own."""
-    init_ring(open_store(etcd.url, kek_file=str(kek_file)),
+    init_ring(open_store(etcd_server.url, kek_file=str(kek_file)),
               Policy(rotate_every=3600, accept_for=3600, publish_ahead=60))
     ctx = server_context(certs)
-    inst = install(ctx, open_store(etcd.url, kek_file=str(kek_file)))
+    inst = install(ctx, open_store(etcd_server.url, kek_file=str(kek_file)))
     try:
         pids = []
         for _ in range(CHILDREN):

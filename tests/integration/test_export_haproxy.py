@@ -21,13 +21,18 @@ import pytest
 
 import stek
 from helpers.certs import TLS_VERSIONS, Certs, client_context, server_context
+from helpers.export_checks import (
+    assert_inspect_explains,
+    assert_instances_resume_each_other,
+    assert_resumes_both_ways,
+    encrypting_name,
+)
 from helpers.tls_peers import TLSServer, connect, s_client
-from helpers.web_servers import T0, get, haproxy, inspect_cli, live_store, make_store, ticket_of
+from helpers.web_servers import T0, get, haproxy, live_store, make_store, ticket_of
 from stek.agent import Agent, Target, TargetSpec
 from stek.compat import HAPROXY_SESSION_ID_CONTEXT
 from stek.export import export
 from stek.export.haproxy import Runtime
-from stek.schedule import Plan
 from stek.session import decode
 from stek.ticket import open_ticket
 
@@ -44,13 +49,7 @@ def test_two_haproxy_instances_resume_each_others_tickets(
     export("haproxy", ring, T0, keys)
     cctx = client_context(certs, tls_version)
     with haproxy(tmp_path, certs, keys, "a") as a, haproxy(tmp_path, certs, keys, "b") as b:
-        first = get(a.port, cctx)
-        enc = ring.encrypting_key(T0)
-        assert enc is not None and first.name == enc.name
-        assert open_ticket(first.ticket, ring).key.name == enc.name
-        on_b = get(b.port, cctx, first.session)
-        assert on_b.reused and on_b.body.endswith(b"b")
-        assert get(a.port, cctx, on_b.session).reused
+        assert_instances_resume_each_other(a.port, b.port, cctx, ring, T0)
 
 
 @pytest.mark.parametrize("size", [80, 48])
@@ -67,16 +66,8 @@ def test_haproxy_and_stek_callback_resume_each_others_tickets(
     handle = stek.install(sctx, store, clock=lambda: T0,
                           session_id_context=HAPROXY_SESSION_ID_CONTEXT)
     with haproxy(tmp_path, certs, keys) as hap, TLSServer(sctx) as py:
-        from_haproxy = get(hap.port, cctx)
-        opened = open_ticket(from_haproxy.ticket, ring)
-        assert opened.key.size == size
-        assert decode(opened.state).sid_ctx == HAPROXY_SESSION_ID_CONTEXT
-        assert connect(py.port, cctx, from_haproxy.session).reused
-        assert handle.counters.resumed >= 1
-        from_stek = connect(py.port, cctx)
-        assert ticket_of(from_stek.session)[:16] == opened.key.name
-        assert get(hap.port, cctx, from_stek.session).reused
-        assert not py.errors
+        assert_resumes_both_ways(hap.port, py, handle, cctx, ring, T0, size,
+                                 HAPROXY_SESSION_ID_CONTEXT)
     handle.uninstall()
 
 
@@ -141,23 +132,11 @@ def test_stek_inspect_explains_a_haproxy_ticket(
     clock is the real one, so the ring is made for now)."""
     store, now = live_store(tmp_path)
     ring = store.read()
-    key = ring.encrypting_key(now)
-    assert key is not None
-    enc = key.name
+    enc = encrypting_name(ring, now)
     keys = tmp_path / "haproxy.keys"
     export("haproxy", ring, now, keys)
     sess = tmp_path / "sess.pem"
     with haproxy(tmp_path, certs, keys) as hap:
         full = s_client(hap.port, tls_version, tmp_path, sess_out=sess, ca=certs.ca)
     assert sess.exists(), full
-    code, doc = inspect_cli(sess, store)
-    assert code == 0, doc
-    assert doc["verdict"] == "resume" and doc["key_name"] == enc.hex()
-    assert doc["key"]["state"] == "active" and doc["input_form"] == "session PEM"
-    assert doc["session"]["protocol"] == ("TLSv1.3" if tls_version == ssl.TLSVersion.TLSv1_3
-                                          else "TLSv1.2")
-    store.update(lambda r: r.apply(Plan(drop=(enc,))))
-    code, doc = inspect_cli(sess, store)
-    assert code == 1, doc
-    assert doc["verdict"] == "full handshake" and doc["reason"].startswith("unknown key")
-    assert doc["key_name"] == enc.hex() and doc["key"] is None
+    assert_inspect_explains(sess, store, enc, tls_version)

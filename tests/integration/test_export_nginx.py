@@ -22,25 +22,21 @@ import pytest
 
 import stek
 from helpers.certs import TLS_VERSIONS, Certs, client_context, server_context
-from helpers.tls_peers import TLSServer, connect, s_client, s_client_reused
-from helpers.web_servers import T0, Hit, get, inspect_cli, live_store, make_store, nginx, ticket_of
+from helpers.export_checks import (
+    assert_inspect_explains,
+    assert_instances_resume_each_other,
+    assert_resumes_both_ways,
+    encrypting_name,
+)
+from helpers.tls_peers import TLSServer, s_client, s_client_reused
+from helpers.web_servers import T0, Hit, get, live_store, make_store, nginx
 from stek.agent import Agent, Target, TargetSpec
 from stek.compat import nginx_session_id_context
 from stek.export import export
-from stek.keyring import Keyring
-from stek.schedule import Plan
-from stek.session import decode
-from stek.ticket import open_ticket
 
 pytestmark = pytest.mark.servers
 
 
-
-
-def encrypting_name(ring: Keyring, now: float) -> bytes:
-    key = ring.encrypting_key(now)
-    assert key is not None
-    return key.name
 
 
 @TLS_VERSIONS
@@ -52,15 +48,7 @@ def test_two_nginx_instances_resume_each_others_tickets(
     cctx = client_context(certs, tls_version)
     with nginx(tmp_path, certs, out / "tickets.conf", "a") as a, \
             nginx(tmp_path, certs, out / "tickets.conf", "b") as b:
-        first = get(a.port, cctx)
-        assert not first.reused and b"a\n" in first.body
-        assert first.name == encrypting_name(ring, T0)
-        # The ring itself opens nginx's ticket: HMAC verified, AES-CBC decrypted.
-        assert open_ticket(first.ticket, ring).key.name == first.name
-        on_b = get(b.port, cctx, first.session)
-        assert on_b.reused and b"b\n" in on_b.body
-        back = get(a.port, cctx, on_b.session)
-        assert back.reused
+        assert_instances_resume_each_other(a.port, b.port, cctx, ring, T0)
 
 
 @TLS_VERSIONS
@@ -93,18 +81,7 @@ def test_nginx_and_stek_callback_resume_each_others_tickets(
     sid = nginx_session_id_context(certs.cert)
     handle = stek.install(sctx, store, clock=lambda: T0, session_id_context=sid)
     with nginx(tmp_path, certs, out / "tickets.conf") as ngx, TLSServer(sctx) as py:
-        from_nginx = get(ngx.port, cctx)
-        assert from_nginx.name == encrypting_name(ring, T0)
-        opened = open_ticket(from_nginx.ticket, ring)
-        assert opened.key.size == size
-        assert decode(opened.state).sid_ctx == sid
-        r = connect(py.port, cctx, from_nginx.session)
-        assert r.reused, "stek's callback must open nginx's ticket"
-        assert handle.counters.resumed >= 1
-        from_stek = connect(py.port, cctx)
-        assert ticket_of(from_stek.session)[:16] == encrypting_name(ring, T0)
-        assert get(ngx.port, cctx, from_stek.session).reused, "nginx must open stek's ticket"
-        assert not py.errors
+        assert_resumes_both_ways(ngx.port, py, handle, cctx, ring, T0, size, sid)
     handle.uninstall()
 
 
@@ -216,14 +193,4 @@ def test_stek_inspect_explains_an_nginx_ticket(
     with nginx(tmp_path, certs, out / "tickets.conf") as ngx:
         full = s_client(ngx.port, tls_version, tmp_path, sess_out=sess, ca=certs.ca)
     assert sess.exists(), full
-    code, doc = inspect_cli(sess, store)
-    assert code == 0, doc
-    assert doc["verdict"] == "resume" and doc["key_name"] == enc.hex()
-    assert doc["key"]["state"] == "active" and doc["input_form"] == "session PEM"
-    assert doc["session"]["protocol"] == ("TLSv1.3" if tls_version == ssl.TLSVersion.TLSv1_3
-                                          else "TLSv1.2")
-    store.update(lambda r: r.apply(Plan(drop=(enc,))))
-    code, doc = inspect_cli(sess, store)
-    assert code == 1, doc
-    assert doc["verdict"] == "full handshake" and doc["reason"].startswith("unknown key")
-    assert doc["key_name"] == enc.hex() and doc["key"] is None
+    assert_inspect_explains(sess, store, enc, tls_version)

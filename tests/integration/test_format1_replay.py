@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,16 +28,6 @@ pytestmark = [pytest.mark.servers, pytest.mark.usefixtures("no_kek_env")]
 
 POLICY = Policy(rotate_every=3600, accept_for=3 * 3600, publish_ahead=600)
 DAY = 86400
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    srv = RedisServer(tmp_path / "redis")
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 def ring_as_of(now: float) -> Keyring:
@@ -78,44 +67,44 @@ def rekey(server: RedisServer, kek_file: Path, *extra: str) -> int:
 
 
 def test_replayed_format_1_value_is_not_laundered_by_rekey(
-        server: RedisServer, kek_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        redis_server: RedisServer, kek_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     kek = read_kek_file(kek_file)[0]
-    current = shared(server.url, kek_file)
+    current = shared(redis_server.url, kek_file)
     init_ring(current, POLICY)
     rotate(current)
     old = format_1(kek, ring_as_of(time.time() - 3 * DAY))  # kept since the days of format 1
-    put_raw(server, old)
+    put_raw(redis_server, old)
 
     with pytest.raises(SealingError) as info:
-        shared(server.url, kek_file).read()
+        shared(redis_server.url, kek_file).read()
     assert "format 1" in str(info.value)
     assert "rekey" not in str(info.value)  # the advice that laundered it
 
     # Plain rekey refuses it, and leaves it as it is.
-    assert rekey(server, kek_file) == 1
+    assert rekey(redis_server, kek_file) == 1
     err = capsys.readouterr().err
     assert err.startswith("stek: error: ") and err.count("\n") == 1 and "format 1" in err
-    assert server.raw_values()[b"stektest:keyring"] == old
+    assert redis_server.raw_values()[b"stektest:keyring"] == old
     # So does --format-1: no key of the ring activated within rotate_every.
-    assert rekey(server, kek_file, "--format-1") == 1
+    assert rekey(redis_server, kek_file, "--format-1") == 1
     err = capsys.readouterr().err
     assert "stale" in err and err.count("\n") == 1
-    assert server.raw_values()[b"stektest:keyring"] == old
+    assert redis_server.raw_values()[b"stektest:keyring"] == old
     with pytest.raises(SealingError, match="format 1"):
-        shared(server.url, kek_file).read()
+        shared(redis_server.url, kek_file).read()
 
 
 def test_current_format_1_ring_is_resealed_with_every_key_shown(
-        server: RedisServer, kek_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        redis_server: RedisServer, kek_file: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """An upgrade from a stek that sealed format 1: the ring an agent kept is re-sealed."""
     kek = read_kek_file(kek_file)[0]
     ring = ring_as_of(time.time())
-    put_raw(server, format_1(kek, ring))
-    assert rekey(server, kek_file, "--format-1") == 0
+    put_raw(redis_server, format_1(kek, ring))
+    assert rekey(redis_server, kek_file, "--format-1") == 0
     out = capsys.readouterr().out
     for key in ring.keys:
         assert f"key {key.name.hex()} activates " in out
-    loaded = shared(server.url, kek_file).read()
+    loaded = shared(redis_server.url, kek_file).read()
     assert loaded.keys == ring.keys
     assert loaded.generation > ring.generation
-    assert server.raw_values()[b"stektest:keyring"][8] == 2
+    assert redis_server.raw_values()[b"stektest:keyring"][8] == 2

@@ -32,15 +32,12 @@ BOUND = 1.0
 
 
 @pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    srv = RedisServer(tmp_path / "redis")
-    srv.start()
-    try:
-        yield srv
-    finally:
-        if srv.proc is not None:
-            os.kill(srv.proc.pid, signal.SIGCONT)
-        srv.stop()
+def redis_server(redis_server: RedisServer) -> Iterator[RedisServer]:
+    """tests/integration/conftest.py's, woken (SIGCONT) before it is stopped: a test
+    leaves it SIGSTOPped."""
+    yield redis_server
+    if redis_server.proc is not None:
+        os.kill(redis_server.proc.pid, signal.SIGCONT)
 
 
 def get(port: int, path: str) -> tuple[int, bytes, float]:

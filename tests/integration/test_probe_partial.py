@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,9 +25,8 @@ import stek
 from helpers.certs import Certs, server_context
 from helpers.ports import free_port
 from helpers.processes import stek_cli
-from helpers.programs import find_program
 from helpers.tls_peers import TLSServer
-from helpers.web_servers import Server, live_store
+from helpers.web_servers import live_store, nginx
 from stek.export import export
 from stek.rotation import init_ring
 from stek.schedule import Policy
@@ -101,31 +99,6 @@ def test_one_dead_one_silent_one_live(tmp_path: Path, certs: Certs) -> None:
     assert f"- {dead} TLS 1.3: connection refused: nothing listens there" in out.stdout
 
 
-NGINX_DEFAULT_TIMEOUT = """\
-worker_processes 1;
-events {{ worker_connections 128; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/client_body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    server {{
-        listen 127.0.0.1:{port} ssl;
-        ssl_certificate {cert};
-        ssl_certificate_key {key};
-        ssl_protocols TLSv1.2 TLSv1.3;
-        ssl_session_tickets on;
-        ssl_session_cache none;
-        # No ssl_session_timeout: nginx's default, 300s.
-        include {keys};
-        location / {{ return 200 "ok\\n"; }}
-    }}
-}}
-"""
-
-
 def test_nginx_default_session_timeout_is_a_short_hint(tmp_path: Path, certs: Certs) -> None:
     """nginx keeps its default ssl_session_timeout (5 minutes) while the ring, with the
     default policy, accepts a key for 11 hours after it retires: lifetime-hint-short
@@ -140,22 +113,10 @@ def test_nginx_default_session_timeout_is_a_short_hint(tmp_path: Path, certs: Ce
     keys.write_text("".join(line + "\n" for line in
                             (tmp_path / "nginx-keys" / "tickets.conf").read_text().splitlines()
                             if line.startswith("ssl_session_ticket_key ")))
-    prefix = tmp_path / "nginx"
-    (prefix / "tmp").mkdir(parents=True)
-    port = free_port()
-    conf = prefix / "nginx.conf"
-    conf.write_text(NGINX_DEFAULT_TIMEOUT.format(tmp=prefix / "tmp", port=port, cert=certs.cert,
-                                                 key=certs.key, keys=keys))
-    log = prefix / "error.log"
-    cmd = [find_program("nginx"), "-p", str(prefix), "-c", str(conf), "-e", str(log), "-g",
-           f"daemon off; pid {prefix / 'nginx.pid'}; error_log {log} notice;"]
-    check = subprocess.run([*cmd, "-t"], capture_output=True, text=True, timeout=30)
-    assert check.returncode == 0, check.stderr
-    server = Server(cmd, prefix / "stdout.log", port)
-    try:
+    # No ssl_session_timeout in the server block: nginx's default, 300s.
+    with nginx(tmp_path, certs, keys) as server:
+        port = server.port
         proc = stek_cli("probe", addr(port), "--json", "--store", f"file:{store.path}")
-    finally:
-        server.stop()
     assert proc.returncode == 0, proc.stderr
     doc = json.loads(proc.stdout)
     assert {e["lifetime_hint"] for e in doc["endpoints"]} == {300}

@@ -32,7 +32,7 @@ from helpers.ports import free_port
 from helpers.processes import stek_cli
 from helpers.programs import find_program
 from helpers.tls_peers import TLSServer, connect
-from helpers.web_servers import Server, live_store
+from helpers.web_servers import Server, live_store, nginx_server, nginx_servers
 
 pytestmark = pytest.mark.servers
 
@@ -365,40 +365,6 @@ def test_probe_sends_each_name(tmp_path: Path, certs: Certs) -> None:
         assert len(seen) == 2
 
 
-NGINX_TWO_NAMES = """\
-worker_processes 1;
-events {{ worker_connections 128; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/client_body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-    ssl_protocols TLSv1.2 TLSv1.3;
-    ssl_session_tickets on;
-    ssl_session_cache none;
-    ssl_session_timeout 1h;
-    server {{
-        listen 127.0.0.1:{port} ssl default_server;
-        server_name a.test;
-        ssl_certificate {cert_a};
-        ssl_certificate_key {key_a};
-        include {keys};
-        location / {{ return 200 "a\\n"; }}
-    }}
-    server {{
-        listen 127.0.0.1:{port} ssl;
-        server_name b.test;
-        ssl_certificate {cert_b};
-        ssl_certificate_key {key_b};
-        include {keys};
-        location / {{ return 200 "b\\n"; }}
-    }}
-}}
-"""
-
-
 def test_nginx_server_blocks_on_one_listener(tmp_path: Path, certs: Certs) -> None:
     """nginx, two server blocks (a.test, the default, and b.test) on one listener fed
     one export: under TLS 1.2 the default block's context decrypts every ticket on the
@@ -408,21 +374,13 @@ def test_nginx_server_blocks_on_one_listener(tmp_path: Path, certs: Certs) -> No
     proc = stek_cli("export", "--store", f"file:{store.path}", "--format", "nginx",
                     "--out", str(tmp_path / "keys"))
     assert proc.returncode == 0, proc.stderr
-    prefix = tmp_path / "nginx"
-    (prefix / "tmp").mkdir(parents=True)
     port = free_port()
     cert_b, key_b = _self_signed(tmp_path, "b.test")
-    conf = prefix / "nginx.conf"
-    conf.write_text(NGINX_TWO_NAMES.format(
-        tmp=prefix / "tmp", port=port, cert_a=certs.cert, key_a=certs.key, cert_b=cert_b,
-        key_b=key_b, keys=tmp_path / "keys" / "tickets.conf"))
-    log = prefix / "error.log"
-    cmd = [find_program("nginx"), "-p", str(prefix), "-c", str(conf), "-e", str(log), "-g",
-           f"daemon off; pid {prefix / 'nginx.pid'}; error_log {log} notice;"]
-    check = subprocess.run([*cmd, "-t"], capture_output=True, text=True, timeout=30)
-    assert check.returncode == 0, check.stderr
-    server = Server(cmd, prefix / "stdout.log", port)
-    try:
+    keys = tmp_path / "keys" / "tickets.conf"
+    # a.test comes first: nginx's default server for the port (no default_server needed).
+    blocks = (nginx_server(port, certs.cert, certs.key, keys, "a", ["server_name a.test"])
+              + nginx_server(port, cert_b, key_b, keys, "b", ["server_name b.test"]))
+    with nginx_servers(tmp_path / "nginx", blocks, port):
         target = addr(port)
         code, doc, err = probe(target, "--sni", "a.test", "--sni", "b.test")
         seen = {(n["tls"], n["from_sni"], n["to_sni"]): n["resumed"] for n in doc["names"]}
@@ -432,8 +390,6 @@ def test_nginx_server_blocks_on_one_listener(tmp_path: Path, certs: Certs) -> No
                 server_did[key] = resumes_under(target, *key)
             except (ssl.SSLError, OSError):
                 server_did[key] = False
-    finally:
-        server.stop()
     assert seen == server_did, doc["names"]
     assert seen[("1.2", "a.test", "b.test")] is True
     crossed = [d for d in kinds(doc, "cross-name-resumption") if d["tls"] == "1.2"]

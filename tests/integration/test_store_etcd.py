@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -12,16 +11,6 @@ from stek import ConfigError, StoreUnavailable, open_store
 from stek.stores.etcd import EtcdStore
 
 pytestmark = [pytest.mark.servers, pytest.mark.usefixtures("no_kek_env")]
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[EtcdServer]:
-    srv = EtcdServer(tmp_path / "etcd")
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 def test_url_and_key_layout(kek_file: Path) -> None:
@@ -51,9 +40,9 @@ def test_unreachable_server_fails_fast(kek_file: Path) -> None:
     assert time.monotonic() - t < 3
 
 
-def test_gateway_path_is_v3_on_etcd_34(server: EtcdServer, kek_file: Path) -> None:
+def test_gateway_path_is_v3_on_etcd_34(etcd_server: EtcdServer, kek_file: Path) -> None:
     """etcd 3.4 serves /v3/ (and the deprecated /v3beta/); etcd3gw discovers /v3/."""
-    store = open_store(server.url, kek_file=str(kek_file))
+    store = open_store(etcd_server.url, kek_file=str(kek_file))
     assert isinstance(store, EtcdStore)
     store.read_raw()
     assert store._client.api_path == "/v3/"

@@ -19,16 +19,6 @@ from stek.stores.redis import RedisStore
 pytestmark = [pytest.mark.servers, pytest.mark.usefixtures("no_kek_env")]
 
 
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    srv = RedisServer(tmp_path / "redis")
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
-
-
 def test_url_password_never_shown(kek_file: Path) -> None:
     store = open_store("redis://stek:s3cr3tpw@127.0.0.1:1/0?prefix=p", kek_file=str(kek_file))
     assert isinstance(store, RedisStore)
@@ -58,16 +48,17 @@ def test_unreachable_server_fails_fast(kek_file: Path) -> None:
     assert time.monotonic() - t < 3
 
 
-def test_write_that_reaches_no_replica_does_not_count(server: RedisServer,
+def test_write_that_reaches_no_replica_does_not_count(redis_server: RedisServer,
                                                       kek_file: Path) -> None:
     """min_replicas=1 on a primary without replicas: WAIT answers 0, the write is refused."""
     from stek import Policy, init_ring
 
-    store = open_store(server.url + "&min_replicas=1&wait_timeout=200ms", kek_file=str(kek_file))
+    store = open_store(redis_server.url + "&min_replicas=1&wait_timeout=200ms",
+                       kek_file=str(kek_file))
     with pytest.raises(StoreUnavailable, match="0 of 1 replica"):
         init_ring(store, Policy())
     # Without replicas connected, the default (auto) counts the primary's word.
-    auto = open_store(server.url, kek_file=str(kek_file))
+    auto = open_store(redis_server.url, kek_file=str(kek_file))
     assert init_ring(auto, Policy(), force=True).ring.keys
 
 
@@ -167,7 +158,7 @@ def _clients(server: RedisServer) -> list[dict[str, str]]:
         admin.close()
 
 
-def test_store_uses_one_connection_for_commands_and_its_watch(server: RedisServer,
+def test_store_uses_one_connection_for_commands_and_its_watch(redis_server: RedisServer,
                                                                kek_file: Path) -> None:
     """Reads, writes and the change watch share one RESP3 connection, and survive its loss.
 
@@ -180,8 +171,8 @@ def test_store_uses_one_connection_for_commands_and_its_watch(server: RedisServe
 
     from stek import Policy, init_ring, rotate
 
-    store = open_store(server.url, kek_file=str(kek_file))
-    other = open_store(server.url, kek_file=str(kek_file))
+    store = open_store(redis_server.url, kek_file=str(kek_file))
+    other = open_store(redis_server.url, kek_file=str(kek_file))
     assert isinstance(store, RedisStore)
     changes = threading.Semaphore(0)
     # Rotations run up to 4 slots (4 minutes) ahead of the clock: within what
@@ -199,29 +190,29 @@ def test_store_uses_one_connection_for_commands_and_its_watch(server: RedisServe
             assert store.read().generation == other.read().generation
         assert rotate(store, now=t + 3 * step_s).changed
         other.close()
-        mine = _clients(server)
+        mine = _clients(redis_server)
         assert len(mine) == 1, mine
         assert mine[0]["resp"] == "3" and mine[0]["sub"] == "1", mine[0]
 
         import redis
 
-        admin = redis.Redis(host="127.0.0.1", port=server.port)
+        admin = redis.Redis(host="127.0.0.1", port=redis_server.port)
         admin.client_kill_filter(_id=int(mine[0]["id"]))
         admin.close()
         assert store.read().generation >= 3  # reconnects for the read
         deadline = time.monotonic() + 5
         while not (watch.connected.is_set() and
-                   [c["sub"] for c in _clients(server)] == ["1"]):
-            assert time.monotonic() < deadline, _clients(server)
+                   [c["sub"] for c in _clients(redis_server)] == ["1"]):
+            assert time.monotonic() < deadline, _clients(redis_server)
             time.sleep(0.05)
         while changes.acquire(timeout=0.5):
             pass  # the re-subscription notified
-        again = open_store(server.url, kek_file=str(kek_file))
+        again = open_store(redis_server.url, kek_file=str(kek_file))
         assert rotate(again, now=t + 4 * step_s).changed
         again.close()
         assert changes.acquire(timeout=5)
         assert store.read().generation == rotate(store, now=t + 4 * step_s).ring.generation
-        assert len(_clients(server)) == 1
+        assert len(_clients(redis_server)) == 1
     finally:
         watch.close()
         store.close()
@@ -248,7 +239,7 @@ def test_server_without_resp3_is_named_in_one_line(tmp_path: Path, kek_file: Pat
         srv.stop()
 
 
-def test_forked_child_opens_its_own_connection(server: RedisServer, kek_file: Path) -> None:
+def test_forked_child_opens_its_own_connection(redis_server: RedisServer, kek_file: Path) -> None:
     """A pre-fork server's store: the child never speaks on the parent's socket.
 
     Parent and child both watch and read after the fork; each gets its own
@@ -259,7 +250,7 @@ def test_forked_child_opens_its_own_connection(server: RedisServer, kek_file: Pa
 
     from stek import Policy, init_ring, rotate
 
-    store = open_store(server.url, kek_file=str(kek_file))
+    store = open_store(redis_server.url, kek_file=str(kek_file))
     init_ring(store, Policy(rotate_every=60, accept_for=1800, publish_ahead=600))
     changes = threading.Semaphore(0)
     watch = store.subscribe(changes.release)
@@ -295,7 +286,7 @@ def test_forked_child_opens_its_own_connection(server: RedisServer, kek_file: Pa
         while store.read().generation < 3:
             assert time.monotonic() < deadline
             time.sleep(0.05)
-        assert len(_clients(server)) == 1  # the child's connection is gone with it
+        assert len(_clients(redis_server)) == 1  # the child's connection is gone with it
     finally:
         if pid:
             os.kill(pid, signal.SIGKILL)
@@ -305,7 +296,7 @@ def test_forked_child_opens_its_own_connection(server: RedisServer, kek_file: Pa
         store.close()
 
 
-def test_threads_sharing_the_connection_each_get_their_own_replies(server: RedisServer,
+def test_threads_sharing_the_connection_each_get_their_own_replies(redis_server: RedisServer,
                                                                    kek_file: Path) -> None:
     """Reads, health probes, writes and the watch's pushes, from many threads, on one socket.
 
@@ -317,8 +308,8 @@ def test_threads_sharing_the_connection_each_get_their_own_replies(server: Redis
 
     from stek import Policy, init_ring, rotate
 
-    store = open_store(server.url, kek_file=str(kek_file))
-    other = open_store(server.url, kek_file=str(kek_file))
+    store = open_store(redis_server.url, kek_file=str(kek_file))
+    other = open_store(redis_server.url, kek_file=str(kek_file))
     first = init_ring(store, Policy(rotate_every=60, accept_for=1800, publish_ahead=600)).ring
     heard = threading.Semaphore(0)
     watch = store.subscribe(heard.release)
@@ -391,7 +382,7 @@ watch.close()
 
 @pytest.mark.parametrize(("parser", "expected"), [("hiredis", "_HiredisParser"),
                                                   ("python", "_RESP3Parser")])
-def test_change_watch_works_with_and_without_hiredis(server: RedisServer, kek_file: Path,
+def test_change_watch_works_with_and_without_hiredis(redis_server: RedisServer, kek_file: Path,
                                                      parser: str, expected: str) -> None:
     """redis[hiredis] is a common install: the one-connection channel works with either parser.
 
@@ -402,14 +393,14 @@ def test_change_watch_works_with_and_without_hiredis(server: RedisServer, kek_fi
     import subprocess
     import sys
 
-    done = subprocess.run([sys.executable, "-c", _PARSER_SCRIPT, server.url, str(kek_file), parser],
-                          capture_output=True, text=True, timeout=60)
+    done = subprocess.run([sys.executable, "-c", _PARSER_SCRIPT, redis_server.url, str(kek_file),
+                           parser], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr[-2000:]
     assert done.stdout.split() == [expected]
 
 
 def test_a_watch_closed_by_a_finalizer_mid_command_waits_for_the_reply(
-        server: RedisServer, kek_file: Path) -> None:
+        redis_server: RedisServer, kek_file: Path) -> None:
     """A garbage collection can run, between a command and its reply, an
     application's finalizer that closes the store's last watch (as an
     ``uninstall()`` in ``__del__`` does).  Before: its UNSUBSCRIBE went out on
@@ -423,7 +414,7 @@ def test_a_watch_closed_by_a_finalizer_mid_command_waits_for_the_reply(
 
     from stek import Policy, init_ring
 
-    store = open_store(server.url, kek_file=str(kek_file))
+    store = open_store(redis_server.url, kek_file=str(kek_file))
     assert isinstance(store, RedisStore)
     ring = init_ring(store, Policy()).ring
     watch = store.subscribe(lambda: None)
@@ -465,7 +456,7 @@ def test_a_watch_closed_by_a_finalizer_mid_command_waits_for_the_reply(
         assert collected == [True] and watch.stop_event.is_set()
         assert chan._epoch == epoch, "the read had to reconnect"
         assert chan._subscribers == {}
-        assert [c["sub"] for c in _clients(server)] == ["0"]  # UNSUBSCRIBE was sent
+        assert [c["sub"] for c in _clients(redis_server)] == ["0"]  # UNSUBSCRIBE was sent
         # The watch thread, waiting for the read's lock, outlives the finalizer's
         # join (WatchThread.close waits 2 s for it); then it ends.
         assert took < 10

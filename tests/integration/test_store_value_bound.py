@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import ssl
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,16 +30,6 @@ KEY = "stektest:keyring"
 HUGE = 64 * 1024 * 1024
 #: What a reader's peak RSS may grow by, refusing it (KiB, as ru_maxrss on Linux).
 BOUND_KIB = 8 * 1024
-
-
-@pytest.fixture
-def server(tmp_path: Path) -> Iterator[RedisServer]:
-    srv = RedisServer(tmp_path / "redis")
-    srv.start()
-    try:
-        yield srv
-    finally:
-        srv.stop()
 
 
 def inflate(port: int) -> None:
@@ -75,12 +64,13 @@ print(json.dumps({"grew_kib": grew, "errors": errors}))
 """
 
 
-def test_huge_value_is_refused_with_bounded_memory(server: RedisServer, kek_file: Path) -> None:
-    init_ring(open_store(server.url, kek_file=str(kek_file)),
+def test_huge_value_is_refused_with_bounded_memory(redis_server: RedisServer,
+                                                   kek_file: Path) -> None:
+    init_ring(open_store(redis_server.url, kek_file=str(kek_file)),
               Policy(rotate_every=3600, accept_for=3600, publish_ahead=60))
-    out = run_python(READER.replace("sys.argv[1]", repr(server.url))
+    out = run_python(READER.replace("sys.argv[1]", repr(redis_server.url))
                      .replace("sys.argv[2]", repr(str(kek_file)))
-                     .replace("sys.argv[3]", repr(str(server.port))), child_env())
+                     .replace("sys.argv[3]", repr(str(redis_server.port))), child_env())
     got = json.loads(out)
     assert got["errors"][0] is not None
     assert all(e == got["errors"][0] for e in got["errors"])
@@ -90,18 +80,18 @@ def test_huge_value_is_refused_with_bounded_memory(server: RedisServer, kek_file
 
 
 def test_server_keeps_its_snapshot_and_cli_says_one_line(
-        server: RedisServer, kek_file: Path, certs: Certs,
+        redis_server: RedisServer, kek_file: Path, certs: Certs,
         capsys: pytest.CaptureFixture[str]) -> None:
-    store = open_store(server.url, kek_file=str(kek_file))
+    store = open_store(redis_server.url, kek_file=str(kek_file))
     init_ring(store, Policy(rotate_every=3600, accept_for=3600, publish_ahead=60))
     ctx = server_context(certs)
-    inst = install(ctx, open_store(server.url, kek_file=str(kek_file)))
+    inst = install(ctx, open_store(redis_server.url, kek_file=str(kek_file)))
     try:
         cctx = client_context(certs, ssl.TLSVersion.TLSv1_2)
         with serving(ctx) as srv:
             first = connect(srv.port, cctx)
             ring = inst.ring
-            inflate(server.port)
+            inflate(redis_server.port)
             with pytest.raises(StoreCorrupt, match="larger than any sealed ring"):
                 inst.refresh()
             assert inst.ring is ring and not inst.store_ok
@@ -109,7 +99,7 @@ def test_server_keeps_its_snapshot_and_cli_says_one_line(
             assert again.reused and inst.counters.resumed >= 1
     finally:
         inst.uninstall()
-    assert cli_main(["status", "--store", server.url, "--kek-file", str(kek_file)]) == 1
+    assert cli_main(["status", "--store", redis_server.url, "--kek-file", str(kek_file)]) == 1
     err = capsys.readouterr().err
     assert err.startswith("stek: error: ") and err.count("\n") == 1
     assert "larger than any sealed ring" in err

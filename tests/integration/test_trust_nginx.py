@@ -8,50 +8,24 @@ either the same one (unscoped) or its own scope's (``stek export --scope``).
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from helpers.certs import TLS_VERSIONS, Certs, client_context
 from helpers.ports import free_port
-from helpers.programs import find_program
-from helpers.web_servers import Hit, Server, get, live_store
+from helpers.web_servers import Hit, get, live_store, nginx_server, nginx_servers
 from stek.errors import InvalidTicket
 from stek.scope import scoped
 from stek.stores.file import FileStore
 from stek.ticket import open_ticket
 
 pytestmark = pytest.mark.servers
-
-BLOCK = """\
-    server {{
-        listen 127.0.0.1:{port} ssl;
-        ssl_certificate {cert};
-        ssl_certificate_key {key};
-        ssl_protocols TLSv1.2 TLSv1.3;
-        ssl_session_tickets on;
-        ssl_session_cache none;
-{extra}        include {include};
-        location / {{ return 200 "{label}\\n"; }}
-    }}
-"""
-
-CONF = """\
-worker_processes 1;
-events {{ worker_connections 128; }}
-http {{
-    access_log off;
-    client_body_temp_path {tmp}/client_body;
-    proxy_temp_path {tmp}/proxy;
-    fastcgi_temp_path {tmp}/fastcgi;
-    uwsgi_temp_path {tmp}/uwsgi;
-    scgi_temp_path {tmp}/scgi;
-{blocks}}}
-"""
-
 
 def export(store: FileStore, out: Path, scope: str | None) -> Path:
     cmd = [sys.executable, "-m", "stek.cli", "export", "--store", f"file:{store.path}",
@@ -63,29 +37,19 @@ def export(store: FileStore, out: Path, scope: str | None) -> Path:
     return out / "tickets.conf"
 
 
-def three_blocks(workdir: Path, certs: Certs, includes: dict[str, Path]) -> tuple[
-        Server, dict[str, int]]:
-    exe = find_program("nginx")
-    prefix = workdir / "nginx"
-    (prefix / "tmp").mkdir(parents=True, exist_ok=True)
+@contextlib.contextmanager
+def three_blocks(workdir: Path, certs: Certs, includes: dict[str, Path]) -> Iterator[
+        dict[str, int]]:
+    """One nginx, blocks A, B and C on a port each (B: ``ssl_verify_client on``)."""
     ports = {label: free_port() for label in "ABC"}
-    blocks = ""
-    for label, port in ports.items():
-        extra = (f"        ssl_client_certificate {certs.ca};\n"
-                 f"        ssl_verify_client on;\n") if label == "B" else ""
-        blocks += BLOCK.format(port=port, cert=certs.cert, key=certs.key, extra=extra,
-                               include=includes[label], label=label)
-    conf = prefix / "nginx.conf"
-    conf.write_text(CONF.format(tmp=prefix / "tmp", blocks=blocks))
-    log = prefix / "error.log"
-    cmd = [exe, "-p", str(prefix), "-c", str(conf), "-e", str(log), "-g",
-           f"daemon off; pid {prefix / 'nginx.pid'}; error_log {log} notice;"]
-    check = subprocess.run([*cmd, "-t"], capture_output=True, text=True, timeout=30)
-    assert check.returncode == 0, check.stderr
-    server = Server(cmd, prefix / "stdout.log", ports["A"])
-    for port in ports.values():
-        get_ready(port, certs)
-    return server, ports
+    client_auth = (f"ssl_client_certificate {certs.ca}", "ssl_verify_client on")
+    blocks = "".join(nginx_server(port, certs.cert, certs.key, includes[label], label,
+                                  client_auth if label == "B" else ())
+                     for label, port in ports.items())
+    with nginx_servers(workdir / "nginx", blocks, ports["A"]):
+        for port in ports.values():
+            get_ready(port, certs)
+        yield ports
 
 
 def get_ready(port: int, certs: Certs) -> None:
@@ -120,11 +84,8 @@ def test_nginx_blocks_on_one_export_and_on_scopes(tmp_path: Path, certs: Certs,
                                                   tls_version: ssl.TLSVersion) -> None:
     store, _ = live_store(tmp_path)
     shared = export(store, tmp_path / "shared", None)
-    server, ports = three_blocks(tmp_path / "one", certs, dict.fromkeys("ABC", shared))
-    try:
+    with three_blocks(tmp_path / "one", certs, dict.fromkeys("ABC", shared)) as ports:
         unscoped, issued = crossings(ports, certs, tls_version)
-    finally:
-        server.stop()
     # nginx alone: B's session id context hashes its client CA names, so
     # nothing crosses into or out of B; A and C (same certificate, no client
     # authentication) resume each other's sessions.
@@ -137,11 +98,8 @@ def test_nginx_blocks_on_one_export_and_on_scopes(tmp_path: Path, certs: Certs,
 
     includes = {label: export(store, tmp_path / f"scope-{label}", label.lower())
                 for label in "ABC"}
-    server, ports = three_blocks(tmp_path / "scoped", certs, includes)
-    try:
+    with three_blocks(tmp_path / "scoped", certs, includes) as ports:
         scoped_result, issued = crossings(ports, certs, tls_version)
-    finally:
-        server.stop()
     # With a scope per block nothing crosses, and each block resumes its own.
     assert scoped_result == {(s, d): s == d for s in "ABC" for d in "ABC"}
     # A's ticket is an unknown key to B's and C's keys (a clean full handshake).
