@@ -30,6 +30,7 @@ from helpers.waiting import wait_until, wait_watching, watching
 from stek._reactor import collection_paused
 from stek.errors import BindingError, NotInitialized, StoreCorrupt
 from stek.hazmat.libssl import libssl
+from stek.hazmat.proof import binding
 from stek.keys import TicketKey
 from stek.schedule import Policy
 from stek.stores import FileStore
@@ -573,6 +574,11 @@ def openssl_failing(what: str, accelerated: bool,
     installed, so install inside this block.  Set ``.left`` on the answer to
     fail only the next calls (a MAC init serves both sealing and opening)."""
     name, proto, pos = _FAILABLE[what]
+    # The binding proof runs once per process, at its first install, with the
+    # same LibSSL functions: were this that first install, the proof would
+    # fail on the injected failure, and every later install in the process
+    # (a pytest-xdist worker) would be refused with it.  Prove it first.
+    binding(libssl())
     real = getattr(libssl(), name)
     state = Failing()
 
