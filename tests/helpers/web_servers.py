@@ -113,6 +113,23 @@ class Server:
     def output(self) -> str:
         return _read(self.log)
 
+    def children(self) -> set[int]:
+        """The server's child processes right now (nginx's and Apache's workers):
+        /proc/PID/task/PID/children, proc(5)."""
+        try:
+            text = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text()
+        except OSError:
+            return set()
+        return {int(c) for c in text.split()}
+
+    def reloaded(self, before: set[int], workers: int = 1) -> bool:
+        """Whether a reload is over: every child from ``before`` has exited and
+        ``workers`` new ones run.  A reloaded nginx lets its old workers finish
+        gracefully, and until one has closed its listening socket it may still
+        accept a connection with the old keys."""
+        now = self.children()
+        return len(now) == workers and not now & before
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)

@@ -43,11 +43,6 @@ def encrypting(ring: Keyring, now: float) -> bytes:
     return key.name
 
 
-def children(pid: int) -> list[int]:
-    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
-    return [int(c) for c in text.split()]
-
-
 def serving(server: Server, cctx: ssl.SSLContext, name: bytes, log: Path,
             workers: int | None = None) -> Hit:
     """An answer from ``server`` sealed under key ``name``, once only its new ``workers``
@@ -55,7 +50,7 @@ def serving(server: Server, cctx: ssl.SSLContext, name: bytes, log: Path,
     old keys, may answer in between)."""
     deadline = time.monotonic() + 30
     while True:
-        if workers is None or len(children(server.pid)) == workers:
+        if workers is None or len(server.children()) == workers:
             hit = get(server.port, cctx)
             if hit.name == name:
                 return hit

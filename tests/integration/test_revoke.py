@@ -126,6 +126,7 @@ def test_revoke_all_reaches_every_consumer(
             assert hit.name == old.name and get(port, cctx, hit.session).reused, name
             web_sessions[name] = hit.session
 
+        nginx_workers = ngx.children()
         done = stek_cmd("revoke", "--all", "--store", url, "--kek-file", str(kek_file))
         assert done.returncode == 0, done.stderr
         assert f"revoked {old.name.hex()}" in done.stdout
@@ -142,6 +143,8 @@ def test_revoke_all_reaches_every_consumer(
             assert connect(srv.port, cctx, connect(srv.port, cctx).session).reused
         new = after.encrypting_key(time.time())
         assert new is not None
+        # nginx reloads: its old workers, on the old keys, must be gone first.
+        assert wait_for(lambda: ngx.reloaded(nginx_workers)), ngx.children()
         for name, port in web.items():
             assert wait_for(lambda port=port: get(port, cctx).name == new.name), name
             assert not get(port, cctx, web_sessions[name]).reused, name
