@@ -93,7 +93,9 @@ def _samples(counters: Any) -> Iterator[tuple[str, dict[str, str], float]]:
 
 def _health(handle: Installation, now: float) -> dict[str, float]:
     out = {"stek_server_ring_generation": float(handle.ring.generation),
-           "stek_server_revoked_keys": float(len(handle.ring.revoked))}
+           # As stek status counts them: an entry whose key would have expired
+           # is forgotten at the ring's next change (Keyring.without).
+           "stek_server_revoked_keys": float(sum(1 for _, t in handle.ring.revoked if t > now))}
     last = getattr(handle, "last_refresh", None)
     if last is not None:
         out["stek_server_snapshot_age_seconds"] = max(0.0, now - float(last))
