@@ -72,51 +72,30 @@ class CallbackSet:
 
     def __init__(self) -> None:
         self.serving: Callbacks | None = None
-        no_ticket = int(Answer.NO_TICKET)
-        ignore_renew = int(TicketReturn.IGNORE_RENEW)
+        # Each thunk's answer when no installation is served, or when the
+        # served callback raises: no ticket; 1 (0 would abort the handshake,
+        # SSL_CTX_set_session_ticket_cb(3)); a full handshake; go on.
+        self.ticket_key = TicketKeyCallback(self._thunk(0, int(Answer.NO_TICKET)))
+        self.gen = GenTicketCallback(self._thunk(1, 1))
+        self.dec = DecTicketCallback(self._thunk(2, int(TicketReturn.IGNORE_RENEW)))
+        self.hello = ClientHelloCallback(self._thunk(3, SSL_CLIENT_HELLO_SUCCESS))
 
-        # Nothing may raise into C (ctypes would print it and answer an
-        # undefined value): each Callbacks function catches its own failures,
-        # and these catch the rest (an asynchronous KeyboardInterrupt).
-        def ticket_key(ssl_ptr: Any, name_ptr: Any, iv_ptr: Any, cctx: Any, mctx: Any,
-                       enc: int) -> int:
+    def _thunk(self, index: int, fallback: int) -> Callable[..., int]:
+        """What OpenSSL calls: the served :class:`Callbacks`' function at ``index``.
+
+        Nothing may raise into C (ctypes would print it and answer an undefined
+        value): each Callbacks function catches its own failures, and this
+        catches the rest (an asynchronous KeyboardInterrupt).
+        """
+
+        def call(*args: Any) -> int:
             try:
                 fns = self.serving
-                if fns is None:
-                    return no_ticket
-                return fns.ticket_key(ssl_ptr, name_ptr, iv_ptr, cctx, mctx, enc)
+                return fallback if fns is None else fns[index](*args)
             except BaseException:
-                return no_ticket
+                return fallback
 
-        def gen(ssl_ptr: Any, arg: Any) -> int:
-            try:
-                fns = self.serving
-                # 0 would abort the handshake.
-                return 1 if fns is None else fns.gen(ssl_ptr, arg)
-            except BaseException:
-                return 1
-
-        def dec(ssl_ptr: Any, sess: Any, name: Any, name_len: int, status: int,
-                arg: Any) -> int:
-            try:
-                fns = self.serving
-                if fns is None:
-                    return ignore_renew
-                return fns.dec(ssl_ptr, sess, name, name_len, status, arg)
-            except BaseException:
-                return ignore_renew
-
-        def hello(ssl_ptr: Any, al: Any, arg: Any) -> int:
-            try:
-                fns = self.serving
-                return SSL_CLIENT_HELLO_SUCCESS if fns is None else fns.hello(ssl_ptr, al, arg)
-            except BaseException:
-                return SSL_CLIENT_HELLO_SUCCESS
-
-        self.ticket_key = TicketKeyCallback(ticket_key)
-        self.gen = GenTicketCallback(gen)
-        self.dec = DecTicketCallback(dec)
-        self.hello = ClientHelloCallback(hello)
+        return call
 
     def serve(self, fns: Callbacks) -> None:
         """From now on the thunks call ``fns``."""
